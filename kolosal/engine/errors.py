@@ -1,0 +1,36 @@
+"""Engine errors. Each carries an OpenAI-style ``code`` the HTTP layer maps to a status."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    code: str = "engine_error"
+
+
+class EngineOverloadedError(EngineError):
+    """The waiting queue is full: retry later (HTTP 503 + Retry-After)."""
+
+    code = "engine_overloaded"
+
+
+class ContextLengthExceededError(EngineError, ValueError):
+    """The prompt (plus at least one generated token) does not fit the context."""
+
+    code = "context_length_exceeded"
+
+
+class EngineStoppedError(EngineError):
+    """The engine shut down or was deleted while the request was queued or running."""
+
+    code = "engine_stopped"
+
+
+class InferenceError(EngineError):
+    """libllama failed while computing this request (HTTP 500)."""
+
+    code = "inference_error"
+
+
+class DeadlineExceededError(EngineError):
+    """The request's deadline passed before it finished."""
+
+    code = "deadline_exceeded"

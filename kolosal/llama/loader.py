@@ -1,0 +1,127 @@
+"""Find, compile and load the libllama bindings: lazily, once per process.
+
+Lookup order for the library: ``KOLOSAL_LIBLLAMA`` (a libllama file or the directory that
+holds it), then the build cache written by ``build_llama.py``. Headers come from
+``KOLOSAL_LLAMA_INCLUDE`` or the ``include/`` directory beside the library's directory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _ffi_build
+
+logger = logging.getLogger("kolosal.libllama")
+
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_GGML_LOG_LEVEL_CONT = 5
+
+
+class LibraryNotFoundError(RuntimeError):
+    """libllama has not been built (or cannot be found)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NativeLibrary:
+    ffi: Any
+    lib: Any
+    lib_dir: Path
+
+
+_lock = threading.Lock()
+_native: NativeLibrary | None = None
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("KOLOSAL_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kolosal"
+
+
+def find_library_dir() -> Path:
+    explicit = os.environ.get("KOLOSAL_LIBLLAMA")
+    if explicit:
+        path = Path(explicit).expanduser()
+        lib_dir = path if path.is_dir() else path.parent
+        if not any(lib_dir.glob("libllama.*")):
+            raise LibraryNotFoundError(f"KOLOSAL_LIBLLAMA={explicit}: no libllama there")
+        return lib_dir
+    latest = cache_dir() / "builds" / "latest.json"
+    if latest.is_file():
+        lib_dir = Path(json.loads(latest.read_text())["lib_dir"])
+        if any(lib_dir.glob("libllama.*")):
+            return lib_dir
+    raise LibraryNotFoundError(
+        "libllama is not built yet. Run `python build_llama.py` (add --cuda/--metal/--vulkan "
+        "for a GPU build), or point KOLOSAL_LIBLLAMA at an existing libllama."
+    )
+
+
+def find_include_dir(lib_dir: Path) -> Path:
+    explicit = os.environ.get("KOLOSAL_LLAMA_INCLUDE")
+    include_dir = Path(explicit).expanduser() if explicit else lib_dir.parent / "include"
+    if not (include_dir / "llama.h").is_file():
+        raise LibraryNotFoundError(f"llama.h not found in {include_dir}; set KOLOSAL_LLAMA_INCLUDE")
+    return include_dir
+
+
+def _import_module(lib_dir: Path) -> Any:
+    include_dir = find_include_dir(lib_dir)
+    key = _ffi_build.module_key(lib_dir, include_dir)
+    module_dir = lib_dir.parent / "ffi" / key
+    found = list(module_dir.glob(f"{_ffi_build.MODULE_NAME}*.so")) if module_dir.is_dir() else []
+    module_path = found[0] if found else None
+    if module_path is None:
+        logger.info("compiling the cffi bindings against %s", include_dir / "llama.h")
+        module_path = _ffi_build.compile_module(lib_dir, include_dir, module_dir)
+    spec = importlib.util.spec_from_file_location(_ffi_build.MODULE_NAME, module_path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # cffi checks every declared struct layout here
+    return module
+
+
+def _install_callbacks(ffi: Any) -> None:
+    pending: list[str] = []
+    pending_level = [logging.INFO]
+
+    @ffi.def_extern(name="kolosal_log_callback")
+    def _log(level: int, text: Any, _user_data: Any) -> None:
+        # libllama logs in fragments; CONT continues the previous line.
+        message = ffi.string(text).decode("utf-8", "replace")
+        if level != _GGML_LOG_LEVEL_CONT:
+            pending_level[0] = _LEVELS.get(level, logging.INFO)
+        pending.append(message)
+        if message.endswith("\n"):
+            line = "".join(pending).rstrip()
+            pending.clear()
+            if line:
+                logger.log(pending_level[0], "%s", line)
+
+    @ffi.def_extern(name="kolosal_progress_callback", error=True)
+    def _progress(progress: float, user_data: Any) -> bool:
+        callback = ffi.from_handle(user_data)
+        return bool(callback(progress))
+
+
+def load() -> NativeLibrary:
+    """Load libllama and its bindings (first call compiles them if needed)."""
+    global _native
+    with _lock:
+        if _native is None:
+            lib_dir = find_library_dir()
+            module = _import_module(lib_dir)
+            ffi, lib = module.ffi, module.lib
+            _install_callbacks(ffi)
+            lib.llama_log_set(lib.kolosal_log_callback, ffi.NULL)
+            lib.llama_backend_init()
+            _native = NativeLibrary(ffi=ffi, lib=lib, lib_dir=lib_dir)
+        return _native
