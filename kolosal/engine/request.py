@@ -71,3 +71,46 @@ class ErrorEvent:
 
 
 Event = TokenEvent | FinishEvent | ErrorEvent
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """Engine-side state of one sequence. ``token_ids`` is the prompt followed by every
+    generated token; ``num_computed`` of them are in the KV cache. Whatever lies beyond
+    ``num_computed`` is fed at the next step (a prompt chunk, or the last sampled token)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: float
+    token_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    seq_id: int = -1
+    num_computed: int = 0
+    num_cached: int = 0           # prompt tokens reused from a slot's prefix cache
+    first_token_at: float = 0.0
+    sampler: object | None = None  # a kolosal.llama.Sampler when not greedy; opaque here
+    detokenizer: object | None = None
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.prompt_ids)
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.token_ids) - len(self.prompt_ids)
+
+    @property
+    def num_pending(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status >= RequestStatus.FINISHED
+
+    def usage(self) -> Usage:
+        return Usage(self.num_prompt, self.num_generated, self.num_cached)

@@ -1,0 +1,15 @@
+"""Continuous batching engine: one AsyncEngine (model + context + scheduler thread) per
+loaded model, several of them in an EngineRegistry."""
+from .async_engine import AsyncEngine, EngineState, ModelInfo
+from .config import EngineConfig
+from .errors import (ContextLengthExceededError, DeadlineExceededError, EngineError,
+                     EngineOverloadedError, EngineStoppedError, InferenceError)
+from .registry import EngineExistsError, EngineNotFoundError, EngineRegistry
+from .request import (ErrorEvent, Event, FinishEvent, FinishReason, SamplingParams, TokenEvent,
+                      Usage)
+
+__all__ = ["AsyncEngine", "ContextLengthExceededError", "DeadlineExceededError", "EngineConfig",
+           "EngineError", "EngineExistsError", "EngineNotFoundError", "EngineOverloadedError",
+           "EngineRegistry", "EngineState", "EngineStoppedError", "ErrorEvent", "Event",
+           "FinishEvent", "FinishReason", "InferenceError", "ModelInfo", "SamplingParams",
+           "TokenEvent", "Usage"]

@@ -1,0 +1,153 @@
+"""The asyncio face of one engine: load, tokenize, generate(), stats, stop."""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .config import EngineConfig
+from .errors import ContextLengthExceededError, EngineStoppedError
+from .loop import EngineLoop, EventSink
+from .request import ErrorEvent, Event, FinishEvent, Request, SamplingParams
+from .runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class EngineState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    path: str
+    n_ctx: int
+    n_ctx_train: int
+    n_vocab: int
+    n_parallel: int
+    architecture: str
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    add_bos: bool
+    description: str
+    size_bytes: int
+    n_params: int
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.engine_id = config.engine_id
+        self.config = config
+        self.created = int(time.time())
+        self.state = EngineState.LOADING
+        self.load_progress = 0.0
+        self.load_seconds = 0.0
+        self.error: str | None = None
+        self.info: ModelInfo | None = None
+        self._runner: ModelRunner | None = None
+        self._loop: EngineLoop | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model off the event loop and start the engine thread."""
+        started = time.monotonic()
+        try:
+            self._runner = await asyncio.to_thread(ModelRunner, self.config, self._on_progress)
+        except BaseException as error:
+            self.state = EngineState.FAILED
+            self.error = str(error)
+            raise
+        runner = self._runner
+        model = runner.model
+        self.info = ModelInfo(
+            path=str(model.path), n_ctx=runner.context.n_ctx, n_ctx_train=model.n_ctx_train,
+            n_vocab=runner.vocab.n_tokens, n_parallel=self.config.resolved_parallel,
+            architecture=model.metadata.get("general.architecture", ""),
+            chat_template=model.chat_template, bos_token=runner.vocab.token_text(runner.vocab.bos),
+            eos_token=runner.vocab.token_text(runner.vocab.eos), add_bos=runner.vocab.add_bos,
+            description=model.description, size_bytes=model.size_bytes, n_params=model.n_params)
+        self._loop = EngineLoop(runner, self.config.resolved_parallel, runner.context.n_batch,
+                                self.config.max_queue, self.engine_id)
+        self._loop.start()
+        self.load_progress = 1.0
+        self.load_seconds = time.monotonic() - started
+        self.state = EngineState.READY
+
+    def _on_progress(self, progress: float) -> bool:
+        self.load_progress = progress
+        return True
+
+    async def stop(self, reason: str = "the engine was removed") -> None:
+        """End in-flight requests with an error event, stop the thread, free memory."""
+        self.state = EngineState.UNLOADING
+        loop, runner = self._loop, self._runner
+        self._loop = self._runner = None
+        if loop is not None:
+            loop.shutdown(reason)
+            await asyncio.to_thread(loop.join)
+        if runner is not None:
+            await asyncio.to_thread(runner.close)
+
+    # -- requests -------------------------------------------------------------------------------
+    def _require_ready(self) -> tuple[ModelRunner, EngineLoop]:
+        if self.state != EngineState.READY or self._runner is None or self._loop is None:
+            raise EngineStoppedError(f"engine '{self.engine_id}' is {self.state.value}")
+        return self._runner, self._loop
+
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        runner, _ = self._require_ready()
+        return await asyncio.to_thread(runner.vocab.tokenize, text, add_special, parse_special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        runner, _ = self._require_ready()
+        data = await asyncio.to_thread(runner.vocab.detokenize, token_ids)
+        return data.decode("utf-8", "replace")
+
+    def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        runner, _ = self._require_ready()
+        n_ctx = runner.context.n_ctx
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= n_ctx:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {n_ctx} tokens. However, your prompt "
+                f"has {len(prompt_ids)} tokens, leaving no room for the completion.")
+        vocab_size = runner.vocab.n_tokens
+        if any(not 0 <= token < vocab_size for token in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[Event]:
+        """Yield TokenEvents, then one FinishEvent or ErrorEvent. Closing or cancelling the
+        generator aborts the request in the engine (its slot is freed at the next step)."""
+        _, engine_loop = self._require_ready()
+        self.check_prompt(prompt_ids, params)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        request = Request(request_id=request_id, prompt_ids=list(prompt_ids), params=params,
+                          arrival=time.monotonic())
+        engine_loop.submit(request, EventSink(asyncio.get_running_loop(), events))
+        finished = False
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, (FinishEvent, ErrorEvent)):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                engine_loop.abort(request)
+
+    def stats(self) -> dict[str, Any]:
+        if self._loop is None:
+            return {}
+        return self._loop.snapshot().as_dict()

@@ -1,0 +1,219 @@
+"""The engine thread: owns all llama state, runs schedule -> decode -> sample -> update.
+
+The thread blocks on its inbox only when idle. Events cross to asyncio once per step per
+event loop: ``loop.call_soon_threadsafe(deliver, batch_of_events)``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .errors import EngineOverloadedError, EngineStoppedError, InferenceError
+from .request import ErrorEvent, Event, FinishEvent, Request
+from .runner import ModelRunner
+from .scheduler import Emission, Scheduler, StepPlan
+from .stats import EngineStats, StatsRecorder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSink:
+    """Where one request's events go: an asyncio queue on a given event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class AddRequest:
+    request: Request
+    sink: EventSink
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    reason: str
+
+
+Command = AddRequest | AbortRequest | Shutdown
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Event], Event]]) -> None:
+    for event_queue, event in items:
+        event_queue.put_nowait(event)
+
+
+class EngineLoop:
+    def __init__(self, runner: ModelRunner, n_parallel: int, n_batch: int, max_queue: int,
+                 name: str) -> None:
+        self.runner = runner
+        self.max_queue = max_queue
+        context = runner.context
+        self.scheduler = Scheduler(num_slots=n_parallel, n_ctx=context.n_ctx, n_batch=n_batch,
+                                   memory=context, piece_of=runner.vocab.token_to_piece,
+                                   is_eog=runner.vocab.is_eog, clock=time.monotonic)
+        self.stats = StatsRecorder(slots_total=n_parallel, kv_cells_total=context.n_ctx)
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._sinks: dict[int, EventSink] = {}
+        self._queue_lock = threading.Lock()
+        self._num_queued = 0  # submitted, not yet admitted to a slot
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+
+    # -- called from the event loop -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: Request, sink: EventSink) -> None:
+        with self._queue_lock:
+            if self._stopped:
+                raise EngineStoppedError("the engine is shutting down")
+            if self._num_queued >= self.max_queue:
+                raise EngineOverloadedError(
+                    f"the engine queue is full ({self.max_queue} waiting requests); retry later")
+            self._num_queued += 1
+        self._inbox.put(AddRequest(request, sink))
+
+    def abort(self, request: Request) -> None:
+        self._inbox.put(AbortRequest(request))
+
+    def shutdown(self, reason: str = "the engine was stopped") -> None:
+        with self._queue_lock:
+            self._stopped = True
+        self._inbox.put(Shutdown(reason))
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def snapshot(self) -> EngineStats:
+        return self.stats.snapshot
+
+    # -- the thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            if not self._handle_commands(block=not self.scheduler.has_work):
+                return
+            try:
+                self._step()
+            except Exception as error:  # never let one bad step kill the engine
+                logger.exception("engine step failed")
+                self._emit(self.scheduler.fail(list(self.scheduler.running),
+                                               InferenceError(f"inference failed: {error}")))
+
+    def _handle_commands(self, block: bool) -> bool:
+        while True:
+            try:
+                command = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if isinstance(command, AddRequest):
+                self._add(command)
+            elif isinstance(command, AbortRequest):
+                self._abort(command.request)
+            else:
+                self._emit(self.scheduler.fail_all(EngineStoppedError(command.reason)))
+                self._drain_after_shutdown(command.reason)
+                return False
+
+    def _add(self, command: AddRequest) -> None:
+        request = command.request
+        self._sinks[id(request)] = command.sink
+        try:
+            request.sampler = self.runner.make_sampler(request.params)
+        except Exception as error:
+            self._dequeue()
+            self._emit([Emission(request, ErrorEvent(InferenceError(f"bad sampler: {error}")))])
+            return
+        self.scheduler.add(request)
+
+    def _abort(self, request: Request) -> None:
+        was_waiting = request in self.scheduler.waiting
+        if self.scheduler.abort(request):
+            self.stats.record_cancel()
+            if was_waiting:
+                self._dequeue()
+        self._release(request)
+
+    def _dequeue(self) -> None:
+        with self._queue_lock:
+            self._num_queued -= 1
+
+    def _step(self) -> None:
+        waiting_before = len(self.scheduler.waiting)
+        started = time.perf_counter()
+        plan = self.scheduler.schedule()
+        admitted = waiting_before - len(self.scheduler.waiting)
+        if admitted > 0:
+            with self._queue_lock:
+                self._num_queued -= admitted
+        if plan is None:
+            self.stats.record_idle(self.scheduler)
+            return
+        scheduled_at = time.perf_counter()
+        result = self.runner.run(plan)
+        ran_at = time.perf_counter()
+        if result.status == result.status.OK:
+            emissions = self.scheduler.update(plan, result.tokens)
+        elif result.status == result.status.NO_KV_SLOT:
+            logger.warning("no KV slot for a %d-token batch: shrinking and retrying", plan.num_tokens)
+            self.scheduler.on_no_kv_slot(plan)
+            emissions = []
+        else:
+            emissions = self.scheduler.fail([r for r, _ in plan.scheduled],
+                                            InferenceError(f"llama_decode returned {result.status.name}"))
+        updated_at = time.perf_counter()
+        self._emit(emissions)
+        done_at = time.perf_counter()
+        self.stats.record_step(plan, self.scheduler, schedule_s=scheduled_at - started,
+                               decode_s=result.decode_s, sample_s=result.sample_s,
+                               run_s=ran_at - scheduled_at, update_s=updated_at - ran_at,
+                               deliver_s=done_at - updated_at, ok=result.status == result.status.OK)
+
+    def _emit(self, emissions: list[Emission]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Event], Event]]]
+        by_loop = defaultdict(list)
+        for emission in emissions:
+            sink = self._sinks.get(id(emission.request))
+            if sink is not None:
+                by_loop[sink.loop].append((sink.queue, emission.event))
+            if isinstance(emission.event, (FinishEvent, ErrorEvent)):
+                self.stats.record_finish(emission.request, emission.event)
+                self._release(emission.request)
+        for event_loop, items in by_loop.items():
+            try:
+                event_loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening
+                pass
+
+    def _release(self, request: Request) -> None:
+        self._sinks.pop(id(request), None)
+        sampler = request.sampler
+        request.sampler = None
+        if sampler is not None:
+            sampler.close()  # type: ignore[attr-defined]
+
+    def _drain_after_shutdown(self, reason: str) -> None:
+        """Requests that raced the shutdown still get an answer."""
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, AddRequest):
+                self._sinks[id(command.request)] = command.sink
+                self._emit([Emission(command.request, ErrorEvent(EngineStoppedError(reason)))])
+
+
+__all__ = ["EngineLoop", "EventSink", "StepPlan"]

@@ -1,0 +1,126 @@
+"""Engine statistics: written by the engine thread, read by anyone without a lock.
+
+The thread builds a new frozen snapshot after each step and swaps the reference, which
+is atomic in CPython, so readers never see a half-updated record.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .request import ErrorEvent, FinishEvent, Request
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler, StepPlan
+
+RATE_WINDOW_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepProfile:
+    """Cumulative seconds per phase of the scheduler step."""
+
+    schedule_s: float = 0.0
+    fill_and_decode_s: float = 0.0
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+    update_s: float = 0.0
+    deliver_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.schedule_s + self.fill_and_decode_s + self.sample_s + self.update_s + self.deliver_s
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    slots_total: int
+    kv_cells_total: int
+    slots_busy: int = 0
+    queue_depth: int = 0
+    kv_cells_used: int = 0
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    last_step_ms: float = 0.0
+    last_batch_tokens: int = 0
+    steps: int = 0
+    cache_hits: int = 0
+    cached_tokens: int = 0
+    preemptions: int = 0
+    prompt_tokens_total: int = 0
+    generated_tokens_total: int = 0
+    requests_finished: int = 0
+    requests_failed: int = 0
+    requests_cancelled: int = 0
+    profile: StepProfile = StepProfile()
+
+    @property
+    def slots_free(self) -> int:
+        return self.slots_total - self.slots_busy
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["slots_free"] = self.slots_free
+        return data
+
+
+class StatsRecorder:
+    def __init__(self, slots_total: int, kv_cells_total: int) -> None:
+        self.snapshot = EngineStats(slots_total=slots_total, kv_cells_total=kv_cells_total)
+        self._window: deque[tuple[float, int, int]] = deque()  # (time, prefill, decode)
+
+    def _rates(self, now: float) -> tuple[float, float]:
+        while self._window and now - self._window[0][0] > RATE_WINDOW_S:
+            self._window.popleft()
+        if not self._window:
+            return 0.0, 0.0
+        span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else RATE_WINDOW_S
+        prefill = sum(item[1] for item in self._window)
+        decode = sum(item[2] for item in self._window)
+        return prefill / span, decode / span
+
+    def _occupancy(self, scheduler: Scheduler) -> dict[str, int]:
+        return {"slots_busy": len(scheduler.running), "queue_depth": len(scheduler.waiting),
+                "kv_cells_used": scheduler.kv_cells_used(),
+                "cache_hits": scheduler.counters.cache_hits,
+                "cached_tokens": scheduler.counters.cached_tokens,
+                "preemptions": scheduler.counters.preemptions}
+
+    def record_idle(self, scheduler: Scheduler) -> None:
+        prefill, decode = self._rates(time.monotonic())
+        self.snapshot = replace(self.snapshot, prefill_tokens_per_s=prefill,
+                                decode_tokens_per_s=decode, **self._occupancy(scheduler))
+
+    def record_step(self, plan: StepPlan, scheduler: Scheduler, *, schedule_s: float,
+                    decode_s: float, sample_s: float, run_s: float, update_s: float,
+                    deliver_s: float, ok: bool) -> None:
+        now = time.monotonic()
+        if ok:
+            self._window.append((now, plan.num_tokens - plan.num_decode_rows, plan.num_decode_rows))
+        prefill, decode = self._rates(now)
+        old = self.snapshot
+        profile = old.profile
+        profile = StepProfile(profile.schedule_s + schedule_s,
+                              profile.fill_and_decode_s + run_s - sample_s,
+                              profile.decode_s + decode_s, profile.sample_s + sample_s,
+                              profile.update_s + update_s, profile.deliver_s + deliver_s)
+        self.snapshot = replace(
+            old, prefill_tokens_per_s=prefill, decode_tokens_per_s=decode,
+            last_step_ms=(schedule_s + run_s + update_s + deliver_s) * 1000.0,
+            last_batch_tokens=plan.num_tokens, steps=old.steps + 1, profile=profile,
+            **self._occupancy(scheduler))
+
+    def record_finish(self, request: Request, event: FinishEvent | ErrorEvent) -> None:
+        old = self.snapshot
+        if isinstance(event, FinishEvent):
+            self.snapshot = replace(old, requests_finished=old.requests_finished + 1,
+                                    prompt_tokens_total=old.prompt_tokens_total + request.num_prompt,
+                                    generated_tokens_total=old.generated_tokens_total
+                                    + request.num_generated)
+        else:
+            self.snapshot = replace(old, requests_failed=old.requests_failed + 1)
+
+    def record_cancel(self) -> None:
+        self.snapshot = replace(self.snapshot, requests_cancelled=self.snapshot.requests_cancelled + 1)
