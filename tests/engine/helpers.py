@@ -1,0 +1,42 @@
+"""Small helpers for driving a real AsyncEngine in tests."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from kolosal.engine import AsyncEngine, ErrorEvent, FinishEvent, SamplingParams, TokenEvent
+
+
+@dataclass
+class Result:
+    chunks: list[str] = field(default_factory=list)
+    finish: FinishEvent | None = None
+    error: ErrorEvent | None = None
+    first_token_s: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+async def run(engine: AsyncEngine, prompt: str | list[int], params: SamplingParams,
+              request_id: str = "test") -> Result:
+    ids = prompt if isinstance(prompt, list) else await engine.tokenize(prompt)
+    result = Result()
+    started = time.monotonic()
+    async for event in engine.generate(ids, params, request_id):
+        if not result.chunks and not result.first_token_s:
+            result.first_token_s = time.monotonic() - started
+        if isinstance(event, TokenEvent):
+            result.chunks.append(event.text)
+        elif isinstance(event, FinishEvent):
+            if event.text:
+                result.chunks.append(event.text)
+            result.finish = event
+        else:
+            result.error = event
+    return result
+
+
+def greedy(max_tokens: int, **kwargs: object) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""Scheduler planning with no library: a fake KV memory that records removals."""
+from __future__ import annotations
+
+import numpy as np
+
+from kolosal.engine.request import FinishEvent, Request, RequestStatus, SamplingParams, TokenEvent
+from kolosal.engine.scheduler import Scheduler
+
+
+class FakeMemory:
+    def __init__(self) -> None:
+        self.removed: list[tuple[int, int, int]] = []
+
+    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
+        self.removed.append((seq_id, start, end))
+        return True
+
+
+def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8) -> Scheduler:
+    return Scheduler(num_slots, n_ctx, n_batch, FakeMemory(), piece_of=lambda t: f"<{t}>".encode(),
+                     is_eog=lambda t: t == 0, clock=lambda: 0.0)
+
+
+def request(prompt: list[int], max_tokens: int = 4, rid: str = "r") -> Request:
+    return Request(rid, prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0), 0.0)
+
+
+def test_prefill_is_chunked_by_the_token_budget_and_decode_goes_first() -> None:
+    scheduler = make(n_batch=8)
+    short, long = request([1, 2], rid="short"), request(list(range(1, 21)), rid="long")
+    scheduler.add(short)
+    scheduler.add(long)
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert plan.scheduled == [(short, 2), (long, 6)]
+    assert plan.sampled == [short] and plan.output_rows.tolist() == [1]
+    scheduler.update(plan, np.array([7]))
+    plan = scheduler.schedule()
+    assert plan is not None
+    # The decoding request's single token leads; the long prompt takes the rest.
+    assert plan.scheduled == [(short, 1), (long, 7)]
+    assert plan.tokens[0] == 7 and plan.positions[0] == 2
+
+
+def test_finish_on_max_tokens_frees_the_slot_and_keeps_the_prefix() -> None:
+    scheduler = make()
+    req = request([5, 6, 7], max_tokens=2)
+    scheduler.add(req)
+    events = []
+    for token in (8, 9):
+        plan = scheduler.schedule()
+        assert plan is not None
+        events += scheduler.update(plan, np.array([token]))
+    assert isinstance(events[0].event, TokenEvent)
+    finish = events[-1].event
+    assert isinstance(finish, FinishEvent) and finish.finish_reason.value == "length"
+    assert finish.usage.completion_tokens == 2
+    assert req.status == RequestStatus.FINISHED
+    assert scheduler.slots.num_free == 2
+    assert scheduler.slots.slots[0].cached_ids == [5, 6, 7, 8]  # the last token never ran
+
+
+def test_prefix_cache_is_reused_by_the_next_request() -> None:
+    scheduler = make()
+    first = request([1, 2, 3, 4, 5], max_tokens=1)
+    scheduler.add(first)
+    plan = scheduler.schedule()
+    assert plan is not None
+    scheduler.update(plan, np.array([9]))
+    second = request([1, 2, 3, 4, 6, 7], max_tokens=1)
+    scheduler.add(second)
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert second.num_cached == 4 and plan.scheduled == [(second, 2)]
+    assert scheduler.counters.cache_hits == 1
+
+
+def test_eog_finishes_with_stop() -> None:
+    scheduler = make()
+    req = request([1, 2])
+    scheduler.add(req)
+    plan = scheduler.schedule()
+    assert plan is not None
+    (emission,) = scheduler.update(plan, np.array([0]))
+    assert isinstance(emission.event, FinishEvent)
+    assert emission.event.finish_reason.value == "stop"
+
+
+def test_abort_frees_slot_and_waiting_requests_get_it() -> None:
+    scheduler = make(num_slots=1)
+    a, b = request([1, 2], rid="a"), request([3, 4], rid="b")
+    scheduler.add(a)
+    scheduler.add(b)
+    plan = scheduler.schedule()
+    assert plan is not None and plan.scheduled == [(a, 2)]
+    assert scheduler.abort(a)
+    plan = scheduler.schedule()
+    assert plan is not None and plan.scheduled == [(b, 2)]
+
+
+def test_kv_pressure_preempts_the_youngest_and_it_resumes_later() -> None:
+    scheduler = make(num_slots=2, n_ctx=12, n_batch=16)
+    a, b = request([1, 2, 3, 4], max_tokens=20, rid="a"), request([5, 6, 7, 8], max_tokens=20, rid="b")
+    scheduler.add(a)
+    scheduler.add(b)
+    for _ in range(4):
+        plan = scheduler.schedule()
+        assert plan is not None
+        scheduler.update(plan, np.array([10] * len(plan.sampled)))
+    assert scheduler.counters.preemptions >= 1
+    assert b.status == RequestStatus.WAITING and b.num_computed == 0
+    assert scheduler.kv_cells_used() <= 12
