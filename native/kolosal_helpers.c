@@ -16,21 +16,3 @@ void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llam
     }
     batch->n_tokens = n_tokens;
 }
-
-/* Greedy sampling for many rows at once: out[k] = argmax of the logits of batch row rows[k].
- * Ties go to the lowest token id, as in llama_sampler_init_greedy. */
-void kolosal_argmax_rows(struct llama_context * ctx, const int32_t * rows, int32_t n_rows,
-                         int32_t n_vocab, llama_token * out) {
-    for (int32_t k = 0; k < n_rows; ++k) {
-        const float * logits = llama_get_logits_ith(ctx, rows[k]);
-        int32_t best = 0;
-        float best_logit = logits[0];
-        for (int32_t t = 1; t < n_vocab; ++t) {
-            if (logits[t] > best_logit) {
-                best_logit = logits[t];
-                best = t;
-            }
-        }
-        out[k] = best;
-    }
-}

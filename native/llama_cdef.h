@@ -242,8 +242,6 @@ struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * voc
 /* ---- Kolosal's C helpers (native/kolosal_helpers.c): per-step loops kept out of Python ---- */
 void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llama_token * tokens,
                         const llama_pos * positions, const llama_seq_id * seq_ids, const int8_t * logits);
-void kolosal_argmax_rows(struct llama_context * ctx, const int32_t * rows, int32_t n_rows,
-                         int32_t n_vocab, llama_token * out);
 
 /* ---- callbacks implemented in Python ---- */
 extern "Python" void kolosal_log_callback(enum ggml_log_level level, const char * text, void * user_data);

@@ -19,7 +19,7 @@ MODULE_NAME = "_kolosal_llama"
 NATIVE_DIR = Path(os.environ.get("KOLOSAL_NATIVE_DIR", Path(__file__).resolve().parents[2] / "native"))
 CDEF_PATH = NATIVE_DIR / "llama_cdef.h"
 HELPERS_PATH = NATIVE_DIR / "kolosal_helpers.c"
-STRICT_FLAGS = ["-O2", "-Werror=incompatible-pointer-types", "-Werror=int-conversion",
+STRICT_FLAGS = ["-O3", "-march=native", "-Werror=incompatible-pointer-types", "-Werror=int-conversion",
                 "-Werror=implicit-function-declaration", "-Werror=return-type"]
 
 

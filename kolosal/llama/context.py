@@ -111,13 +111,10 @@ class Context:
         return view
 
     def argmax_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Greedy tokens for many output rows at once, computed in C."""
-        rows = np.ascontiguousarray(rows, dtype=np.int32)
-        out = np.empty(len(rows), dtype=np.int32)
-        self._lib.kolosal_argmax_rows(self.ptr, self._ffi.from_buffer("int32_t[]", rows),
-                                      len(rows), self.n_vocab,
-                                      self._ffi.from_buffer("llama_token[]", out))
-        return out
+        """Greedy tokens for these batch rows: numpy's SIMD argmax over each logits row
+        (ties go to the lowest token id, as in llama_sampler_init_greedy)."""
+        return np.fromiter((self.logits_row(int(row)).argmax() for row in rows),
+                           dtype=np.int32, count=len(rows))
 
     # -- KV memory ------------------------------------------------------------------------
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
