@@ -124,15 +124,18 @@ class AsyncEngine:
         if any(not 0 <= token < vocab_size for token in prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[Event]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
+                       timeout_s: float | None = None) -> AsyncIterator[Event]:
         """Yield TokenEvents, then one FinishEvent or ErrorEvent. Closing or cancelling the
-        generator aborts the request in the engine (its slot is freed at the next step)."""
+        generator aborts the request in the engine (its slot is freed at the next step).
+        ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError))."""
         _, engine_loop = self._require_ready()
         self.check_prompt(prompt_ids, params)
         events: asyncio.Queue[Event] = asyncio.Queue()
         request = Request(request_id=request_id, prompt_ids=list(prompt_ids), params=params,
                           arrival=time.monotonic())
+        if timeout_s is not None:
+            request.deadline = request.arrival + timeout_s
         engine_loop.submit(request, EventSink(asyncio.get_running_loop(), events))
         finished = False
         try:

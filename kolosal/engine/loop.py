@@ -69,6 +69,7 @@ class EngineLoop:
         self._queue_lock = threading.Lock()
         self._num_queued = 0  # submitted, not yet admitted to a slot
         self._stopped = False
+        self._has_deadlines = False  # skip the deadline scan until a request brings one
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
 
     # -- called from the event loop -------------------------------------------------------
@@ -130,6 +131,7 @@ class EngineLoop:
     def _add(self, command: AddRequest) -> None:
         request = command.request
         self._sinks[id(request)] = command.sink
+        self._has_deadlines = self._has_deadlines or request.deadline is not None
         try:
             request.sampler = self.runner.make_sampler(request.params)
         except Exception as error:
@@ -153,6 +155,8 @@ class EngineLoop:
     def _step(self) -> None:
         waiting_before = len(self.scheduler.waiting)
         started = time.perf_counter()
+        if self._has_deadlines:
+            self._emit(self.scheduler.expire())
         plan = self.scheduler.schedule()
         admitted = waiting_before - len(self.scheduler.waiting)
         if admitted > 0:

@@ -89,6 +89,7 @@ class Request:
     num_computed: int = 0
     num_cached: int = 0           # prompt tokens reused from a slot's prefix cache
     first_token_at: float = 0.0
+    deadline: float | None = None  # monotonic time covering queue + prefill + decode
     sampler: object | None = None  # a kolosal.llama.Sampler when not greedy; opaque here
     detokenizer: object | None = None
 

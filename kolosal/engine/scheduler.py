@@ -17,7 +17,7 @@ from .detokenizer import Detokenizer
 from .request import (ErrorEvent, Event, FinishEvent, FinishReason, Request, RequestStatus,
                       TokenEvent)
 from .slots import Slot, SlotTable
-from .errors import EngineError
+from .errors import DeadlineExceededError, EngineError
 
 
 class KVMemory(Protocol):
@@ -106,6 +106,22 @@ class Scheduler:
             request = self.waiting.popleft()
             request.status = RequestStatus.FAILED
             emissions.append(Emission(request, ErrorEvent(error)))
+        return emissions
+
+    def expire(self) -> list[Emission]:
+        """Fail every request whose deadline has passed, queued or running."""
+        now = self.clock()
+        expired = [r for r in (*self.waiting, *self.running)
+                   if r.deadline is not None and now >= r.deadline]
+        emissions = []
+        for request in expired:
+            if request in self.waiting:
+                self.waiting.remove(request)
+                request.status = RequestStatus.FAILED
+            else:
+                self._retire(request, RequestStatus.FAILED)
+            emissions.append(Emission(request, ErrorEvent(DeadlineExceededError(
+                f"request {request.request_id} exceeded its deadline"))))
         return emissions
 
     @property

@@ -206,3 +206,19 @@ async def test_every_slot_is_free_after_a_mix(engine: AsyncEngine) -> None:
     stats = engine.stats()
     assert stats["slots_busy"] == 0 and stats["queue_depth"] == 0
     assert stats["kv_cells_used"] <= engine.info.n_ctx
+
+
+async def test_deadline_ends_a_long_request_and_frees_its_slot(engine: AsyncEngine) -> None:
+    from kolosal.engine import DeadlineExceededError, ErrorEvent
+
+    ids = await engine.tokenize("Recite the digits of pi:")
+    events = [event async for event in engine.generate(ids, greedy(2000, ignore_eos=True), "late",
+                                                        timeout_s=0.5)]
+    assert isinstance(events[-1], ErrorEvent)
+    assert isinstance(events[-1].error, DeadlineExceededError)
+    assert len(events) > 1  # it did run before the deadline hit
+    for _ in range(100):
+        if engine.stats()["slots_busy"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats()["slots_busy"] == 0
