@@ -1,0 +1,113 @@
+"""kolosal-server: parse flags/env/config, preload engines, serve."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ServerSettings, load_config_file, settings_from
+from .engine import EngineConfig, EngineRegistry
+
+logger = logging.getLogger("kolosal")
+
+
+def env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"KOLOSAL_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kolosal-server",
+                                     description="OpenAI-compatible inference server for GGUF models")
+    parser.add_argument("--host", default=env("HOST"), help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
+    parser.add_argument("--port", type=int, default=env("PORT"), help="port (default 8080)")
+    parser.add_argument("--model", default=env("MODEL"), help="GGUF file to load at start")
+    parser.add_argument("--engine-id", default=env("ENGINE_ID"), help="id of --model's engine (default: file stem)")
+    parser.add_argument("--n-ctx", type=int, default=env("N_CTX", 4096), help="context size (KV cells) of --model")
+    parser.add_argument("--parallel", type=int, default=env("PARALLEL", 0), help="slots (0 = n_ctx/128, max 64)")
+    parser.add_argument("--threads", type=int, default=env("THREADS", 0), help="compute threads (0 = all cores)")
+    parser.add_argument("--n-batch", type=int, default=env("N_BATCH", 512), help="token budget of one step")
+    parser.add_argument("--n-gpu-layers", type=int, default=env("N_GPU_LAYERS", 100))
+    parser.add_argument("--max-queue", type=int, default=env("MAX_QUEUE", 256),
+                        help="waiting requests per engine before 503")
+    parser.add_argument("--config", default=env("CONFIG"), help="YAML or JSON config file")
+    parser.add_argument("--api-key", action="append", default=None,
+                        help="require this API key (repeatable; env KOLOSAL_API_KEY, comma-separated)")
+    parser.add_argument("--cors-origins", default=env("CORS_ORIGINS"), help="comma-separated origins, or *")
+    parser.add_argument("--models-dir", action="append", default=None,
+                        help="directory POST /engines may load from (repeatable)")
+    parser.add_argument("--max-body-bytes", type=int, default=env("MAX_BODY_BYTES"))
+    parser.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
+    parser.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--no-default-model", action="store_true",
+                        help="start with no engine when neither --model nor a config names one")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    api_keys = args.api_key or ([k for k in env("API_KEY", "").split(",") if k] or None)
+    models_dirs = args.models_dir or ([d for d in env("MODELS_DIR", "").split(",") if d] or None)
+    overrides = {"host": args.host, "port": args.port, "api_keys": api_keys,
+                 "cors_origins": args.cors_origins, "models_dirs": models_dirs,
+                 "max_body_bytes": args.max_body_bytes, "ssl_certfile": args.ssl_certfile,
+                 "ssl_keyfile": args.ssl_keyfile, "log_level": args.log_level}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "port" in values:
+        values["port"] = int(values["port"])
+    engines = list(values.get("engines") or [])
+    model = args.model
+    if model is None and not engines and not args.no_default_model:
+        from .default_model import default_model_path
+
+        model = str(default_model_path())
+    if model is not None:
+        engines.append({"engine_id": args.engine_id or Path(model).stem, "model_path": model,
+                        "n_ctx": int(args.n_ctx), "n_parallel": int(args.parallel),
+                        "n_threads": int(args.threads), "n_batch": int(args.n_batch),
+                        "n_gpu_layers": int(args.n_gpu_layers), "max_queue": int(args.max_queue)})
+    values["engines"] = engines
+    return settings_from(values)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # libllama is chatty at INFO; show its warnings unless debugging.
+    logging.getLogger("kolosal.libllama").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+async def amain(settings: ServerSettings) -> None:
+    from .server.serve import run_server
+
+    registry = EngineRegistry()
+    for config in settings.engines:
+        logger.info("loading engine '%s' from %s", config.engine_id, config.model_path)
+        await registry.add(config)
+    await run_server(settings, registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, OSError, TypeError) as error:
+        print(f"kolosal-server: error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(amain(settings))
+    except KeyboardInterrupt:
+        pass
+    except Exception as error:  # a startup failure: say what, not a traceback
+        logger.error("%s", error)
+        return 1
+    return 0
+
+
+__all__ = ["EngineConfig", "main"]

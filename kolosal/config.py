@@ -1,0 +1,60 @@
+"""Server settings: flags, environment variables (KOLOSAL_*) and --config files (YAML/JSON)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .engine import EngineConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    models_dirs: tuple[str, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    log_level: str = "info"
+    engines: tuple[EngineConfig, ...] = field(default_factory=tuple)
+
+
+ENGINE_KEYS = {f.name for f in fields(EngineConfig)}
+SETTINGS_KEYS = {f.name for f in fields(ServerSettings)} - {"engines"}
+TUPLE_KEYS = {"api_keys", "cors_origins", "models_dirs"}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file: server keys at the top, ``engines: [{engine_id, model_path, ...}]``."""
+    text = Path(path).read_text()
+    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config must be a mapping")
+    unknown = set(data) - SETTINGS_KEYS - {"engines"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return data
+
+
+def engines_from(items: list[dict[str, Any]]) -> tuple[EngineConfig, ...]:
+    engines = []
+    for item in items:
+        unknown = set(item) - ENGINE_KEYS
+        if unknown:
+            raise ValueError(f"unknown engine keys {sorted(unknown)}")
+        engines.append(EngineConfig(**item))
+    return tuple(engines)
+
+
+def settings_from(values: dict[str, Any]) -> ServerSettings:
+    kwargs = {key: value for key, value in values.items() if key in SETTINGS_KEYS and value is not None}
+    for key in TUPLE_KEYS & kwargs.keys():
+        value = kwargs[key]
+        kwargs[key] = tuple(value.split(",") if isinstance(value, str) else value)
+    return ServerSettings(engines=engines_from(values.get("engines") or []), **kwargs)

@@ -1,0 +1,79 @@
+"""create_app(registry, settings): the Quart app. State lives on the app, not in globals."""
+from __future__ import annotations
+
+import hmac
+import logging
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from ..config import ServerSettings
+from ..engine import EngineRegistry
+from . import routes_engines, routes_openai
+from .errors import APIError
+from .http import json_response
+
+logger = logging.getLogger(__name__)
+PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
+
+
+def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
+    app = Quart("kolosal")
+    app.config["REGISTRY"] = registry
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.register_blueprint(routes_openai.blueprint)
+    app.register_blueprint(routes_engines.blueprint)
+    keys = [key.encode() for key in settings.api_keys if key]
+
+    @app.before_request
+    async def check_api_key() -> Response | None:
+        if not keys or request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
+            return None
+        supplied = request.headers.get("X-API-Key", "")
+        authorization = request.headers.get("Authorization", "")
+        if authorization.lower().startswith("bearer "):
+            supplied = authorization[7:].strip()
+        supplied_bytes = supplied.encode()
+        # Compare against every key in constant time; no early exit on a match.
+        valid = False
+        for key in keys:
+            valid |= hmac.compare_digest(supplied_bytes, key)
+        if valid:
+            return None
+        raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                       code="invalid_api_key")
+
+    @app.after_request
+    async def add_cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and ("*" in settings.cors_origins or origin in settings.cors_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-API-Key, X-Request-Id"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        return response
+
+    @app.errorhandler(APIError)
+    async def api_error(error: APIError) -> Response:
+        return json_response(error.body(), status=error.status, headers=error.headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        message = {404: f"Unknown route: {request.method} {request.path}",
+                   405: f"Method {request.method} is not allowed on {request.path}",
+                   413: f"Request body too large (limit {settings.max_body_bytes} bytes)"}.get(
+                       status, error.description or "HTTP error")
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return json_response(APIError(status, message, type=kind).body(), status=status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(APIError(500, "internal server error", type="server_error").body(),
+                             status=500)
+
+    return app

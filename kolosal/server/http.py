@@ -1,0 +1,51 @@
+"""Request parsing and JSON responses shared by the route modules."""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from quart import Response, request
+
+from .errors import bad_request, from_validation_error
+
+Body = TypeVar("Body", bound=BaseModel)
+MAX_JSON_DEPTH = 64
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status=status, headers=headers,
+                    content_type="application/json")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth, stopping early past the limit (iterative: no recursion bombs)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+async def parse_body(model: type[Body]) -> Body:
+    raw = await request.get_data()
+    if not raw:
+        raise bad_request("the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise bad_request(f"invalid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object")
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise bad_request("the JSON body is nested too deeply")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None

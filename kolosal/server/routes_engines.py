@@ -1,0 +1,117 @@
+"""Engine management: POST /engines, GET /v1/engines, GET /engines/{id}/status,
+DELETE /engines/{id}, and GET /v1/health."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from quart import Blueprint, Response, current_app
+
+from ..engine import AsyncEngine, EngineConfig, EngineExistsError, EngineNotFoundError, EngineState
+from ..gguf_header import InvalidModelFileError, read_gguf_header
+from ..llama import ModelLoadError
+from .errors import APIError, bad_request
+from .http import json_response, parse_body
+from .protocol import EngineCreateRequest
+
+blueprint = Blueprint("engines", __name__)
+
+
+def engine_body(engine: AsyncEngine, with_stats: bool = False) -> dict[str, Any]:
+    config = engine.config
+    body: dict[str, Any] = {
+        "engine_id": engine.engine_id, "object": "engine", "state": engine.state.value,
+        "model_path": config.model_path, "n_ctx": config.n_ctx, "n_parallel": config.resolved_parallel,
+        "n_gpu_layers": config.n_gpu_layers, "main_gpu_id": config.main_gpu_id,
+        "created": engine.created, "load_progress": round(engine.load_progress, 4),
+        "load_seconds": round(engine.load_seconds, 3), "error": engine.error}
+    info = engine.info
+    if info is not None:
+        body["model"] = {"architecture": info.architecture, "description": info.description,
+                         "n_params": info.n_params, "size_bytes": info.size_bytes,
+                         "n_ctx_train": info.n_ctx_train, "n_vocab": info.n_vocab,
+                         "has_chat_template": info.chat_template is not None}
+    if with_stats:
+        body["stats"] = engine.stats()
+    return body
+
+
+def resolve_model_path(raw: str) -> Path:
+    """Expand and resolve (symlinks too); confine to --models-dir when one is configured."""
+    path = Path(os.path.expanduser(raw)).resolve()
+    allowed = current_app.config["SETTINGS"].models_dirs
+    if allowed and not any(path.is_relative_to(Path(d).expanduser().resolve()) for d in allowed):
+        raise APIError(403, "model_path is outside the configured models directories",
+                       type="permission_error", param="model_path", code="model_path_forbidden")
+    return path
+
+
+@blueprint.post("/engines")
+@blueprint.post("/v1/engines")
+async def create_engine() -> Response:
+    body = await parse_body(EngineCreateRequest)
+    path = resolve_model_path(body.model_path)
+    try:
+        read_gguf_header(path)
+    except FileNotFoundError:
+        raise APIError(404, f"model file not found: {body.model_path}", param="model_path",
+                       code="model_file_not_found") from None
+    except (IsADirectoryError, InvalidModelFileError) as error:
+        raise bad_request(str(error), param="model_path", code="invalid_model_file") from None
+    config = EngineConfig(engine_id=body.engine_id, model_path=str(path), n_ctx=body.n_ctx,
+                          n_gpu_layers=body.n_gpu_layers, main_gpu_id=body.main_gpu_id,
+                          n_parallel=body.n_parallel, n_batch=body.n_batch,
+                          n_threads=body.n_threads, max_queue=body.max_queue)
+    try:
+        engine = await current_app.config["REGISTRY"].add(config)
+    except EngineExistsError as error:
+        raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
+    except (ModelLoadError, InvalidModelFileError, ValueError) as error:
+        raise bad_request(str(error), param="model_path", code="model_load_failed") from None
+    except RuntimeError as error:  # e.g. the context could not be allocated
+        raise APIError(500, str(error), type="server_error", code="engine_load_failed") from None
+    return json_response(engine_body(engine), status=201)
+
+
+@blueprint.get("/engines")
+@blueprint.get("/v1/engines")
+async def list_engines() -> Response:
+    engines = current_app.config["REGISTRY"].list()
+    return json_response({"object": "list", "data": [engine_body(e) for e in engines]})
+
+
+def find_engine(engine_id: str) -> AsyncEngine:
+    try:
+        return current_app.config["REGISTRY"].get(engine_id)
+    except EngineNotFoundError:
+        raise APIError(404, f"engine '{engine_id}' not found", param="engine_id",
+                       code="model_not_found") from None
+
+
+@blueprint.get("/engines/<engine_id>/status")
+@blueprint.get("/v1/engines/<engine_id>/status")
+@blueprint.get("/engines/<engine_id>")
+@blueprint.get("/v1/engines/<engine_id>")
+async def engine_status(engine_id: str) -> Response:
+    return json_response(engine_body(find_engine(engine_id), with_stats=True))
+
+
+@blueprint.delete("/engines/<engine_id>")
+@blueprint.delete("/v1/engines/<engine_id>")
+async def delete_engine(engine_id: str) -> Response:
+    find_engine(engine_id)
+    try:
+        await current_app.config["REGISTRY"].remove(engine_id)
+    except EngineNotFoundError:
+        raise APIError(404, f"engine '{engine_id}' not found", param="engine_id",
+                       code="model_not_found") from None
+    return json_response({"engine_id": engine_id, "object": "engine", "deleted": True})
+
+
+@blueprint.get("/health")
+@blueprint.get("/v1/health")
+async def health() -> Response:
+    engines = current_app.config["REGISTRY"].list()
+    ready = sum(1 for e in engines if e.state == EngineState.READY)
+    return json_response({"status": "ok", "engines": {"total": len(engines), "ready": ready}})

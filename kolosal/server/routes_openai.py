@@ -1,0 +1,205 @@
+"""POST /v1/chat/completions, POST /v1/completions, GET /v1/models."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response, current_app, request
+
+from .. import __version__
+from ..chat_template import ChatTemplate, ChatTemplateError
+from ..engine import AsyncEngine, EngineNotFoundError, ErrorEvent, FinishEvent, TokenEvent, Usage
+from .errors import APIError, bad_request, from_engine_error, model_not_found
+from .generation import MultiStream, total_usage
+from .http import json_response, parse_body
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .sse import DONE, ContentChunkEncoder, event
+
+blueprint = Blueprint("openai", __name__)
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
+
+
+def fingerprint(engine: AsyncEngine) -> str:
+    digest = hashlib.sha256(f"{__version__}:{engine.config.model_path}".encode()).hexdigest()
+    return "fp_" + digest[:10]
+
+
+def ready_engine(model: str) -> AsyncEngine:
+    try:
+        engine = current_app.config["REGISTRY"].get(model)
+    except EngineNotFoundError:
+        raise model_not_found(model) from None
+    if engine.info is None:
+        raise APIError(503, f"engine '{model}' is {engine.state.value}", type="server_error",
+                       code="engine_not_ready", headers={"Retry-After": "1"})
+    return engine
+
+
+async def tokenize_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> list[int]:
+    info = engine.info
+    assert info is not None
+    template = ChatTemplate.for_model(info.chat_template, info.architecture, info.bos_token,
+                                      info.eos_token)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages]
+    try:
+        prompt = template.render(messages)
+    except ChatTemplateError as error:
+        raise bad_request(str(error), param="messages") from None
+    # Templates usually write the BOS text themselves: never add a second BOS.
+    add_special = not (info.bos_token and prompt.startswith(info.bos_token))
+    return await engine.tokenize(prompt, add_special=add_special, parse_special=True)
+
+
+async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFields,
+                max_tokens: int, prefix: str) -> tuple[MultiStream, str]:
+    request_id = f"{prefix}-{secrets.token_urlsafe(18)}"
+    try:
+        params = body.sampling_params(max_tokens, engine.info.n_vocab if engine.info else 0)
+        for ids in prompts:
+            engine.check_prompt(ids, params)
+        streams = MultiStream(engine, prompts, params, request_id, body.timeout)
+        await streams.start()
+    except Exception as error:
+        raise from_engine_error(error) from error
+    return streams, request_id
+
+
+def first_error(choices: list[Any]) -> APIError | None:
+    for choice in choices:
+        if choice.error is not None:
+            return from_engine_error(choice.error.error)
+    return None
+
+
+@blueprint.post("/v1/chat/completions")
+async def chat_completions() -> Response:
+    body = await parse_body(ChatCompletionRequest)
+    engine = ready_engine(body.model)
+    prompt_ids = await tokenize_chat(engine, body)
+    streams, request_id = await start(engine, [prompt_ids], body,
+                                      body.resolved_max_tokens(engine.info.n_ctx), "chatcmpl")
+    envelope = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.model, "system_fingerprint": fingerprint(engine)}
+    if body.stream:
+        return sse_response(stream_chat(streams, envelope, body.include_usage()))
+    try:
+        choices = await streams.collect()
+    finally:
+        await streams.close()
+    error = first_error(choices)
+    if error is not None:
+        raise error
+    finish = choices[0].finish
+    assert finish is not None
+    return json_response({
+        **envelope, "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": choices[0].text},
+                     "finish_reason": finish.finish_reason.value, "logprobs": None}],
+        "usage": usage_body(finish.usage)})
+
+
+async def stream_chat(streams: MultiStream, envelope: dict[str, Any],
+                      include_usage: bool) -> AsyncIterator[bytes]:
+    encoder = ContentChunkEncoder(envelope, chat=True)
+    try:
+        yield event({**envelope, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                              "finish_reason": None, "logprobs": None}]})
+        async for _, item in streams.events():
+            if isinstance(item, TokenEvent):
+                yield encoder.encode(0, item.text)
+            elif isinstance(item, FinishEvent):
+                if item.text:
+                    yield encoder.encode(0, item.text)
+                yield event({**envelope, "choices": [{"index": 0, "delta": {"content": ""},
+                                                      "finish_reason": item.finish_reason.value,
+                                                      "logprobs": None}]})
+                if include_usage:
+                    yield event({**envelope, "choices": [], "usage": usage_body(item.usage)})
+            else:
+                yield event(from_engine_error(item.error).body())
+        yield DONE
+    finally:
+        await streams.close()
+
+
+@blueprint.post("/v1/completions")
+async def completions() -> Response:
+    body = await parse_body(CompletionRequest)
+    engine = ready_engine(body.model)
+    prompts: list[list[int]] = []
+    for prompt in body.prompts():
+        if isinstance(prompt, str):
+            if not prompt:
+                raise bad_request("prompt must not be empty", param="prompt")
+            prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
+        else:
+            prompts.append(prompt)
+    streams, request_id = await start(engine, prompts, body,
+                                      min(body.max_tokens, engine.info.n_ctx), "cmpl")
+    envelope = {"id": request_id, "object": "text_completion", "created": int(time.time()),
+                "model": body.model, "system_fingerprint": fingerprint(engine)}
+    if body.stream:
+        return sse_response(stream_completion(streams, envelope, body.include_usage()))
+    try:
+        choices = await streams.collect()
+    finally:
+        await streams.close()
+    error = first_error(choices)
+    if error is not None:
+        raise error
+    finishes = [c.finish for c in choices if c.finish is not None]
+    return json_response({
+        **envelope,
+        "choices": [{"index": c.index, "text": c.text, "logprobs": None,
+                     "finish_reason": c.finish.finish_reason.value if c.finish else None}
+                    for c in choices],
+        "usage": usage_body(total_usage(finishes))})
+
+
+async def stream_completion(streams: MultiStream, envelope: dict[str, Any],
+                            include_usage: bool) -> AsyncIterator[bytes]:
+    encoder = ContentChunkEncoder(envelope, chat=False)
+    finishes: list[FinishEvent] = []
+    try:
+        for index in range(streams.num_choices):
+            yield encoder.encode(index, "")
+        async for index, item in streams.events():
+            if isinstance(item, TokenEvent):
+                yield encoder.encode(index, item.text)
+            elif isinstance(item, FinishEvent):
+                finishes.append(item)
+                yield event({**envelope, "choices": [{"index": index, "text": item.text,
+                                                      "finish_reason": item.finish_reason.value,
+                                                      "logprobs": None}]})
+            elif isinstance(item, ErrorEvent):
+                yield event(from_engine_error(item.error).body())
+        if include_usage:
+            yield event({**envelope, "choices": [], "usage": usage_body(total_usage(finishes))})
+        yield DONE
+    finally:
+        await streams.close()
+
+
+def sse_response(body: AsyncIterator[bytes]) -> Response:
+    response = Response(body, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    response.timeout = None  # a long generation is not a timeout
+    return response
+
+
+@blueprint.get("/v1/models")
+async def list_models() -> Response:
+    engines = current_app.config["REGISTRY"].list()
+    return json_response({"object": "list", "data": [
+        {"id": engine.engine_id, "object": "model", "created": engine.created, "owned_by": "kolosal"}
+        for engine in engines]})
