@@ -15,17 +15,18 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
 class ContentPart(BaseModel):
+    model_config = ConfigDict(strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. "name" is harmless
+    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. "name" is harmless
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
@@ -41,7 +42,7 @@ class SamplingFields(BaseModel):
     """Fields shared by chat and text completions. Fields that would change the output in a
     way we do not implement are refused (400) instead of silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not a number, "yes" not a bool
 
     model: str = Field(min_length=1)
     stream: bool = False
@@ -136,7 +137,7 @@ class CompletionRequest(SamplingFields):
 
 
 class EngineCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     engine_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     model_path: str = Field(min_length=1)
     n_ctx: Annotated[int, Field(ge=16, le=1 << 20)] = 4096
