@@ -9,7 +9,7 @@ import openai
 import orjson
 import pytest
 
-from .conftest import ENGINE, ServerProcess, wait_idle
+from ..server_process import ENGINE, ServerProcess, wait_idle
 
 
 @pytest.fixture(scope="module")

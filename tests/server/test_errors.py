@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ENGINE, ServerProcess
+from ..server_process import ENGINE, ServerProcess
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None,

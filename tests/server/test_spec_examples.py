@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from .conftest import ENGINE, ServerProcess
+from ..server_process import ENGINE, ServerProcess
 
 
 def sse_events(text: str) -> list[str]:

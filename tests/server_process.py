@@ -1,4 +1,5 @@
-"""A real kolosal-server process on loopback, serving the real default model."""
+"""A real kolosal-server process on loopback, serving the real default model (fixtures in
+tests/conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -6,12 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 ENGINE = "gemma"
 
@@ -60,21 +59,6 @@ def stop_server(server: ServerProcess) -> None:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
-
-
-@pytest.fixture(scope="session")
-def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = start_server(model_path, tmp_path_factory.mktemp("server") / "server.log")
-    yield running
-    stop_server(running)
-
-
-@pytest.fixture(scope="session")
-def keyed_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = start_server(model_path, tmp_path_factory.mktemp("keyed") / "server.log",
-                           "--api-key", "sk-test-1", "--api-key", "sk-test-2", "--parallel", "2")
-    yield running
-    stop_server(running)
 
 
 def wait_idle(base_url: str, engine_id: str = ENGINE, timeout: float = 10.0) -> dict:
