@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import ServerSettings, load_config_file, settings_from
 from .engine import EngineConfig, EngineRegistry
+from .log_format import configure_logging
 
 logger = logging.getLogger("kolosal")
 
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default=env("LOG_FORMAT", "text"), choices=["text", "json"])
+    parser.add_argument("--log-prompts", action="store_true", default=env("LOG_PROMPTS") == "1",
+                        help="include prompt text in debug logs (off: prompts never reach the logs)")
     parser.add_argument("--no-default-model", action="store_true",
                         help="start with no engine when neither --model nor a config names one")
     return parser
@@ -56,7 +60,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     overrides = {"host": args.host, "port": args.port, "api_keys": api_keys,
                  "cors_origins": args.cors_origins, "models_dirs": models_dirs,
                  "max_body_bytes": args.max_body_bytes, "ssl_certfile": args.ssl_certfile,
-                 "ssl_keyfile": args.ssl_keyfile, "log_level": args.log_level}
+                 "ssl_keyfile": args.ssl_keyfile, "log_level": args.log_level,
+                 "log_format": args.log_format, "log_prompts": args.log_prompts or None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "port" in values:
         values["port"] = int(values["port"])
@@ -73,13 +78,6 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                         "n_gpu_layers": int(args.n_gpu_layers), "max_queue": int(args.max_queue)})
     values["engines"] = engines
     return settings_from(values)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    # libllama is chatty at INFO; show its warnings unless debugging.
-    logging.getLogger("kolosal.libllama").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 async def amain(settings: ServerSettings) -> None:
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, TypeError) as error:
         print(f"kolosal-server: error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(amain(settings))
     except KeyboardInterrupt:

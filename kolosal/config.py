@@ -22,6 +22,8 @@ class ServerSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     log_level: str = "info"
+    log_format: str = "text"
+    log_prompts: bool = False
     engines: tuple[EngineConfig, ...] = field(default_factory=tuple)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import hmac
 import logging
 
-from quart import Quart, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..config import ServerSettings
@@ -12,6 +13,7 @@ from ..engine import EngineRegistry
 from . import routes_engines, routes_openai
 from .errors import APIError
 from .http import json_response
+from .observe import Metrics, RequestRecord, new_request_id
 
 logger = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
@@ -26,7 +28,14 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
     app.config["RESPONSE_TIMEOUT"] = None
     app.register_blueprint(routes_openai.blueprint)
     app.register_blueprint(routes_engines.blueprint)
+    metrics = Metrics(registry)
+    app.config["METRICS"] = metrics
     keys = [key.encode() for key in settings.api_keys if key]
+
+    @app.before_request
+    async def start_record() -> None:
+        g.record = RequestRecord(metrics, new_request_id(request.headers.get("X-Request-Id")),
+                                 request.method, request.path)
 
     @app.before_request
     async def check_api_key() -> Response | None:
@@ -45,6 +54,19 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
             return None
         raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                        code="invalid_api_key")
+
+    @app.after_request
+    async def finish_record(response: Response) -> Response:
+        record: RequestRecord | None = g.get("record")
+        if record is not None:
+            response.headers["X-Request-Id"] = record.request_id
+            if response.mimetype != "text/event-stream":  # streams finish when they end
+                record.finish(response.status_code)
+        return response
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.after_request
     async def add_cors(response: Response) -> Response:

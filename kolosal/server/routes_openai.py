@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app, g
 
 from .. import __version__
 from ..chat_template import ChatTemplate, ChatTemplateError
@@ -15,6 +15,7 @@ from ..engine import AsyncEngine, EngineNotFoundError, ErrorEvent, FinishEvent, 
 from .errors import APIError, bad_request, from_engine_error, model_not_found
 from .generation import MultiStream, total_usage
 from .http import json_response, parse_body
+from .observe import RequestRecord
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from .sse import DONE, ContentChunkEncoder, event
 
@@ -70,6 +71,7 @@ async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFie
         await streams.start()
     except Exception as error:
         raise from_engine_error(error) from error
+    g.record.token()  # every prompt has produced its first event
     return streams, request_id
 
 
@@ -83,6 +85,7 @@ def first_error(choices: list[Any]) -> APIError | None:
 @blueprint.post("/v1/chat/completions")
 async def chat_completions() -> Response:
     body = await parse_body(ChatCompletionRequest)
+    g.record.model = body.model
     engine = ready_engine(body.model)
     prompt_ids = await tokenize_chat(engine, body)
     streams, request_id = await start(engine, [prompt_ids], body,
@@ -90,7 +93,7 @@ async def chat_completions() -> Response:
     envelope = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": fingerprint(engine)}
     if body.stream:
-        return sse_response(stream_chat(streams, envelope, body.include_usage()))
+        return sse_response(stream_chat(streams, envelope, body.include_usage(), g.record))
     try:
         choices = await streams.collect()
     finally:
@@ -100,6 +103,7 @@ async def chat_completions() -> Response:
         raise error
     finish = choices[0].finish
     assert finish is not None
+    g.record.usage = finish.usage
     return json_response({
         **envelope, "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": choices[0].text},
@@ -107,9 +111,10 @@ async def chat_completions() -> Response:
         "usage": usage_body(finish.usage)})
 
 
-async def stream_chat(streams: MultiStream, envelope: dict[str, Any],
-                      include_usage: bool) -> AsyncIterator[bytes]:
+async def stream_chat(streams: MultiStream, envelope: dict[str, Any], include_usage: bool,
+                      record: RequestRecord) -> AsyncIterator[bytes]:
     encoder = ContentChunkEncoder(envelope, chat=True)
+    status = 499  # unless the stream runs to its end: the client went away
     try:
         yield event({**envelope, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                               "finish_reason": None, "logprobs": None}]})
@@ -117,6 +122,7 @@ async def stream_chat(streams: MultiStream, envelope: dict[str, Any],
             if isinstance(item, TokenEvent):
                 yield encoder.encode(0, item.text)
             elif isinstance(item, FinishEvent):
+                record.usage = item.usage
                 if item.text:
                     yield encoder.encode(0, item.text)
                 yield event({**envelope, "choices": [{"index": 0, "delta": {"content": ""},
@@ -127,13 +133,16 @@ async def stream_chat(streams: MultiStream, envelope: dict[str, Any],
             else:
                 yield event(from_engine_error(item.error).body())
         yield DONE
+        status = 200
     finally:
         await streams.close()
+        record.finish(status)
 
 
 @blueprint.post("/v1/completions")
 async def completions() -> Response:
     body = await parse_body(CompletionRequest)
+    g.record.model = body.model
     engine = ready_engine(body.model)
     prompts: list[list[int]] = []
     for prompt in body.prompts():
@@ -148,7 +157,7 @@ async def completions() -> Response:
     envelope = {"id": request_id, "object": "text_completion", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": fingerprint(engine)}
     if body.stream:
-        return sse_response(stream_completion(streams, envelope, body.include_usage()))
+        return sse_response(stream_completion(streams, envelope, body.include_usage(), g.record))
     try:
         choices = await streams.collect()
     finally:
@@ -157,6 +166,7 @@ async def completions() -> Response:
     if error is not None:
         raise error
     finishes = [c.finish for c in choices if c.finish is not None]
+    g.record.usage = total_usage(finishes)
     return json_response({
         **envelope,
         "choices": [{"index": c.index, "text": c.text, "logprobs": None,
@@ -165,10 +175,11 @@ async def completions() -> Response:
         "usage": usage_body(total_usage(finishes))})
 
 
-async def stream_completion(streams: MultiStream, envelope: dict[str, Any],
-                            include_usage: bool) -> AsyncIterator[bytes]:
+async def stream_completion(streams: MultiStream, envelope: dict[str, Any], include_usage: bool,
+                            record: RequestRecord) -> AsyncIterator[bytes]:
     encoder = ContentChunkEncoder(envelope, chat=False)
     finishes: list[FinishEvent] = []
+    status = 499
     try:
         for index in range(streams.num_choices):
             yield encoder.encode(index, "")
@@ -185,8 +196,11 @@ async def stream_completion(streams: MultiStream, envelope: dict[str, Any],
         if include_usage:
             yield event({**envelope, "choices": [], "usage": usage_body(total_usage(finishes))})
         yield DONE
+        status = 200
     finally:
         await streams.close()
+        record.usage = total_usage(finishes)
+        record.finish(status)
 
 
 def sse_response(body: AsyncIterator[bytes]) -> Response:

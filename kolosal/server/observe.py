@@ -1,0 +1,125 @@
+"""Per-request observation: request id, timings, tokens -> one access-log line and the
+Prometheus metrics. Streams report at their end, not when the headers go out."""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..engine import EngineRegistry, Usage
+
+access_log = logging.getLogger("kolosal.access")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class Metrics:
+    """All metrics on one CollectorRegistry owned by the app (no process globals)."""
+
+    def __init__(self, engines: EngineRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("kolosal_requests", "HTTP requests by endpoint, model and status",
+                                ["endpoint", "model", "status"], registry=self.registry)
+        self.prompt_tokens = Counter("kolosal_prompt_tokens", "Prompt tokens processed", ["model"],
+                                     registry=self.registry)
+        self.generated_tokens = Counter("kolosal_generated_tokens", "Tokens generated", ["model"],
+                                        registry=self.registry)
+        self.ttft = Histogram("kolosal_time_to_first_token_seconds", "Time to first token",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inter_token = Histogram("kolosal_inter_token_latency_seconds",
+                                     "Mean gap between generated tokens of a request", ["model"],
+                                     buckets=TOKEN_GAP_BUCKETS, registry=self.registry)
+        self.duration = Histogram("kolosal_request_duration_seconds", "End-to-end request latency",
+                                  ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(EngineCollector(engines))
+
+
+class EngineCollector(Collector):
+    """Engine gauges read from each engine's lock-free stats snapshot at scrape time."""
+
+    GAUGES = (("running_requests", "slots_busy", "Requests decoding or prefilling"),
+              ("waiting_requests", "queue_depth", "Requests waiting for a slot"),
+              ("slots_busy", "slots_busy", "Busy KV slots"),
+              ("slots_total", "slots_total", "KV slots"),
+              ("kv_cells_used", "kv_cells_used", "KV cache cells in use (running + cached prefixes)"),
+              ("kv_cells_total", "kv_cells_total", "KV cache cells"),
+              ("decode_tokens_per_second", "decode_tokens_per_s", "Decode throughput (5 s window)"),
+              ("prefill_tokens_per_second", "prefill_tokens_per_s", "Prefill throughput (5 s window)"))
+
+    def __init__(self, engines: EngineRegistry) -> None:
+        self.engines = engines
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        families = {name: GaugeMetricFamily(f"kolosal_{name}", doc, labels=["model"])
+                    for name, _, doc in self.GAUGES}
+        load = GaugeMetricFamily("kolosal_engine_load_seconds", "Time the engine took to load",
+                                 labels=["model"])
+        for engine in self.engines.list():
+            stats = engine.stats()
+            for name, key, _ in self.GAUGES:
+                if key in stats:
+                    families[name].add_metric([engine.engine_id], float(stats[key]))
+            load.add_metric([engine.engine_id], engine.load_seconds)
+        yield from families.values()
+        yield load
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    metrics: Metrics
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    model: str = ""
+    status: int = 0
+    first_token_at: float = 0.0
+    usage: Usage | None = None
+    finished: bool = False
+
+    def token(self) -> None:
+        if not self.first_token_at:
+            self.first_token_at = time.perf_counter()
+
+    def finish(self, status: int, usage: Usage | None = None) -> None:
+        """Record once: metrics and the access-log line."""
+        if self.finished:
+            return
+        self.finished = True
+        self.status = status
+        self.usage = usage or self.usage
+        metrics = self.metrics
+        duration = time.perf_counter() - self.started
+        endpoint = self.path if self.path.startswith("/v1/") else self.path.split("/")[1] or "/"
+        model = self.model or "-"
+        metrics.requests.labels(endpoint, model, str(status)).inc()
+        metrics.duration.labels(endpoint, model).observe(duration)
+        ttft = self.first_token_at - self.started if self.first_token_at else None
+        if self.usage is not None:
+            metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
+            metrics.generated_tokens.labels(model).inc(self.usage.completion_tokens)
+            if ttft is not None:
+                metrics.ttft.labels(model).observe(ttft)
+                if self.usage.completion_tokens > 1:
+                    gap = (duration - ttft) / (self.usage.completion_tokens - 1)
+                    metrics.inter_token.labels(model).observe(gap)
+        access_log.info(
+            "%s %s %d", self.method, self.path, status,
+            extra={"request_id": self.request_id, "status": status, "model": model,
+                   "duration_ms": round(duration * 1000, 1),
+                   "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
+                   "prompt_tokens": self.usage.prompt_tokens if self.usage else None,
+                   "completion_tokens": self.usage.completion_tokens if self.usage else None})
+
+
+def new_request_id(supplied: str | None) -> str:
+    """Echo a sane client-supplied X-Request-Id, else make one."""
+    if supplied and len(supplied) <= 128 and supplied.isprintable():
+        return supplied
+    return "req_" + secrets.token_hex(12)
