@@ -3,4 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The chat-page test drives a real headless browser: Debian's chromium (playwright's own
+# browser download is never used).
+if ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "[test] installing chromium with apt-get"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[test] error: the chat-page test needs chromium (apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response, g, request
@@ -14,9 +15,11 @@ from . import routes_engines, routes_openai
 from .errors import APIError
 from .http import json_response
 from .observe import Metrics, RequestRecord, new_request_id
+from .openapi import openapi_document
 
 logger = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health", "/openapi.json"})
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
@@ -63,6 +66,18 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
             if response.mimetype != "text/event-stream":  # streams finish when they end
                 record.finish(response.status_code)
         return response
+
+    chat_page = (STATIC_DIR / "index.html").read_bytes()
+    openapi = openapi_document()
+
+    @app.get("/")
+    async def index() -> Response:
+        """The built-in chat page: static HTML + JS, no build step, no CDN."""
+        return Response(chat_page, content_type="text/html; charset=utf-8")
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        return json_response(openapi)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
