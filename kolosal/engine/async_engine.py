@@ -82,6 +82,10 @@ class AsyncEngine:
         self.state = EngineState.READY
 
     def _on_progress(self, progress: float) -> bool:
+        """libllama's load progress (called on the loading thread): shown in the engine
+        status and, every 10%, on the console."""
+        if int(progress * 10) > int(self.load_progress * 10) or progress >= 1.0 > self.load_progress:
+            logger.info("loading engine '%s': %d%%", self.engine_id, round(progress * 100))
         self.load_progress = progress
         return True
 
