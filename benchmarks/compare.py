@@ -1,10 +1,12 @@
-"""Side by side: our server vs llama-server built from the same pinned source, same model
-file, threads, context and slots. Each concurrency level runs against both servers in turn
-(the order alternates per level to spread machine noise), and the table shows the ratio
-ours / llama-server for every figure, plus our throughput as a % of the raw decode limit.
+"""Side by side: our server vs llama-server built from the same pinned source, on the same
+model file with the same threads, total context and slots. Each concurrency level runs
+against every server in turn, each on a freshly started server (no cache carried over),
+the order alternating per level to spread machine noise. Prints every figure per server with
+the ratio ours / llama-server, our throughput as % of the raw decode limit (--raw), and
+writes compare.json plus throughput.png and ttft.png.
 
     python build_llama.py --with-server          # once: builds the benchmark peer
-    python benchmarks/compare.py --levels 1,8,32 --max-tokens 64 --plot benchmarks/out
+    python benchmarks/compare.py --levels 1,4,8,16,32,64 --raw --out benchmarks/out
 """
 from __future__ import annotations
 
@@ -12,187 +14,126 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
-import httpx
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.loadgen import LevelResult, LoadConfig, requests_for, run_level  # noqa: E402
+from benchmarks.loadgen import LoadConfig, parse_levels, requests_for, run_level  # noqa: E402
+from benchmarks.machine import busy_fraction, machine_info  # noqa: E402
+from benchmarks.metrics import LevelResult, level_from_dict  # noqa: E402
+from benchmarks.plots import plot_comparison  # noqa: E402
+from benchmarks.report import ratio_table, raw_share_table  # noqa: E402
+from benchmarks.servers import ServerSettings, ServerSpec, running, server_specs  # noqa: E402
 from kolosal.default_model import default_model_path  # noqa: E402
-from kolosal.llama.loader import cache_dir  # noqa: E402
-
-FIGURES = ("output_tok_s", "requests_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
 
 
-@dataclass(frozen=True)
-class ServerSpec:
-    name: str
-    command: list[str]
-    model_id: str
-    port: int
+@dataclass(frozen=True, slots=True)
+class SweepOptions:
+    """The load every server gets at each level."""
+
+    endpoint: str = "completions"
+    max_tokens: int = 64
+    long_fraction: float = 0.0
+    rounds: int = 2               # requests per client
+    max_level_s: float = 300.0
+    progress: bool = True
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def measure_level(spec: ServerSpec, level: int, options: SweepOptions, log_dir: Path) -> LevelResult:
+    """One level against a freshly started server, after one warm-up request."""
+    with running(spec, log_dir / f"{spec.name}.log") as url:
+        config = LoadConfig(url=url, model=spec.model_id, endpoint=options.endpoint,
+                            max_tokens=options.max_tokens, long_fraction=options.long_fraction,
+                            max_level_s=options.max_level_s, seed=level)
+        asyncio.run(run_level(LoadConfig(url=url, model=spec.model_id, max_tokens=8), 1, 1, progress=False))
+        return asyncio.run(run_level(config, level, requests_for(level, rounds=options.rounds),
+                                     options.progress))
 
 
-def find_llama_server() -> Path | None:
-    latest = cache_dir() / "builds" / "latest.json"
-    if latest.is_file():
-        lib_dir = Path(json.loads(latest.read_text())["lib_dir"])
-        binary = lib_dir.parent / "server" / "bin" / "llama-server"
-        if binary.is_file():
-            return binary
-    return None
+def raw_limits(args: argparse.Namespace, model: Path, levels: list[int]) -> dict[int, float]:
+    if args.raw_json:
+        data = json.loads(Path(args.raw_json).read_text())
+        return {int(row["batch_size"]): float(row["tok_s"]) for row in data["results"]}
+    if not args.raw:
+        return {}
+    from benchmarks.raw_decode import measure
+    from kolosal.llama import Model, ModelParams
+
+    sizes = sorted({min(level, args.parallel) for level in levels})
+    with Model(model, ModelParams(n_gpu_layers=0)) as loaded:
+        return {size: measure(loaded, size, args.max_tokens, args.threads).tok_s for size in sizes}
 
 
-def server_specs(model: Path, threads: int, n_ctx: int, parallel: int) -> list[ServerSpec]:
-    port = free_port()
-    ours = ServerSpec("kolosal", [sys.executable, "-m", "kolosal", "--model", str(model), "--port", str(port),
-                                  "--threads", str(threads), "--n-ctx", str(n_ctx), "--parallel", str(parallel),
-                                  "--engine-id", "bench", "--log-level", "warning"], "bench", port)
-    specs = [ours]
-    binary = find_llama_server()
-    if binary is not None:
-        port = free_port()
-        specs.append(ServerSpec("llama-server", [str(binary), "-m", str(model), "--port", str(port),
-                                                 "-t", str(threads), "-c", str(n_ctx), "-np", str(parallel),
-                                                 "--log-disable"], "bench", port))
-    else:
-        print("llama-server not built: run `python build_llama.py --with-server`", file=sys.stderr)
-    return specs
-
-
-@contextmanager
-def running(spec: ServerSpec) -> Iterator[str]:
-    process = subprocess.Popen(spec.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{spec.port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{spec.name} exited with {process.returncode}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"{spec.name} did not become healthy")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def measure_level(spec: ServerSpec, level: int, args: argparse.Namespace) -> LevelResult:
-    with running(spec) as url:
-        config = LoadConfig(url=url, model=spec.model_id, endpoint=args.endpoint, max_tokens=args.max_tokens,
-                            long_fraction=args.long_fraction)
-        asyncio.run(run_level(config, 1, 1, progress=False))  # warm-up
-        return asyncio.run(run_level(config, level, requests_for(level, rounds=args.rounds)))
-
-
-def ratio_table(results: dict[str, list[LevelResult]], raw: dict[int, float]) -> str:
-    names = list(results)
-    lines = []
-    for figure in FIGURES:
-        lines.append(f"\n{figure}")
-        header = f"{'C':>4} " + " ".join(f"{n:>13}" for n in names)
-        if len(names) == 2:
-            header += f" {'ratio':>7}"
-        lines.append(header)
-        for index, level_result in enumerate(results[names[0]]):
-            values = [getattr(results[n][index], figure) for n in names]
-            row = f"{level_result.concurrency:>4} " + " ".join(f"{v:>13.1f}" for v in values)
-            if len(names) == 2:
-                row += f" {values[0] / values[1]:>7.2f}" if values[1] else f" {'-':>7}"
-            lines.append(row)
-    if raw:
-        lines.append("\nkolosal output tok/s as % of the raw batched-decode limit")
-        for level_result in results[names[0]]:
-            limit = raw.get(level_result.concurrency)
-            if limit:
-                lines.append(f"{level_result.concurrency:>4} {100 * level_result.output_tok_s / limit:>6.1f}%"
-                             f"  (raw {limit:.1f} tok/s)")
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, list[LevelResult]], out_dir: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plots", file=sys.stderr)
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for figure, label, filename in (("output_tok_s", "output tokens/s", "throughput.png"),
-                                    ("ttft_p50_ms", "TTFT p50 (ms)", "ttft.png")):
-        fig, axis = plt.subplots(figsize=(6, 4))
-        for name, rows in results.items():
-            axis.plot([r.concurrency for r in rows], [getattr(r, figure) for r in rows], marker="o", label=name)
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("concurrent clients")
-        axis.set_ylabel(label)
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / filename, dpi=100)
-        plt.close(fig)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the default model)")
+    parser.add_argument("--levels", type=parse_levels, default=parse_levels("1,4,8,16,32,64"))
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    parser.add_argument("--long-fraction", type=float, default=0.0, help="share of ~1k-token prompts")
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    parser.add_argument("--max-level-s", type=float, default=300.0, help="time limit of one level")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--n-ctx", type=int, default=8192, help="total KV cells, the same for every server")
+    parser.add_argument("--parallel", type=int, default=32, help="slots, the same for every server")
+    parser.add_argument("--peers", default="llama-server",
+                        help="comma-separated: llama-server, llama-cpp-python (skipped if not installed)")
+    parser.add_argument("--peer-kv-unified", action="store_true",
+                        help="llama-server with one shared KV pool (-kvu), as ours; needed for long prompts "
+                             "when n_ctx / parallel is smaller than a prompt")
+    parser.add_argument("--llama-server", type=Path, default=None,
+                        help="llama-server binary (default: the build cache)")
+    parser.add_argument("--raw", action="store_true", help="also measure the raw decode limit (slow)")
+    parser.add_argument("--raw-json", help="raw limits from `raw_decode.py --json FILE` instead")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
-    parser.add_argument("--long-fraction", type=float, default=0.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--n-ctx", type=int, default=8192)
-    parser.add_argument("--parallel", type=int, default=32)
-    parser.add_argument("--raw", action="store_true", help="also measure the raw decode limit")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
-    args = parser.parse_args()
-    model = Path(args.model) if args.model else default_model_path()
-    levels = [int(x) for x in args.levels.split(",")]
-    specs = server_specs(model, args.threads, args.n_ctx, args.parallel)
+    args = parse_args()
+    model = args.model or default_model_path()
+    settings = ServerSettings(model=model, threads=args.threads, n_ctx=args.n_ctx, parallel=args.parallel,
+                              peer_kv_unified=args.peer_kv_unified)
+    specs = server_specs(settings, tuple(p.strip() for p in args.peers.split(",")), args.llama_server)
+    options = SweepOptions(endpoint=args.endpoint, max_tokens=args.max_tokens,
+                           long_fraction=args.long_fraction, rounds=args.rounds, max_level_s=args.max_level_s)
+    args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[LevelResult]] = {spec.name: [] for spec in specs}
-    for index, level in enumerate(levels):
+    noise: dict[str, list[float | None]] = {spec.name: [] for spec in specs}
+    started = time.time()
+    for index, level in enumerate(args.levels):
         order = specs if index % 2 == 0 else list(reversed(specs))
         for spec in order:
-            print(f"[{spec.name}] C={level}", file=sys.stderr)
-            results[spec.name].append(measure_level(spec, level, args))
-    raw: dict[int, float] = {}
-    if args.raw:
-        from benchmarks.raw_decode import measure
-        from kolosal.llama import Model, ModelParams
+            noise[spec.name].append(busy_fraction(1.0))  # nothing of ours runs: background load
+            print(f"[{spec.name}] C={level} (background CPU busy {noise[spec.name][-1]})", file=sys.stderr)
+            results[spec.name].append(measure_level(spec, level, options, args.out))
+    raw = raw_limits(args, model, args.levels)
+    report = ratio_table(results)
+    if raw:
+        report += "\n" + raw_share_table(results["kolosal"], raw, args.parallel)
+    print(report)
+    payload = {"machine": asdict(machine_info()), "model": str(model), "started_at": started,
+               "duration_s": round(time.time() - started, 1),
+               "settings": {**vars(args), "out": str(args.out)},
+               "commands": {spec.name: list(spec.command) for spec in specs},
+               "background_busy": noise, "raw_tok_s": raw,
+               "results": {name: [asdict(r) for r in rows] for name, rows in results.items()}}
+    (args.out / "compare.json").write_text(json.dumps(payload, indent=2, default=str))
+    (args.out / "compare.txt").write_text(report + "\n")
+    title = f"{model.name}, {args.threads} threads, {args.parallel} slots, {args.max_tokens}-token outputs"
+    plot_comparison(results, raw, args.out, title)
 
-        with Model(model, ModelParams(n_gpu_layers=0)) as loaded:
-            raw = {level: measure(loaded, level, args.max_tokens, args.threads).tok_s for level in levels}
-    print(ratio_table(results, raw))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.json").write_text(json.dumps(
-        {"levels": levels, "raw_tok_s": raw, "results": {k: [asdict(r) for r in v] for k, v in results.items()}},
-        indent=2))
-    plot(results, args.out)
+
+def load_results(path: Path) -> tuple[dict[str, list[LevelResult]], dict[int, float]]:
+    """A compare.json read back (to re-plot or re-tabulate without re-measuring)."""
+    data = json.loads(path.read_text())
+    results = {name: [level_from_dict(row) for row in rows] for name, rows in data["results"].items()}
+    return results, {int(k): float(v) for k, v in data.get("raw_tok_s", {}).items()}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Where one scheduler step's time goes, at concurrency C, in-process (no HTTP): schedule,
-batch fill + llama_decode, sampling, update (detokenize, stops), hand-off to asyncio.
-"Python overhead" is everything except llama_decode itself.
+"""Where one scheduler step's time goes at concurrency C, in-process (no HTTP): an AsyncEngine
+runs C greedy fixed-length requests at once, and ``engine.stats()["profile"]`` splits the
+step into schedule, batch fill, llama_decode, sampling, update (detokenize, stops) and the
+hand-off to asyncio. "Python overhead" is everything in the step except llama_decode.
 
     python benchmarks/step_profile.py --concurrency 32 --tokens 64
 """
@@ -8,63 +9,104 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from kolosal.default_model import default_model_path
-from kolosal.engine import EngineConfig, EngineRegistry, SamplingParams
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kolosal.default_model import default_model_path  # noqa: E402
+from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry, SamplingParams  # noqa: E402
+
+PHASES = ("schedule_s", "fill_s", "decode_s", "sample_s", "update_s", "deliver_s")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Profile:
     concurrency: int
-    tok_s: float
+    tokens: int
+    wall_s: float
+    tok_s: float                  # generated tokens / wall time (prefill included)
     steps: int
-    seconds: dict[str, float]
-    python_overhead_pct: float
+    step_s: float                 # sum of step times
+    seconds: dict[str, float]     # per phase; fill_s = fill_and_decode_s - decode_s
+    python_overhead_pct: float    # (step_s - decode_s) / step_s
+
+    def share(self, phase: str) -> float:
+        return 100 * self.seconds[phase] / self.step_s if self.step_s else 0.0
 
 
-async def profile(concurrency: int, tokens: int, model: str | None = None, threads: int = 0) -> Profile:
+def phase_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    return {"schedule_s": delta["schedule_s"], "fill_s": delta["fill_and_decode_s"] - delta["decode_s"],
+            "decode_s": delta["decode_s"], "sample_s": delta["sample_s"], "update_s": delta["update_s"],
+            "deliver_s": delta["deliver_s"]}
+
+
+async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: str) -> None:
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+
+    async def one(index: int) -> None:
+        ids = await engine.tokenize(f"Request {tag}-{index}: once upon a time")
+        async for _ in engine.generate(ids, params, f"{tag}{index}"):
+            pass
+
+    await asyncio.gather(*(one(i) for i in range(concurrency)))
+
+
+async def profile(concurrency: int, tokens: int, model: str | None = None, threads: int = 0,
+                  n_ctx: int = 0) -> Profile:
     registry = EngineRegistry()
-    engine = await registry.add(EngineConfig("profile", model or str(default_model_path()),
-                                             n_ctx=max(2048, concurrency * (tokens + 32)),
-                                             n_parallel=concurrency, n_threads=threads))
+    config = EngineConfig("profile", model or str(default_model_path()),
+                          n_ctx=n_ctx or max(2048, concurrency * (tokens + 32)), n_parallel=concurrency,
+                          n_threads=threads)
+    engine = await registry.add(config)
     try:
-        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-
-        async def one(index: int) -> None:
-            ids = await engine.tokenize(f"Request {index}: once upon a time")
-            async for _ in engine.generate(ids, params, f"p{index}"):
-                pass
-
+        await run_requests(engine, 1, 2, "warmup")  # page in weights; not counted below
+        before = engine.stats()
         started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(concurrency)))
+        await run_requests(engine, concurrency, tokens, "p")
         wall = time.perf_counter() - started
-        stats = engine.stats()
+        after = engine.stats()
     finally:
         await registry.close_all()
-    phases = stats["profile"]
-    step_total = (phases["schedule_s"] + phases["fill_and_decode_s"] + phases["sample_s"]
-                  + phases["update_s"] + phases["deliver_s"])
-    overhead = step_total - phases["decode_s"]
-    return Profile(concurrency, round(concurrency * tokens / wall, 2), stats["steps"],
-                   {k: round(v, 4) for k, v in phases.items()},
-                   round(100 * overhead / step_total, 2) if step_total else 0.0)
+    seconds = phase_seconds(before["profile"], after["profile"])
+    step_s = sum(seconds.values())
+    overhead = step_s - seconds["decode_s"]
+    return Profile(concurrency, tokens, round(wall, 3), round(concurrency * tokens / wall, 2),
+                   after["steps"] - before["steps"], round(step_s, 4),
+                   {k: round(v, 4) for k, v in seconds.items()},
+                   round(100 * overhead / step_s, 2) if step_s else 0.0)
+
+
+def format_profile(result: Profile) -> str:
+    lines = [f"concurrency {result.concurrency}, {result.tokens} tokens each: {result.tok_s} tok/s, "
+             f"{result.steps} steps in {result.wall_s} s "
+             f"({1000 * result.step_s / max(result.steps, 1):.1f} ms/step, steps cover "
+             f"{100 * result.step_s / result.wall_s:.1f}% of wall time)"]
+    for phase in PHASES:
+        lines.append(f"  {phase[:-2]:<10} {result.seconds[phase]:8.3f} s  {result.share(phase):5.1f}%")
+    lines.append(f"  python overhead (step time outside llama_decode): {result.python_overhead_pct}%")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    parser.add_argument("--n-ctx", type=int, default=0, help="KV cells (default: enough for C requests)")
+    parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
-    result = asyncio.run(profile(args.concurrency, args.tokens, threads=args.threads))
-    total = sum(v for k, v in result.seconds.items() if k != "decode_s")
-    print(f"concurrency {result.concurrency}: {result.tok_s} tok/s over {result.steps} steps")
-    for phase, seconds in result.seconds.items():
-        share = 100 * seconds / total if total else 0.0
-        print(f"  {phase:<18} {seconds:8.3f} s  {share:5.1f}%")
-    print(f"  python overhead (all but llama_decode): {result.python_overhead_pct}% of step time")
+    result = asyncio.run(profile(args.concurrency, args.tokens, args.model, args.threads, args.n_ctx))
+    print(format_profile(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(result), indent=2))
 
 
 if __name__ == "__main__":

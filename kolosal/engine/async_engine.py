@@ -16,6 +16,7 @@ from .request import ErrorEvent, Event, FinishEvent, Request, SamplingParams
 from .runner import ModelRunner
 
 logger = logging.getLogger(__name__)
+INLINE_TOKENIZE_CHARS = 2048
 
 
 class EngineState(str, enum.Enum):
@@ -107,7 +108,11 @@ class AsyncEngine:
         return self._runner, self._loop
 
     async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Short texts tokenize inline (microseconds: a thread hop would cost more);
+        long ones off the event loop."""
         runner, _ = self._require_ready()
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return runner.vocab.tokenize(text, add_special, parse_special)
         return await asyncio.to_thread(runner.vocab.tokenize, text, add_special, parse_special)
 
     async def detokenize(self, token_ids: list[int]) -> str:

@@ -54,6 +54,12 @@ class MultiStream:
         self._firsts = list(results)  # type: ignore[arg-type]
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        if len(self._generators) == 1:  # one prompt: no merging, no extra task per token
+            yield 0, self._firsts[0]
+            if isinstance(self._firsts[0], TokenEvent):
+                async for event in self._generators[0]:
+                    yield 0, event
+            return
         queue: asyncio.Queue[tuple[int, Event] | None] = asyncio.Queue()
         pending = 0
         for index, first in enumerate(self._firsts):

@@ -2,33 +2,95 @@
 No timing assertions: only that they run and return well-formed results."""
 from __future__ import annotations
 
-from benchmarks.compare import ratio_table
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from benchmarks.compare import SweepOptions, load_results, measure_level
 from benchmarks.loadgen import LoadConfig, format_table, run_level
+from benchmarks.machine import busy_fraction, machine_info
+from benchmarks.metrics import LevelResult, RequestRecord, percentile, summarize
+from benchmarks.plots import plot_comparison
+from benchmarks.prompts import long_prompt, pick_prompt
 from benchmarks.raw_decode import measure
-from benchmarks.step_profile import profile
+from benchmarks.report import ratio_table, raw_share_table
+from benchmarks.servers import ServerSettings, find_llama_server, server_specs
+from benchmarks.step_profile import format_profile, profile
 
 from ..server_process import ENGINE, ServerProcess
 
 
 def test_raw_decode_probe(llama_model: object) -> None:
-    result = measure(llama_model, batch_size=2, tokens=4)  # type: ignore[arg-type]
-    assert result.batch_size == 2 and result.tokens == 8 and result.tok_s > 0
+    for size in (1, 2):
+        result = measure(llama_model, batch_size=size, tokens=4)  # type: ignore[arg-type]
+        assert result.batch_size == size and result.tokens == 4 * size
+        assert result.tok_s > 0 and 0 < result.decode_s <= result.elapsed_s
 
 
 async def test_step_profile() -> None:
     result = await profile(concurrency=2, tokens=4)
-    assert result.steps >= 4
-    assert set(result.seconds) >= {"schedule_s", "decode_s", "sample_s", "update_s", "deliver_s"}
+    assert result.steps >= 4 and result.tok_s > 0
+    assert set(result.seconds) == {"schedule_s", "fill_s", "decode_s", "sample_s", "update_s", "deliver_s"}
     assert 0 <= result.python_overhead_pct <= 100
+    assert "python overhead" in format_profile(result)
 
 
-async def test_loadgen_against_the_server(server: ServerProcess) -> None:
+async def test_loadgen_against_our_server(server: ServerProcess) -> None:
     for endpoint in ("completions", "chat"):
         config = LoadConfig(url=server.base_url, model=ENGINE, endpoint=endpoint, max_tokens=4,
                             long_fraction=0.5)
         result = await run_level(config, concurrency=2, num_requests=2, progress=False)
-        assert result.requests == 2 and result.errors == 0
+        assert result.requests == 2 and result.errors == 0, result.error_samples
+        assert result.output_tokens == 8  # ignore_eos: exactly max_tokens each, counted from usage
         assert result.output_tok_s > 0 and result.ttft_p50_ms > 0
-        assert "C" in format_table([result])
-        assert "ratio" in ratio_table({"kolosal": [result], "peer": [result]}, {2: 1.0})
+        assert result.mean_prompt_tokens > 0
+        assert "TTFT p50" in format_table([result])
 
+
+async def test_loadgen_reports_errors(server: ServerProcess) -> None:
+    config = LoadConfig(url=server.base_url, model="no-such-engine", max_tokens=4)
+    result = await run_level(config, concurrency=1, num_requests=1, progress=False)
+    assert result.errors == 1 and result.error_samples[0].startswith("HTTP 404")
+
+
+def test_loadgen_refuses_remote_hosts() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        LoadConfig(url="http://example.com:8080", model="m")
+
+
+def test_compare_level_on_fresh_servers(model_path: Path, tmp_path: Path) -> None:
+    """compare.py's core: start each server, warm up, one tiny level, stop; then report."""
+    settings = ServerSettings(model=model_path, threads=2, n_ctx=512, parallel=2)
+    peers = ("llama-server",) if find_llama_server() else ()
+    options = SweepOptions(max_tokens=2, rounds=1, progress=False)
+    results = {spec.name: [measure_level(spec, 1, options, tmp_path)] for spec in server_specs(settings, peers)}
+    assert all(rows[0].errors == 0 and rows[0].output_tok_s > 0 for rows in results.values())
+    raw = {1: 50.0}
+    text = ratio_table(results) + raw_share_table(results["kolosal"], raw, parallel=2)
+    assert "output tok/s" in text and "% of the raw" in text
+    if "llama-server" in results:
+        assert "ratio kolosal/llama-server" in text
+    written = plot_comparison(results, raw, tmp_path / "plots")
+    assert all(path.stat().st_size > 0 for path in written)
+    saved = tmp_path / "compare.json"
+    saved.write_text(json.dumps({"results": {k: [asdict(r) for r in v] for k, v in results.items()},
+                                 "raw_tok_s": raw}))
+    assert load_results(saved) == (results, raw)
+
+
+def test_metrics_and_prompts() -> None:
+    assert percentile([], 50) == 0.0
+    assert percentile([float(x) for x in range(1, 101)], 99) == 99.0
+    records = [RequestRecord(ok=True, ttft_s=0.1, latency_s=1.1, completion_tokens=11,
+                             inter_token_s=[0.1] * 10), RequestRecord(error="HTTP 503")]
+    result = summarize(4, records, wall_s=2.0)
+    assert isinstance(result, LevelResult)
+    assert (result.errors, result.output_tok_s, result.tpot_p50_ms) == (1, 5.5, 100.0)
+    assert result.error_samples == ("HTTP 503",)
+    assert pick_prompt(3, 0.0) != pick_prompt(4, 0.0)
+    assert pick_prompt(3, 1.0) == long_prompt(3) and len(long_prompt(3).split()) > 800
+    assert machine_info().cores >= 1
+    busy = busy_fraction(0.05)
+    assert busy is None or 0.0 <= busy <= 1.0

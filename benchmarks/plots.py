@@ -1,0 +1,50 @@
+"""PNG plots of a comparison: throughput vs concurrency (with the raw decode limit) and
+TTFT vs concurrency. matplotlib is optional: without it, no plots and a note."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from benchmarks.metrics import LevelResult
+
+PLOTS = (("output_tok_s", "output tokens/s (higher is better)", "throughput.png"),
+         ("ttft_p50_ms", "TTFT p50, ms (lower is better)", "ttft.png"))
+
+
+def plot_comparison(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, float],
+                    out_dir: Path, title: str = "") -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for figure, label, filename in PLOTS:
+        fig, axis = plt.subplots(figsize=(6.4, 4.2))
+        for name, rows in results.items():
+            axis.plot([r.concurrency for r in rows], [getattr(r, figure) for r in rows], marker="o",
+                      label=name)
+        if figure == "output_tok_s" and raw_tok_s:
+            sizes = sorted(raw_tok_s)
+            axis.plot(sizes, [raw_tok_s[b] for b in sizes], linestyle="--", color="gray",
+                      label="raw batched decode (limit)")
+        levels = sorted({r.concurrency for rows in results.values() for r in rows})
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.minorticks_off()
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(label)
+        if title:
+            axis.set_title(title, fontsize=9)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,147 @@
+"""The servers compare.py runs side by side: how to start each one on loopback with the same
+model, threads, context and slots, and a context manager that starts, health-checks and
+stops one. llama-server is a benchmark peer built from the same pinned llama.cpp source
+(``python build_llama.py --with-server``), never a runtime dependency."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from kolosal.llama.loader import cache_dir
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What every server gets, so the comparison is like for like."""
+
+    model: Path
+    threads: int
+    n_ctx: int          # total KV cells: ours is one shared pool, llama-server splits it per slot
+    parallel: int
+    peer_kv_unified: bool = False  # give llama-server one shared pool too (-kvu)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    name: str
+    command: tuple[str, ...]
+    model_id: str
+    port: int
+    health_path: str = "/health"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_llama_server() -> Path | None:
+    """llama-server from the build cache of the libllama we load (see build_llama.py)."""
+    latest = cache_dir() / "builds" / "latest.json"
+    if not latest.is_file():
+        return None
+    lib_dir = Path(json.loads(latest.read_text())["lib_dir"])
+    binary = lib_dir.parent / "server" / "bin" / "llama-server"
+    return binary if binary.is_file() else None
+
+
+def kolosal_spec(settings: ServerSettings) -> ServerSpec:
+    script = Path(sys.executable).parent / "kolosal-server"
+    launcher = (str(script),) if script.is_file() else (sys.executable, "-m", "kolosal")
+    port = free_port()
+    return ServerSpec("kolosal", (*launcher, "--model", str(settings.model), "--host", HOST,
+                                  "--port", str(port), "--threads", str(settings.threads),
+                                  "--n-ctx", str(settings.n_ctx), "--parallel", str(settings.parallel),
+                                  "--engine-id", "bench", "--log-level", "warning"), "bench", port)
+
+
+def llama_server_spec(settings: ServerSettings, binary: Path) -> ServerSpec:
+    port = free_port()
+    command: tuple[str, ...] = (str(binary), "-m", str(settings.model), "--host", HOST, "--port", str(port),
+               "-t", str(settings.threads), "-c", str(settings.n_ctx), "-np", str(settings.parallel))
+    if settings.peer_kv_unified:
+        command += ("--kv-unified",)
+    return ServerSpec("llama-server", command, "bench", port)
+
+
+def llama_cpp_python_spec(settings: ServerSettings) -> ServerSpec | None:
+    """llama-cpp-python's server when it is installed (it serves one request at a time)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    port = free_port()
+    return ServerSpec("llama-cpp-python", (sys.executable, "-m", "llama_cpp.server", "--model",
+                                           str(settings.model), "--host", HOST, "--port", str(port),
+                                           "--n_threads", str(settings.threads),
+                                           "--n_ctx", str(settings.n_ctx)),
+                      "bench", port, health_path="/v1/models")
+
+
+def server_specs(settings: ServerSettings, peers: tuple[str, ...] = ("llama-server",),
+                 llama_server: Path | None = None) -> list[ServerSpec]:
+    """Ours first, then each peer that is available (a missing one is reported, not fatal)."""
+    specs = [kolosal_spec(settings)]
+    if "llama-server" in peers:
+        binary = llama_server or find_llama_server()
+        if binary is not None and binary.is_file():
+            specs.append(llama_server_spec(settings, binary))
+        else:
+            print("llama-server not built: run `python build_llama.py --with-server`", file=sys.stderr)
+    if "llama-cpp-python" in peers:
+        spec = llama_cpp_python_spec(settings)
+        if spec is not None:
+            specs.append(spec)
+        else:
+            print("llama-cpp-python is not installed: skipped", file=sys.stderr)
+    return specs
+
+
+def wait_healthy(spec: ServerSpec, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{spec.name} exited with code {process.returncode}")
+        try:
+            if httpx.get(spec.url + spec.health_path, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{spec.name} did not become healthy in {timeout_s:.0f}s")
+
+
+@contextmanager
+def running(spec: ServerSpec, log_path: Path | None = None, timeout_s: float = 180.0) -> Iterator[str]:
+    """Start the server, wait for its health endpoint, yield its base URL, stop it."""
+    log = log_path.open("ab") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_healthy(spec, process, timeout_s)
+        yield spec.url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()  # type: ignore[union-attr]
