@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks.loadgen import LoadConfig, parse_levels, requests_for, run_level  # noqa: E402
 from benchmarks.machine import busy_fraction, machine_info  # noqa: E402
-from benchmarks.metrics import LevelResult, level_from_dict  # noqa: E402
+from benchmarks.metrics import LevelResult, level_from_dict, median_result  # noqa: E402
 from benchmarks.plots import plot_comparison  # noqa: E402
 from benchmarks.report import ratio_table, raw_share_table  # noqa: E402
 from benchmarks.servers import ServerSettings, ServerSpec, running, server_specs  # noqa: E402
@@ -39,6 +39,7 @@ class SweepOptions:
     max_tokens: int = 64
     long_fraction: float = 0.0
     rounds: int = 2               # requests per client
+    repeats: int = 1              # fresh-server runs per level and server; the median is reported
     max_level_s: float = 300.0
     progress: bool = True
 
@@ -77,6 +78,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     parser.add_argument("--long-fraction", type=float, default=0.0, help="share of ~1k-token prompts")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per level and server (order alternating); the table shows medians")
     parser.add_argument("--max-level-s", type=float, default=300.0, help="time limit of one level")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--n-ctx", type=int, default=8192, help="total KV cells, the same for every server")
@@ -101,17 +104,25 @@ def main() -> None:
                               peer_kv_unified=args.peer_kv_unified)
     specs = server_specs(settings, tuple(p.strip() for p in args.peers.split(",")), args.llama_server)
     options = SweepOptions(endpoint=args.endpoint, max_tokens=args.max_tokens,
-                           long_fraction=args.long_fraction, rounds=args.rounds, max_level_s=args.max_level_s)
+                           long_fraction=args.long_fraction, rounds=args.rounds, repeats=args.repeats,
+                           max_level_s=args.max_level_s)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[LevelResult]] = {spec.name: [] for spec in specs}
     noise: dict[str, list[float | None]] = {spec.name: [] for spec in specs}
     started = time.time()
+    runs: dict[str, list[list[LevelResult]]] = {spec.name: [] for spec in specs}
     for index, level in enumerate(args.levels):
-        order = specs if index % 2 == 0 else list(reversed(specs))
-        for spec in order:
-            noise[spec.name].append(busy_fraction(1.0))  # nothing of ours runs: background load
-            print(f"[{spec.name}] C={level} (background CPU busy {noise[spec.name][-1]})", file=sys.stderr)
-            results[spec.name].append(measure_level(spec, level, options, args.out))
+        for spec in specs:
+            runs[spec.name].append([])
+        for repeat in range(options.repeats):
+            order = specs if (index + repeat) % 2 == 0 else list(reversed(specs))
+            for spec in order:
+                noise[spec.name].append(busy_fraction(1.0))  # nothing of ours runs: background load
+                print(f"[{spec.name}] C={level} run {repeat + 1}/{options.repeats} "
+                      f"(background CPU busy {noise[spec.name][-1]})", file=sys.stderr)
+                runs[spec.name][-1].append(measure_level(spec, level, options, args.out))
+        for spec in specs:
+            results[spec.name].append(median_result(runs[spec.name][-1]))
     raw = raw_limits(args, model, args.levels)
     report = ratio_table(results)
     if raw:
@@ -122,7 +133,9 @@ def main() -> None:
                "settings": {**vars(args), "out": str(args.out)},
                "commands": {spec.name: list(spec.command) for spec in specs},
                "background_busy": noise, "raw_tok_s": raw,
-               "results": {name: [asdict(r) for r in rows] for name, rows in results.items()}}
+               "results": {name: [asdict(r) for r in rows] for name, rows in results.items()},
+               "runs": {name: [[asdict(r) for r in level] for level in levels]
+                        for name, levels in runs.items()}}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2, default=str))
     (args.out / "compare.txt").write_text(report + "\n")
     title = f"{model.name}, {args.threads} threads, {args.parallel} slots, {args.max_tokens}-token outputs"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 
@@ -71,3 +72,19 @@ def summarize(concurrency: int, records: list[RequestRecord], wall_s: float) -> 
 def level_from_dict(data: dict) -> LevelResult:
     """Inverse of ``dataclasses.asdict`` (for results read back from JSON)."""
     return LevelResult(**{**data, "error_samples": tuple(data.get("error_samples", ()))})
+
+
+def median_result(results: list[LevelResult]) -> LevelResult:
+    """Repeats of one level folded into one row: the median of every figure (errors and
+    reconnects summed), so one noisy repeat on a shared machine does not decide a ratio."""
+    if len(results) == 1:
+        return results[0]
+    summed = ("requests", "errors", "output_tokens", "reconnects")
+    values: dict[str, object] = {"concurrency": results[0].concurrency}
+    for name in LevelResult.__dataclass_fields__:
+        if name in values or name == "error_samples":
+            continue
+        column = [getattr(r, name) for r in results]
+        values[name] = sum(column) if name in summed else statistics.median(column)
+    samples = tuple(dict.fromkeys(s for r in results for s in r.error_samples))[:5]
+    return LevelResult(**values, error_samples=samples)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.compare import SweepOptions, load_results, measure_level
 from benchmarks.loadgen import LoadConfig, format_table, run_level
 from benchmarks.machine import busy_fraction, machine_info
-from benchmarks.metrics import LevelResult, RequestRecord, percentile, summarize
+from benchmarks.metrics import LevelResult, RequestRecord, median_result, percentile, summarize
 from benchmarks.plots import plot_comparison
 from benchmarks.prompts import long_prompt, pick_prompt
 from benchmarks.raw_decode import measure
@@ -89,6 +89,9 @@ def test_metrics_and_prompts() -> None:
     assert isinstance(result, LevelResult)
     assert (result.errors, result.output_tok_s, result.tpot_p50_ms) == (1, 5.5, 100.0)
     assert result.error_samples == ("HTTP 503",)
+    faster = summarize(4, [RequestRecord(ok=True, ttft_s=0.1, latency_s=0.6, completion_tokens=11)], 1.0)
+    folded = median_result([result, faster, result])
+    assert (folded.output_tok_s, folded.errors, folded.requests) == (5.5, 2, 5)
     assert pick_prompt(3, 0.0) != pick_prompt(4, 0.0)
     assert pick_prompt(3, 1.0) == long_prompt(3) and len(long_prompt(3).split()) > 800
     assert machine_info().cores >= 1
