@@ -26,7 +26,7 @@ from benchmarks.loadgen import LoadConfig, parse_levels, requests_for, run_level
 from benchmarks.machine import busy_fraction, machine_info  # noqa: E402
 from benchmarks.metrics import LevelResult, level_from_dict, median_result  # noqa: E402
 from benchmarks.plots import plot_comparison  # noqa: E402
-from benchmarks.report import ratio_table, raw_share_table  # noqa: E402
+from benchmarks.report import markdown_summary, ratio_table, raw_share_table  # noqa: E402
 from benchmarks.servers import ServerSettings, ServerSpec, running, server_specs  # noqa: E402
 from kolosal.default_model import default_model_path  # noqa: E402
 
@@ -138,6 +138,7 @@ def main() -> None:
                         for name, levels in runs.items()}}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2, default=str))
     (args.out / "compare.txt").write_text(report + "\n")
+    (args.out / "summary.md").write_text(markdown_summary(results, raw, args.parallel) + "\n")
     title = f"{model.name}, {args.threads} threads, {args.parallel} slots, {args.max_tokens}-token outputs"
     plot_comparison(results, raw, args.out, title)
 

@@ -47,3 +47,22 @@ def raw_share_table(rows: list[LevelResult], raw_tok_s: dict[int, float], parall
             lines.append(f"{row.concurrency:>4} {100 * row.output_tok_s / limit:>6.1f}%  "
                          f"({row.output_tok_s:.1f} of raw {limit:.1f} tok/s at B={rows_decoded})")
     return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def markdown_summary(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, float],
+                     parallel: int, ours: str = "kolosal", baseline: str = "llama-server") -> str:
+    """The headline table for RESULTS.md: throughput, TTFT and ITL side by side with ratios,
+    and our share of the raw decode limit."""
+    if baseline not in results:
+        return ""
+    header = ("| C | ours tok/s | llama-server tok/s | ratio | ours TTFT p50 ms | llama-server TTFT p50 ms "
+              "| ours ITL p50 ms | llama-server ITL p50 ms | raw limit tok/s | ours % of raw |")
+    lines = [header, "|" + "---|" * 10]
+    for mine, theirs in zip(results[ours], results[baseline]):
+        limit = raw_limit(raw_tok_s, mine.concurrency, parallel)
+        ratio = f"{mine.output_tok_s / theirs.output_tok_s:.2f}x" if theirs.output_tok_s else "-"
+        share = f"{100 * mine.output_tok_s / limit:.0f}%" if limit else "-"
+        lines.append(f"| {mine.concurrency} | {mine.output_tok_s:.1f} | {theirs.output_tok_s:.1f} | {ratio} "
+                     f"| {mine.ttft_p50_ms:.0f} | {theirs.ttft_p50_ms:.0f} | {mine.itl_p50_ms:.1f} "
+                     f"| {theirs.itl_p50_ms:.1f} | {f'{limit:.1f}' if limit else '-'} | {share} |")
+    return "\n".join(lines)

@@ -128,14 +128,15 @@ def wait_healthy(spec: ServerSpec, process: subprocess.Popen[bytes], timeout_s: 
 
 
 @contextmanager
-def running(spec: ServerSpec, log_path: Path | None = None, timeout_s: float = 180.0) -> Iterator[str]:
-    """Start the server, wait for its health endpoint, yield its base URL, stop it."""
+def running_process(spec: ServerSpec, log_path: Path | None = None,
+                    timeout_s: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Start the server, wait for its health endpoint, yield the process, stop it."""
     log = log_path.open("ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         wait_healthy(spec, process, timeout_s)
-        yield spec.url
+        yield process
     finally:
         process.terminate()
         try:
@@ -145,3 +146,10 @@ def running(spec: ServerSpec, log_path: Path | None = None, timeout_s: float = 1
             process.wait()
         if log_path:
             log.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def running(spec: ServerSpec, log_path: Path | None = None, timeout_s: float = 180.0) -> Iterator[str]:
+    """Like running_process, yielding the server's base URL."""
+    with running_process(spec, log_path, timeout_s):
+        yield spec.url

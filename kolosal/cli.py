@@ -34,13 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-gpu-layers", type=int, default=env("N_GPU_LAYERS", 100))
     parser.add_argument("--max-queue", type=int, default=env("MAX_QUEUE", 256),
                         help="waiting requests per engine before 503")
+    parser.add_argument("--keep-alive", type=float, default=env("KEEP_ALIVE", 0),
+                        help="unload --model's engine after this many idle seconds; it reloads on "
+                             "the next request (0 = stay loaded)")
+    parser.add_argument("--pin", action="store_true", default=env("PIN") == "1",
+                        help="never unload or evict --model's engine")
+    parser.add_argument("--max-memory", default=env("MAX_MEMORY"),
+                        help="memory budget of all engines, e.g. 8GiB (estimated weights + KV + "
+                             "buffers); a load that does not fit is refused")
+    parser.add_argument("--evict-idle", action="store_true", default=env("EVICT_IDLE") == "1",
+                        help="make room under --max-memory by unloading least recently used idle engines")
     parser.add_argument("--config", default=env("CONFIG"), help="YAML or JSON config file")
     parser.add_argument("--api-key", action="append", default=None,
                         help="require this API key (repeatable; env KOLOSAL_API_KEY, comma-separated)")
+    parser.add_argument("--admin-key", action="append", default=None,
+                        help="require this key for POST/DELETE /engines (repeatable; env "
+                             "KOLOSAL_ADMIN_KEY, comma-separated); API keys then cannot manage engines")
     parser.add_argument("--cors-origins", default=env("CORS_ORIGINS"), help="comma-separated origins, or *")
     parser.add_argument("--models-dir", action="append", default=None,
                         help="directory POST /engines may load from (repeatable)")
     parser.add_argument("--max-body-bytes", type=int, default=env("MAX_BODY_BYTES"))
+    parser.add_argument("--http-keep-alive", type=float, default=env("HTTP_KEEP_ALIVE"),
+                        help="seconds an idle client connection is kept open (default 75)")
     parser.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
     parser.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "info"),
@@ -56,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     api_keys = args.api_key or ([k for k in env("API_KEY", "").split(",") if k] or None)
+    admin_keys = args.admin_key or ([k for k in env("ADMIN_KEY", "").split(",") if k] or None)
     models_dirs = args.models_dir or ([d for d in env("MODELS_DIR", "").split(",") if d] or None)
-    overrides = {"host": args.host, "port": args.port, "api_keys": api_keys,
+    overrides = {"host": args.host, "port": args.port, "api_keys": api_keys, "admin_keys": admin_keys,
+                 "max_memory": args.max_memory, "evict_idle": args.evict_idle or None,
                  "cors_origins": args.cors_origins, "models_dirs": models_dirs,
-                 "max_body_bytes": args.max_body_bytes, "ssl_certfile": args.ssl_certfile,
+                 "max_body_bytes": args.max_body_bytes, "http_keep_alive_s": args.http_keep_alive, "ssl_certfile": args.ssl_certfile,
                  "ssl_keyfile": args.ssl_keyfile, "log_level": args.log_level,
                  "log_format": args.log_format, "log_prompts": args.log_prompts or None}
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -75,7 +92,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         engines.append({"engine_id": args.engine_id or Path(model).stem, "model_path": model,
                         "n_ctx": int(args.n_ctx), "n_parallel": int(args.parallel),
                         "n_threads": int(args.threads), "n_batch": int(args.n_batch),
-                        "n_gpu_layers": int(args.n_gpu_layers), "max_queue": int(args.max_queue)})
+                        "n_gpu_layers": int(args.n_gpu_layers), "max_queue": int(args.max_queue),
+                        "keep_alive_s": float(args.keep_alive), "pinned": bool(args.pin)})
     values["engines"] = engines
     return settings_from(values)
 
@@ -83,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 async def amain(settings: ServerSettings) -> None:
     from .server.serve import run_server
 
-    registry = EngineRegistry()
+    registry = EngineRegistry(settings.memory_policy)
     for config in settings.engines:
         logger.info("loading engine '%s' from %s", config.engine_id, config.model_path)
         await registry.add(config)

@@ -6,7 +6,7 @@ import logging
 import sys
 
 REQUEST_FIELDS = ("request_id", "status", "model", "duration_ms", "ttft_ms", "prompt_tokens",
-                  "completion_tokens")
+                  "completion_tokens", "prompt")  # prompt: only with --log-prompts
 
 
 class TextFormatter(logging.Formatter):
@@ -15,7 +15,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = [f"{key}={getattr(record, key)}" for key in REQUEST_FIELDS
+        fields = [f"{key}={getattr(record, key)!r}" if key == "prompt" else f"{key}={getattr(record, key)}"
+                  for key in REQUEST_FIELDS
                   if getattr(record, key, None) is not None]
         return f"{line} {' '.join(fields)}" if fields else line
 

@@ -12,6 +12,7 @@ from typing import Any
 from .config import EngineConfig
 from .errors import ContextLengthExceededError, EngineStoppedError
 from .loop import EngineLoop, EventSink
+from .memory import MemoryEstimate
 from .request import ErrorEvent, Event, FinishEvent, Request, SamplingParams
 from .runner import ModelRunner
 
@@ -24,6 +25,7 @@ class EngineState(str, enum.Enum):
     READY = "ready"
     FAILED = "failed"
     UNLOADING = "unloading"
+    UNLOADED = "unloaded"      # idle-unloaded or evicted: reloads on its next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +57,20 @@ class AsyncEngine:
         self.info: ModelInfo | None = None
         self._runner: ModelRunner | None = None
         self._loop: EngineLoop | None = None
+        self.active = 0                       # generate() calls in flight
+        self.last_used = time.monotonic()     # for idle unload and LRU eviction
+        self.memory: MemoryEstimate | None = None  # set by the registry before loading
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the model off the event loop and start the engine thread."""
+        """Load the model off the event loop and start the engine thread (again, after an
+        unload)."""
         started = time.monotonic()
+        self.state, self.error, self.load_progress = EngineState.LOADING, None, 0.0
         try:
             self._runner = await asyncio.to_thread(ModelRunner, self.config, self._on_progress)
         except BaseException as error:
@@ -80,6 +91,7 @@ class AsyncEngine:
         self._loop.start()
         self.load_progress = 1.0
         self.load_seconds = time.monotonic() - started
+        self.last_used = time.monotonic()
         self.state = EngineState.READY
 
     def _on_progress(self, progress: float) -> bool:
@@ -90,7 +102,8 @@ class AsyncEngine:
         self.load_progress = progress
         return True
 
-    async def stop(self, reason: str = "the engine was removed") -> None:
+    async def stop(self, reason: str = "the engine was removed",
+                   final_state: EngineState = EngineState.UNLOADING) -> None:
         """End in-flight requests with an error event, stop the thread, free memory."""
         self.state = EngineState.UNLOADING
         loop, runner = self._loop, self._runner
@@ -100,6 +113,13 @@ class AsyncEngine:
             await asyncio.to_thread(loop.join)
         if runner is not None:
             await asyncio.to_thread(runner.close)
+        self.state = final_state
+
+    async def unload(self, reason: str) -> None:
+        """Free the model and KV but stay listed: the next request reloads it."""
+        logger.info("unloading engine '%s': %s", self.engine_id, reason)
+        await self.stop(reason, final_state=EngineState.UNLOADED)
+        self.load_progress = 0.0
 
     # -- requests -------------------------------------------------------------------------------
     def _require_ready(self) -> tuple[ModelRunner, EngineLoop]:
@@ -147,6 +167,8 @@ class AsyncEngine:
             request.deadline = request.arrival + timeout_s
         engine_loop.submit(request, EventSink(asyncio.get_running_loop(), events))
         finished = False
+        self.active += 1
+        self.last_used = time.monotonic()
         try:
             while True:
                 event = await events.get()
@@ -156,6 +178,8 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
+            self.active -= 1
+            self.last_used = time.monotonic()
             if not finished:
                 engine_loop.abort(request)
 

@@ -19,6 +19,8 @@ class EngineConfig:
     max_queue: int = 256       # waiting requests beyond this are refused (HTTP 503)
     flash_attn: str = "auto"
     use_mmap: bool = True
+    keep_alive_s: float = 0.0  # unload after this long idle (reload on the next request); 0 = never
+    pinned: bool = False       # never unloaded for idleness nor evicted for memory
 
     def __post_init__(self) -> None:
         if not self.engine_id:
@@ -27,6 +29,8 @@ class EngineConfig:
             raise ValueError("n_ctx must be at least 16")
         if self.n_parallel < 0 or self.n_batch < 1 or self.max_queue < 0 or self.n_threads < 0:
             raise ValueError("n_parallel, n_batch, max_queue and n_threads must be positive")
+        if self.keep_alive_s < 0:
+            raise ValueError("keep_alive_s must be >= 0 (0 keeps the engine loaded)")
 
     @property
     def resolved_parallel(self) -> int:

@@ -34,3 +34,14 @@ class DeadlineExceededError(EngineError):
     """The request's deadline passed before it finished."""
 
     code = "deadline_exceeded"
+
+
+class InsufficientMemoryError(EngineError):
+    """Loading this engine would exceed the memory budget (HTTP 503, or 400 when the model
+    alone is larger than the budget)."""
+
+    code = "insufficient_memory"
+
+    def __init__(self, message: str, fits_alone: bool = True) -> None:
+        super().__init__(message)
+        self.fits_alone = fits_alone

@@ -1,13 +1,26 @@
-"""Several engines at once, by id. Lives on the app, never as a module global."""
+"""Several engines at once, by id, under one memory budget. Lives on the app, never as a
+module global.
+
+Loads happen one at a time (``_load_lock``), so every budget decision sees all engines. An
+engine that is unloaded (idle timeout or eviction) stays listed and reloads on its next
+request through ``acquire``."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
 from .async_engine import AsyncEngine, EngineState
 from .config import EngineConfig
+from .errors import EngineStoppedError, InsufficientMemoryError
+from .memory import MemoryEstimate, estimate_memory, format_size
 
 logger = logging.getLogger(__name__)
+# A request resolves its engine a few awaits before it submits work (tokenizing, template);
+# an engine used this recently is never evicted, so that window cannot lose the engine.
+EVICTION_GRACE_S = 2.0
+IDLE_CHECK_INTERVAL_S = 1.0
 
 
 class EngineExistsError(Exception):
@@ -21,10 +34,18 @@ class EngineNotFoundError(KeyError):
         return str(self.args[0]) if self.args else "engine not found"
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryPolicy:
+    max_memory: int = 0        # bytes for all engines together; 0 = no budget
+    evict_idle: bool = False   # make room by unloading the least recently used idle engines
+
+
 class EngineRegistry:
-    def __init__(self) -> None:
+    def __init__(self, policy: MemoryPolicy | None = None) -> None:
+        self.policy = policy or MemoryPolicy()
         self._engines: dict[str, AsyncEngine] = {}
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()       # the id -> engine map
+        self._load_lock = asyncio.Lock()  # loads, unloads and budget decisions
 
     async def add(self, config: EngineConfig) -> AsyncEngine:
         """Load a model as a new engine; returns when it is ready (or raises why not).
@@ -35,20 +56,112 @@ class EngineRegistry:
                 raise EngineExistsError(f"engine '{config.engine_id}' already exists")
             engine = AsyncEngine(config)
             self._engines[config.engine_id] = engine
-        try:
-            await engine.start()
-        except BaseException:
-            logger.warning("engine '%s' failed to load: %s", config.engine_id, engine.error)
-            raise
-        logger.info("engine '%s' ready (%s, %.1fs)", config.engine_id, config.model_path,
-                    engine.load_seconds)
+        await self._load(engine)
         return engine
 
+    async def acquire(self, engine_id: str) -> AsyncEngine:
+        """The engine, loaded: an unloaded one is reloaded first (waiting for room under the
+        budget), one being loaded is waited for."""
+        engine = self.get(engine_id)
+        if engine.state != EngineState.READY:
+            await self._load(engine)
+        engine.last_used = time.monotonic()
+        return engine
+
+    async def _load(self, engine: AsyncEngine) -> None:
+        async with self._load_lock:
+            if engine.state == EngineState.READY:
+                return
+            if engine.state not in (EngineState.LOADING, EngineState.UNLOADED):
+                raise EngineStoppedError(f"engine '{engine.engine_id}' is {engine.state.value}"
+                                         + (f": {engine.error}" if engine.error else ""))
+            try:
+                if engine.memory is None:
+                    engine.memory = await asyncio.to_thread(estimate_memory, engine.config)
+                await self._make_room(engine, engine.memory)
+                await engine.start()
+            except InsufficientMemoryError:
+                if engine.state == EngineState.LOADING:  # a new engine: it never existed
+                    self._forget(engine)
+                raise  # an unloaded one stays unloaded: a later request may find room
+            except BaseException as error:
+                engine.state, engine.error = EngineState.FAILED, engine.error or str(error)
+                logger.warning("engine '%s' failed to load: %s", engine.engine_id, engine.error)
+                raise
+        logger.info("engine '%s' ready (%s, %.1fs, ~%s)", engine.engine_id, engine.config.model_path,
+                    engine.load_seconds, format_size(engine.memory.total))
+
+    # -- memory budget ----------------------------------------------------------------------
+    def memory_in_use(self, excluding: AsyncEngine | None = None) -> int:
+        return sum(e.memory.total for e in self._engines.values()
+                   if e is not excluding and e.memory is not None
+                   and e.state in (EngineState.READY, EngineState.LOADING))
+
+    def _eviction_candidate(self, excluding: AsyncEngine) -> AsyncEngine | None:
+        now = time.monotonic()
+        idle = [e for e in self._engines.values()
+                if e is not excluding and e.state == EngineState.READY and not e.config.pinned
+                and e.idle and now - e.last_used >= EVICTION_GRACE_S]
+        return min(idle, key=lambda e: e.last_used, default=None)
+
+    async def _make_room(self, engine: AsyncEngine, need: MemoryEstimate) -> None:
+        budget = self.policy.max_memory
+        if not budget:
+            return
+        if need.total > budget:
+            raise InsufficientMemoryError(
+                f"engine '{engine.engine_id}' needs about {format_size(need.total)} (weights "
+                f"{format_size(need.weights)}, KV cache {format_size(need.kv_cache)}), more than "
+                f"the whole memory budget of {format_size(budget)}; lower n_ctx or raise --max-memory",
+                fits_alone=False)
+        while self.memory_in_use(excluding=engine) + need.total > budget:
+            victim = self._eviction_candidate(engine) if self.policy.evict_idle else None
+            if victim is None:
+                loaded = ", ".join(f"'{e.engine_id}' ({format_size(e.memory.total)})"
+                                   for e in self._engines.values() if e is not engine and e.memory
+                                   and e.state in (EngineState.READY, EngineState.LOADING))
+                hint = ("no loaded engine is idle and unpinned" if self.policy.evict_idle
+                        else "start with --evict-idle to unload idle engines automatically")
+                raise InsufficientMemoryError(
+                    f"engine '{engine.engine_id}' needs about {format_size(need.total)} but only "
+                    f"{format_size(budget - self.memory_in_use(excluding=engine))} of the "
+                    f"{format_size(budget)} budget is free (loaded: {loaded}); {hint}")
+            await victim.unload(f"evicted to make room for '{engine.engine_id}'")
+
+    # -- idle unload ------------------------------------------------------------------------
+    async def unload_idle(self) -> list[str]:
+        """Unload every engine idle for longer than its keep_alive_s (pinned ones never)."""
+        unloaded = []
+        now = time.monotonic()
+        for engine in list(self._engines.values()):
+            keep_alive = engine.config.keep_alive_s
+            if (keep_alive > 0 and not engine.config.pinned and engine.state == EngineState.READY
+                    and engine.idle and now - engine.last_used > keep_alive):
+                async with self._load_lock:
+                    if engine.state == EngineState.READY and engine.idle:
+                        await engine.unload(f"idle for more than {keep_alive:g}s")
+                        unloaded.append(engine.engine_id)
+        return unloaded
+
+    async def run_idle_unloader(self) -> None:
+        """Background task of the server: check for idle engines every second."""
+        while True:
+            await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
+            try:
+                await self.unload_idle()
+            except Exception:  # never let one bad unload end the task
+                logger.exception("idle unload failed")
+
+    # -- lookup and removal -----------------------------------------------------------------
     def get(self, engine_id: str) -> AsyncEngine:
         engine = self._engines.get(engine_id)
         if engine is None:
             raise EngineNotFoundError(f"engine '{engine_id}' not found")
         return engine
+
+    def _forget(self, engine: AsyncEngine) -> None:
+        if self._engines.get(engine.engine_id) is engine:
+            del self._engines[engine.engine_id]
 
     def list(self) -> list[AsyncEngine]:
         return list(self._engines.values())
@@ -58,7 +171,8 @@ class EngineRegistry:
             engine = self._engines.pop(engine_id, None)
         if engine is None:
             raise EngineNotFoundError(f"engine '{engine_id}' not found")
-        await engine.stop()
+        async with self._load_lock:  # a load in progress finishes first, then is stopped
+            await engine.stop()
 
     async def close_all(self) -> None:
         async with self._lock:

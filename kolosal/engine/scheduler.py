@@ -129,10 +129,12 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     # -- KV accounting ----------------------------------------------------------------------
+    def kv_cells_cached(self) -> int:
+        """Cells holding finished sequences' tokens, kept as prefix caches."""
+        return sum(len(s.cached_ids) for s in self.slots.slots if not s.busy)
+
     def kv_cells_used(self) -> int:
-        active = sum(r.num_computed for r in self.running)
-        cached = sum(len(s.cached_ids) for s in self.slots.slots if not s.busy)
-        return active + cached
+        return sum(r.num_computed for r in self.running) + self.kv_cells_cached()
 
     def _make_room(self, cells: int) -> bool:
         """Evict prefix caches (LRU first) until ``cells`` more tokens fit."""

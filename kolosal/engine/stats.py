@@ -41,6 +41,7 @@ class EngineStats:
     slots_busy: int = 0
     queue_depth: int = 0
     kv_cells_used: int = 0
+    kv_cells_cached: int = 0   # of kv_cells_used: prefix caches of finished requests
     prefill_tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     last_step_ms: float = 0.0
@@ -84,6 +85,7 @@ class StatsRecorder:
     def _occupancy(self, scheduler: Scheduler) -> dict[str, int]:
         return {"slots_busy": len(scheduler.running), "queue_depth": len(scheduler.waiting),
                 "kv_cells_used": scheduler.kv_cells_used(),
+                "kv_cells_cached": scheduler.kv_cells_cached(),
                 "cache_hits": scheduler.counters.cache_hits,
                 "cached_tokens": scheduler.counters.cached_tokens,
                 "preemptions": scheduler.counters.preemptions}

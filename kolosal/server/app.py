@@ -1,6 +1,7 @@
 """create_app(registry, settings): the Quart app. State lives on the app, not in globals."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from pathlib import Path
@@ -22,6 +23,27 @@ PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health", "/openapi.json"})
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
+def supplied_key() -> bytes:
+    """The key from ``Authorization: Bearer`` (preferred) or ``X-API-Key``."""
+    authorization = request.headers.get("Authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip().encode()
+    return request.headers.get("X-API-Key", "").encode()
+
+
+def key_matches(supplied: bytes, keys: list[bytes]) -> bool:
+    """Constant time: every key is compared, no early exit on a match."""
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(supplied, key)
+    return valid
+
+
+def is_management(method: str, path: str) -> bool:
+    """Loading and deleting engines (reading their status stays an API-key call)."""
+    return method in ("POST", "DELETE") and (path.startswith("/engines") or path.startswith("/v1/engines"))
+
+
 def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
     app = Quart("kolosal")
     app.config["REGISTRY"] = registry
@@ -33,7 +55,8 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
     app.register_blueprint(routes_engines.blueprint)
     metrics = Metrics(registry)
     app.config["METRICS"] = metrics
-    keys = [key.encode() for key in settings.api_keys if key]
+    api_keys = [key.encode() for key in settings.api_keys if key]
+    admin_keys = [key.encode() for key in settings.admin_keys if key]
 
     @app.before_request
     async def start_record() -> None:
@@ -41,22 +64,32 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
                                  request.method, request.path)
 
     @app.before_request
-    async def check_api_key() -> Response | None:
-        if not keys or request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
-            return None
-        supplied = request.headers.get("X-API-Key", "")
-        authorization = request.headers.get("Authorization", "")
-        if authorization.lower().startswith("bearer "):
-            supplied = authorization[7:].strip()
-        supplied_bytes = supplied.encode()
-        # Compare against every key in constant time; no early exit on a match.
-        valid = False
-        for key in keys:
-            valid |= hmac.compare_digest(supplied_bytes, key)
-        if valid:
-            return None
+    async def check_keys() -> None:
+        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
+            return
+        supplied = supplied_key()
+        if admin_keys and is_management(request.method, request.path):
+            if key_matches(supplied, admin_keys):
+                return
+            if key_matches(supplied, api_keys):
+                raise APIError(403, "Managing engines requires an admin key.",
+                               type="permission_error", code="admin_key_required")
+            raise APIError(401, "Incorrect or missing admin key. Send it as 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")
+        if not api_keys or key_matches(supplied, api_keys) or key_matches(supplied, admin_keys):
+            return
         raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                        code="invalid_api_key")
+
+    @app.before_serving
+    async def start_idle_unloader() -> None:
+        app.config["IDLE_UNLOADER"] = asyncio.create_task(registry.run_idle_unloader())
+
+    @app.after_serving
+    async def stop_idle_unloader() -> None:
+        task = app.config.pop("IDLE_UNLOADER", None)
+        if task is not None:
+            task.cancel()
 
     @app.after_request
     async def finish_record(response: Response) -> Response:

@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..engine import (ContextLengthExceededError, DeadlineExceededError, EngineError,
-                      EngineNotFoundError, EngineOverloadedError, EngineStoppedError)
+                      EngineNotFoundError, EngineOverloadedError, EngineStoppedError,
+                      InsufficientMemoryError)
 
 RETRY_AFTER_S = 1
 
@@ -55,6 +56,11 @@ def from_engine_error(error: Exception) -> APIError:
                         headers={"Retry-After": str(RETRY_AFTER_S), "x-should-retry": "true"})
     if isinstance(error, EngineStoppedError):
         return APIError(503, str(error), type="server_error", code="engine_stopped",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(error, InsufficientMemoryError):
+        if not error.fits_alone:  # no amount of waiting helps
+            return bad_request(str(error), param="n_ctx", code=error.code)
+        return APIError(503, str(error), type="server_error", code=error.code,
                         headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(error, DeadlineExceededError):
         return APIError(504, str(error), type="server_error", code="deadline_exceeded")

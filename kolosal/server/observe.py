@@ -2,12 +2,14 @@
 Prometheus metrics. Streams report at their end, not when the headers go out."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import secrets
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -38,6 +40,8 @@ class Metrics:
         self.duration = Histogram("kolosal_request_duration_seconds", "End-to-end request latency",
                                   ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(EngineCollector(engines))
+        ProcessCollector(registry=self.registry)  # RSS, CPU, open fds
+        self.registry.register(EventLoopCollector())
 
 
 class EngineCollector(Collector):
@@ -70,6 +74,20 @@ class EngineCollector(Collector):
         yield load
 
 
+class EventLoopCollector(Collector):
+    """Tasks on the event loop and threads in the process: a leak shows as growth at rest."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        tasks = GaugeMetricFamily("kolosal_event_loop_tasks", "asyncio tasks alive on the server loop")
+        try:
+            tasks.add_metric([], len(asyncio.all_tasks()))
+        except RuntimeError:  # scraped off the loop (never in the server)
+            pass
+        yield tasks
+        yield GaugeMetricFamily("kolosal_threads", "Threads in the server process",
+                                value=threading.active_count())
+
+
 @dataclass(slots=True)
 class RequestRecord:
     metrics: Metrics
@@ -82,6 +100,7 @@ class RequestRecord:
     first_token_at: float = 0.0
     usage: Usage | None = None
     finished: bool = False
+    prompt: str | None = None   # set only when the operator asked for --log-prompts
 
     def token(self) -> None:
         if not self.first_token_at:
@@ -115,7 +134,8 @@ class RequestRecord:
                    "duration_ms": round(duration * 1000, 1),
                    "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
                    "prompt_tokens": self.usage.prompt_tokens if self.usage else None,
-                   "completion_tokens": self.usage.completion_tokens if self.usage else None})
+                   "completion_tokens": self.usage.completion_tokens if self.usage else None,
+                   "prompt": self.prompt})
 
 
 def new_request_id(supplied: str | None) -> str:

@@ -50,7 +50,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/models": {"get": {"summary": "Engines in the OpenAI model-list shape", "responses": _responses(401)}},
             "/engines": {"post": {"summary": "Load a GGUF model as a new engine (returns when ready, 201)",
                                   "requestBody": _body("EngineCreateRequest"),
-                                  "responses": _responses(400, 401, 403, 404, 409)},
+                                  "responses": _responses(400, 401, 403, 404, 409, 503)},
                          "get": {"summary": "List engines", "responses": _responses(401)}},
             "/v1/engines": {"get": {"summary": "List engines", "responses": _responses(401)}},
             "/engines/{engine_id}/status": {"get": {"summary": "Engine state and live statistics",

@@ -147,3 +147,5 @@ class EngineCreateRequest(BaseModel):
     n_batch: Annotated[int, Field(ge=1, le=65536)] = 512
     n_threads: Annotated[int, Field(ge=0, le=1024)] = 0
     max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 256
+    keep_alive: Annotated[float, Field(ge=0, le=365 * 86400)] = 0.0  # idle seconds; 0 = stay loaded
+    pinned: bool = False

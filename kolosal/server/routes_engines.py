@@ -3,15 +3,17 @@ DELETE /engines/{id}, and GET /v1/health."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from quart import Blueprint, Response, current_app
 
-from ..engine import AsyncEngine, EngineConfig, EngineExistsError, EngineNotFoundError, EngineState
+from ..engine import (AsyncEngine, EngineConfig, EngineExistsError, EngineNotFoundError, EngineState,
+                      InsufficientMemoryError)
 from ..gguf_header import InvalidModelFileError, read_gguf_header
 from ..llama import ModelLoadError
-from .errors import APIError, bad_request
+from .errors import APIError, bad_request, from_engine_error
 from .http import json_response, parse_body
 from .protocol import EngineCreateRequest
 
@@ -25,7 +27,10 @@ def engine_body(engine: AsyncEngine, with_stats: bool = False) -> dict[str, Any]
         "model_path": config.model_path, "n_ctx": config.n_ctx, "n_parallel": config.resolved_parallel,
         "n_gpu_layers": config.n_gpu_layers, "main_gpu_id": config.main_gpu_id,
         "created": engine.created, "load_progress": round(engine.load_progress, 4),
-        "load_seconds": round(engine.load_seconds, 3), "error": engine.error}
+        "load_seconds": round(engine.load_seconds, 3), "error": engine.error,
+        "pinned": config.pinned, "keep_alive": config.keep_alive_s,
+        "idle_seconds": round(time.monotonic() - engine.last_used, 1) if engine.idle else 0.0,
+        "memory_estimate": engine.memory.as_dict() if engine.memory else None}
     info = engine.info
     if info is not None:
         body["model"] = {"architecture": info.architecture, "description": info.description,
@@ -62,11 +67,14 @@ async def create_engine() -> Response:
     config = EngineConfig(engine_id=body.engine_id, model_path=str(path), n_ctx=body.n_ctx,
                           n_gpu_layers=body.n_gpu_layers, main_gpu_id=body.main_gpu_id,
                           n_parallel=body.n_parallel, n_batch=body.n_batch,
-                          n_threads=body.n_threads, max_queue=body.max_queue)
+                          n_threads=body.n_threads, max_queue=body.max_queue,
+                          keep_alive_s=body.keep_alive, pinned=body.pinned)
     try:
         engine = await current_app.config["REGISTRY"].add(config)
     except EngineExistsError as error:
         raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
+    except InsufficientMemoryError as error:
+        raise from_engine_error(error) from None
     except (ModelLoadError, InvalidModelFileError, ValueError) as error:
         raise bad_request(str(error), param="model_path", code="model_load_failed") from None
     except RuntimeError as error:  # e.g. the context could not be allocated
@@ -112,6 +120,9 @@ async def delete_engine(engine_id: str) -> Response:
 @blueprint.get("/health")
 @blueprint.get("/v1/health")
 async def health() -> Response:
-    engines = current_app.config["REGISTRY"].list()
+    registry = current_app.config["REGISTRY"]
+    engines = registry.list()
     ready = sum(1 for e in engines if e.state == EngineState.READY)
-    return json_response({"status": "ok", "engines": {"total": len(engines), "ready": ready}})
+    return json_response({"status": "ok", "engines": {"total": len(engines), "ready": ready},
+                          "memory": {"budget_bytes": registry.policy.max_memory,
+                                     "in_use_bytes": registry.memory_in_use()}})

@@ -33,15 +33,24 @@ def fingerprint(engine: AsyncEngine) -> str:
     return "fp_" + digest[:10]
 
 
-def ready_engine(model: str) -> AsyncEngine:
+async def ready_engine(model: str) -> AsyncEngine:
+    """The request's engine, loaded: an idle-unloaded one is reloaded transparently."""
     try:
-        engine = current_app.config["REGISTRY"].get(model)
+        engine = await current_app.config["REGISTRY"].acquire(model)
     except EngineNotFoundError:
         raise model_not_found(model) from None
+    except Exception as error:
+        raise from_engine_error(error) from None
     if engine.info is None:
         raise APIError(503, f"engine '{model}' is {engine.state.value}", type="server_error",
                        code="engine_not_ready", headers={"Retry-After": "1"})
     return engine
+
+
+def log_prompt(text: str) -> None:
+    """Prompts reach the access log only when the operator asked (--log-prompts)."""
+    if current_app.config["SETTINGS"].log_prompts:
+        g.record.prompt = text if g.record.prompt is None else f"{g.record.prompt}\n{text}"
 
 
 async def tokenize_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> list[int]:
@@ -55,6 +64,7 @@ async def tokenize_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> lis
         prompt = template.render(messages)
     except ChatTemplateError as error:
         raise bad_request(str(error), param="messages") from None
+    log_prompt(prompt)
     # Templates usually write the BOS text themselves: never add a second BOS.
     add_special = not (info.bos_token and prompt.startswith(info.bos_token))
     return await engine.tokenize(prompt, add_special=add_special, parse_special=True)
@@ -86,7 +96,7 @@ def first_error(choices: list[Any]) -> APIError | None:
 async def chat_completions() -> Response:
     body = await parse_body(ChatCompletionRequest)
     g.record.model = body.model
-    engine = ready_engine(body.model)
+    engine = await ready_engine(body.model)
     prompt_ids = await tokenize_chat(engine, body)
     streams, request_id = await start(engine, [prompt_ids], body,
                                       body.resolved_max_tokens(engine.info.n_ctx), "chatcmpl")
@@ -143,12 +153,13 @@ async def stream_chat(streams: MultiStream, envelope: dict[str, Any], include_us
 async def completions() -> Response:
     body = await parse_body(CompletionRequest)
     g.record.model = body.model
-    engine = ready_engine(body.model)
+    engine = await ready_engine(body.model)
     prompts: list[list[int]] = []
     for prompt in body.prompts():
         if isinstance(prompt, str):
             if not prompt:
                 raise bad_request("prompt must not be empty", param="prompt")
+            log_prompt(prompt)
             prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
         else:
             prompts.append(prompt)

@@ -23,7 +23,7 @@ def hypercorn_config(settings: ServerSettings) -> Config:
     config.alpn_protocols = ["h2", "http/1.1"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = settings.http_keep_alive_s
     config.graceful_timeout = 10
     if settings.ssl_certfile:
         config.certfile = settings.ssl_certfile

@@ -15,7 +15,7 @@ from benchmarks.metrics import LevelResult, RequestRecord, median_result, percen
 from benchmarks.plots import plot_comparison
 from benchmarks.prompts import long_prompt, pick_prompt
 from benchmarks.raw_decode import measure
-from benchmarks.report import ratio_table, raw_share_table
+from benchmarks.report import markdown_summary, ratio_table, raw_share_table
 from benchmarks.servers import ServerSettings, find_llama_server, server_specs
 from benchmarks.step_profile import format_profile, profile
 
@@ -72,6 +72,7 @@ def test_compare_level_on_fresh_servers(model_path: Path, tmp_path: Path) -> Non
     assert "output tok/s" in text and "% of the raw" in text
     if "llama-server" in results:
         assert "ratio kolosal/llama-server" in text
+        assert markdown_summary(results, raw, parallel=2).count("\n") == 2
     written = plot_comparison(results, raw, tmp_path / "plots")
     assert all(path.stat().st_size > 0 for path in written)
     saved = tmp_path / "compare.json"

@@ -63,3 +63,21 @@ def test_json_access_log_without_prompt_text(model_path: Path, tmp_path: Path) -
     assert entry["completion_tokens"] == 4 and entry["prompt_tokens"] > 0
     assert entry["ttft_ms"] > 0 and entry["duration_ms"] >= entry["ttft_ms"]
     assert secret not in log.read_text()
+
+
+def test_log_prompts_is_opt_in(model_path: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    server = start_server(model_path, log, "--log-prompts")
+    try:
+        for path, body in (("/v1/completions", {"prompt": "opt-in completion text"}),
+                           ("/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": "opt-in chat text"}]})):
+            response = httpx.post(f"{server.base_url}{path}", timeout=60,
+                                  json={"model": ENGINE, "max_tokens": 2, **body})
+            assert response.status_code == 200
+        time.sleep(0.3)
+    finally:
+        stop_server(server)
+    access = [line for line in log.read_text().splitlines() if "kolosal.access" in line]
+    assert any("prompt='opt-in completion text'" in line for line in access)
+    assert any("opt-in chat text" in line for line in access)  # the rendered chat prompt
