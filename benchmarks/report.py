@@ -58,7 +58,7 @@ def markdown_summary(results: dict[str, list[LevelResult]], raw_tok_s: dict[int,
     header = ("| C | ours tok/s | llama-server tok/s | ratio | ours TTFT p50 ms | llama-server TTFT p50 ms "
               "| ours ITL p50 ms | llama-server ITL p50 ms | raw limit tok/s | ours % of raw |")
     lines = [header, "|" + "---|" * 10]
-    for mine, theirs in zip(results[ours], results[baseline]):
+    for mine, theirs in zip(results[ours], results[baseline], strict=True):
         limit = raw_limit(raw_tok_s, mine.concurrency, parallel)
         ratio = f"{mine.output_tok_s / theirs.output_tok_s:.2f}x" if theirs.output_tok_s else "-"
         share = f"{100 * mine.output_tok_s / limit:.0f}%" if limit else "-"

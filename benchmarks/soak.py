@@ -119,7 +119,8 @@ async def soak(base_url: str, pid: int, model: str, model_path: Path, minutes: f
         await asyncio.sleep(1.0)
         report.rss_mib.append((round(time.monotonic() - started, 1), rss_mib(pid)))
         status = (await http.get(f"/engines/{model}/status")).json()["stats"]
-        if status["slots_busy"] or status["queue_depth"] or status["kv_cells_used"] != status["kv_cells_cached"]:
+        busy = status["slots_busy"] or status["queue_depth"]
+        if busy or status["kv_cells_used"] != status["kv_cells_cached"]:
             report.problems.append(f"not clean at the end: {status}")
     if any(code >= 500 for code in report.status_counts):
         report.problems.append(f"server errors: {report.status_counts}")

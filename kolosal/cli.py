@@ -23,13 +23,14 @@ def env(name: str, default: Any = None) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kolosal-server",
                                      description="OpenAI-compatible inference server for GGUF models")
-    parser.add_argument("--host", default=env("HOST"), help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
-    parser.add_argument("--port", type=int, default=env("PORT"), help="port (default 8080)")
-    parser.add_argument("--model", default=env("MODEL"), help="GGUF file to load at start")
-    parser.add_argument("--engine-id", default=env("ENGINE_ID"), help="id of --model's engine (default: file stem)")
-    parser.add_argument("--n-ctx", type=int, default=env("N_CTX", 4096), help="context size (KV cells) of --model")
-    parser.add_argument("--parallel", type=int, default=env("PARALLEL", 0), help="slots (0 = n_ctx/128, max 64)")
-    parser.add_argument("--threads", type=int, default=env("THREADS", 0), help="compute threads (0 = all cores)")
+    add = parser.add_argument
+    add("--host", default=env("HOST"), help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
+    add("--port", type=int, default=env("PORT"), help="port (default 8080)")
+    add("--model", default=env("MODEL"), help="GGUF file to load at start")
+    add("--engine-id", default=env("ENGINE_ID"), help="id of --model's engine (default: file stem)")
+    add("--n-ctx", type=int, default=env("N_CTX", 4096), help="context size (KV cells) of --model")
+    add("--parallel", type=int, default=env("PARALLEL", 0), help="slots (0 = n_ctx/128, max 64)")
+    add("--threads", type=int, default=env("THREADS", 0), help="compute threads (0 = all cores)")
     parser.add_argument("--n-batch", type=int, default=env("N_BATCH", 512), help="token budget of one step")
     parser.add_argument("--n-gpu-layers", type=int, default=env("N_GPU_LAYERS", 100))
     parser.add_argument("--max-queue", type=int, default=env("MAX_QUEUE", 256),
@@ -76,9 +77,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     overrides = {"host": args.host, "port": args.port, "api_keys": api_keys, "admin_keys": admin_keys,
                  "max_memory": args.max_memory, "evict_idle": args.evict_idle or None,
                  "cors_origins": args.cors_origins, "models_dirs": models_dirs,
-                 "max_body_bytes": args.max_body_bytes, "http_keep_alive_s": args.http_keep_alive, "ssl_certfile": args.ssl_certfile,
-                 "ssl_keyfile": args.ssl_keyfile, "log_level": args.log_level,
-                 "log_format": args.log_format, "log_prompts": args.log_prompts or None}
+                 "max_body_bytes": args.max_body_bytes, "http_keep_alive_s": args.http_keep_alive,
+                 "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile,
+                 "log_level": args.log_level, "log_format": args.log_format,
+                 "log_prompts": args.log_prompts or None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "port" in values:
         values["port"] = int(values["port"])

@@ -5,6 +5,7 @@ so the native loader only sees files that at least claim to be GGUF.
 """
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,6 @@ def read_gguf_metadata(path: str | Path) -> dict[str, object]:
     """The metadata key/value pairs of a (header-checked) GGUF file: scalars and strings as
     Python values, arrays as ArrayInfo. Pure Python over mmap; a truncated or inconsistent
     file raises InvalidModelFileError."""
-    import mmap
-
     header = read_gguf_header(path)
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         reader = _MetadataReader(data, _HEADER.size)
@@ -85,25 +84,30 @@ def read_gguf_metadata(path: str | Path) -> dict[str, object]:
 
 
 class _MetadataReader:
-    def __init__(self, data: object, offset: int) -> None:
+    def __init__(self, data: mmap.mmap, offset: int) -> None:
         self.data = data
         self.offset = offset
 
     def unpack(self, fmt: str) -> object:
-        value = struct.unpack_from(fmt, self.data, self.offset)[0]  # type: ignore[arg-type]
+        value = struct.unpack_from(fmt, self.data, self.offset)[0]
         self.offset += struct.calcsize(fmt)
         return value
 
+    def unpack_int(self, fmt: str) -> int:
+        value = self.unpack(fmt)
+        assert isinstance(value, int)
+        return value
+
     def string(self) -> str:
-        size = int(self.unpack("<Q"))  # type: ignore[arg-type]
-        if size > MAX_STRING_BYTES or self.offset + size > len(self.data):  # type: ignore[arg-type]
+        size = self.unpack_int("<Q")
+        if size > MAX_STRING_BYTES or self.offset + size > len(self.data):
             raise ValueError(f"string of {size} bytes at offset {self.offset}")
-        text = bytes(self.data[self.offset:self.offset + size]).decode("utf-8")  # type: ignore[index]
+        text = bytes(self.data[self.offset:self.offset + size]).decode("utf-8")
         self.offset += size
         return text
 
     def skip_string(self) -> None:
-        size = int(self.unpack("<Q"))  # type: ignore[arg-type]
+        size = self.unpack_int("<Q")
         if size > MAX_STRING_BYTES:
             raise ValueError(f"string of {size} bytes at offset {self.offset}")
         self.offset += size
@@ -119,7 +123,7 @@ class _MetadataReader:
         return self.unpack(fmt)
 
     def array(self) -> ArrayInfo:
-        kind, length = int(self.unpack("<I")), int(self.unpack("<Q"))  # type: ignore[arg-type]
+        kind, length = self.unpack_int("<I"), self.unpack_int("<Q")
         if kind == _STRING:
             for _ in range(length):
                 self.skip_string()
@@ -128,7 +132,7 @@ class _MetadataReader:
         if fmt is None:  # nested arrays: no model metadata we read uses them
             raise ValueError(f"unsupported GGUF array element type {kind}")
         size = struct.calcsize(fmt)
-        if self.offset + size * length > len(self.data):  # type: ignore[arg-type]
+        if self.offset + size * length > len(self.data):
             raise ValueError(f"array of {length} elements runs past the end of the file")
         values = struct.unpack_from(f"<{length}{fmt[1]}", self.data, self.offset) if length <= 4096 else ()
         self.offset += size * length
@@ -136,4 +140,4 @@ class _MetadataReader:
 
     def pair(self) -> tuple[str, object]:
         key = self.string()
-        return key, self.value(int(self.unpack("<I")))  # type: ignore[arg-type]
+        return key, self.value(self.unpack_int("<I"))

@@ -2,13 +2,18 @@
 loaded model, several of them in an EngineRegistry."""
 from .async_engine import AsyncEngine, EngineState, ModelInfo
 from .config import EngineConfig
-from .errors import (ContextLengthExceededError, DeadlineExceededError, EngineError,
-                     EngineOverloadedError, EngineStoppedError, InferenceError,
-                     InsufficientMemoryError)
+from .errors import (
+                     ContextLengthExceededError,
+                     DeadlineExceededError,
+                     EngineError,
+                     EngineOverloadedError,
+                     EngineStoppedError,
+                     InferenceError,
+                     InsufficientMemoryError,
+)
 from .memory import MemoryEstimate, estimate_memory, parse_size
 from .registry import EngineExistsError, EngineNotFoundError, EngineRegistry, MemoryPolicy
-from .request import (ErrorEvent, Event, FinishEvent, FinishReason, SamplingParams, TokenEvent,
-                      Usage)
+from .request import ErrorEvent, Event, FinishEvent, FinishReason, SamplingParams, TokenEvent, Usage
 
 __all__ = ["AsyncEngine", "ContextLengthExceededError", "DeadlineExceededError", "EngineConfig",
            "EngineError", "EngineExistsError", "EngineNotFoundError", "EngineOverloadedError",

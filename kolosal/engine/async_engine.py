@@ -5,7 +5,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +154,7 @@ class AsyncEngine:
             raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None) -> AsyncIterator[Event]:
+                       timeout_s: float | None = None) -> AsyncGenerator[Event, None]:
         """Yield TokenEvents, then one FinishEvent or ErrorEvent. Closing or cancelling the
         generator aborts the request in the engine (its slot is freed at the next step).
         ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError))."""

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..llama import (Batch, Context, ContextParams, DecodeStatus, Model, ModelParams, Sampler,
-                     SamplerSettings)
+from ..llama import Batch, Context, ContextParams, DecodeStatus, Model, ModelParams, Sampler, SamplerSettings
+from ..llama.model import ProgressCallback
 from .config import EngineConfig
 from .request import Request, SamplingParams
 from .scheduler import StepPlan
@@ -24,7 +24,7 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, progress=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: EngineConfig, progress: ProgressCallback | None = None) -> None:
         self.model = Model(config.model_path,
                            ModelParams(n_gpu_layers=config.n_gpu_layers, main_gpu=config.main_gpu_id,
                                        use_mmap=config.use_mmap), progress=progress)

@@ -14,10 +14,9 @@ from typing import Protocol
 import numpy as np
 
 from .detokenizer import Detokenizer
-from .request import (ErrorEvent, Event, FinishEvent, FinishReason, Request, RequestStatus,
-                      TokenEvent)
-from .slots import Slot, SlotTable
 from .errors import DeadlineExceededError, EngineError
+from .request import ErrorEvent, Event, FinishEvent, FinishReason, Request, RequestStatus, TokenEvent
+from .slots import Slot, SlotTable
 
 
 class KVMemory(Protocol):
@@ -256,15 +255,17 @@ class Scheduler:
             request.num_computed += count
         emissions: list[Emission] = []
         now = self.clock()
-        for request, token in zip(plan.sampled, sampled_tokens.tolist()):
+        for request, token in zip(plan.sampled, sampled_tokens.tolist(), strict=True):
             if request.is_finished:  # aborted while the step ran
                 continue
             if request.num_generated == 0:
                 request.first_token_at = now
             request.status = RequestStatus.DECODING
             request.token_ids.append(token)
-            emissions.append(self._advance(request, token))
-        return [e for e in emissions if e is not None]
+            emission = self._advance(request, token)
+            if emission is not None:
+                emissions.append(emission)
+        return emissions
 
     def _advance(self, request: Request, token: int) -> Emission | None:
         detokenizer = request.detokenizer

@@ -82,7 +82,7 @@ class StatsRecorder:
         decode = sum(item[2] for item in self._window)
         return prefill / span, decode / span
 
-    def _occupancy(self, scheduler: Scheduler) -> dict[str, int]:
+    def _occupancy(self, scheduler: Scheduler) -> dict[str, Any]:
         return {"slots_busy": len(scheduler.running), "queue_depth": len(scheduler.waiting),
                 "kv_cells_used": scheduler.kv_cells_used(),
                 "kv_cells_cached": scheduler.kv_cells_cached(),

@@ -5,6 +5,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,8 @@ class Model:
         metadata: dict[str, str] = {}
         count = self._lib.llama_model_meta_count(self._ptr)
         for index in range(count):
-            key = self._read_string(lambda buf, size: self._lib.llama_model_meta_key_by_index(
-                self._ptr, index, buf, size))
-            value = self._read_string(lambda buf, size: self._lib.llama_model_meta_val_str_by_index(
-                self._ptr, index, buf, size))
+            key = self._read_string(partial(self._lib.llama_model_meta_key_by_index, self._ptr, index))
+            value = self._read_string(partial(self._lib.llama_model_meta_val_str_by_index, self._ptr, index))
             metadata[key] = value
         return metadata
 

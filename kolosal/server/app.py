@@ -122,7 +122,8 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
         if origin and ("*" in settings.cors_origins or origin in settings.cors_origins):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-API-Key, X-Request-Id"
+            response.headers["Access-Control-Allow-Headers"] = ("Authorization, Content-Type, X-API-Key, "
+                                                                "X-Request-Id")
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
         return response
 

@@ -6,9 +6,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..engine import (ContextLengthExceededError, DeadlineExceededError, EngineError,
-                      EngineNotFoundError, EngineOverloadedError, EngineStoppedError,
-                      InsufficientMemoryError)
+from ..engine import (
+    ContextLengthExceededError,
+    DeadlineExceededError,
+    EngineError,
+    EngineNotFoundError,
+    EngineOverloadedError,
+    EngineStoppedError,
+    InsufficientMemoryError,
+)
 
 RETRY_AFTER_S = 1
 

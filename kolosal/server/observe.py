@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..engine import EngineRegistry, Usage
@@ -59,7 +60,7 @@ class EngineCollector(Collector):
     def __init__(self, engines: EngineRegistry) -> None:
         self.engines = engines
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         families = {name: GaugeMetricFamily(f"kolosal_{name}", doc, labels=["model"])
                     for name, _, doc in self.GAUGES}
         load = GaugeMetricFamily("kolosal_engine_load_seconds", "Time the engine took to load",
@@ -77,7 +78,7 @@ class EngineCollector(Collector):
 class EventLoopCollector(Collector):
     """Tasks on the event loop and threads in the process: a leak shows as growth at rest."""
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         tasks = GaugeMetricFamily("kolosal_event_loop_tasks", "asyncio tasks alive on the server loop")
         try:
             tasks.add_metric([], len(asyncio.all_tasks()))

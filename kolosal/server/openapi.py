@@ -13,7 +13,8 @@ ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "pr
 
 
 def _body(name: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def _responses(*codes: int, stream: bool = False) -> dict[str, Any]:
@@ -38,7 +39,8 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Kolosal Server", "version": __version__,
                  "description": "OpenAI-compatible inference server for GGUF models."},
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
         "paths": {
             "/v1/chat/completions": {"post": {"summary": "Chat completion (stream or not)",
@@ -47,14 +49,16 @@ def openapi_document() -> dict[str, Any]:
             "/v1/completions": {"post": {"summary": "Text completion; prompt string, list or token ids",
                                          "requestBody": _body("CompletionRequest"),
                                          "responses": _responses(400, 401, 404, 503, stream=True)}},
-            "/v1/models": {"get": {"summary": "Engines in the OpenAI model-list shape", "responses": _responses(401)}},
+            "/v1/models": {"get": {"summary": "Engines in the OpenAI model-list shape",
+                                   "responses": _responses(401)}},
             "/engines": {"post": {"summary": "Load a GGUF model as a new engine (returns when ready, 201)",
                                   "requestBody": _body("EngineCreateRequest"),
                                   "responses": _responses(400, 401, 403, 404, 409, 503)},
                          "get": {"summary": "List engines", "responses": _responses(401)}},
             "/v1/engines": {"get": {"summary": "List engines", "responses": _responses(401)}},
             "/engines/{engine_id}/status": {"get": {"summary": "Engine state and live statistics",
-                                                    "parameters": engine_id, "responses": _responses(401, 404)}},
+                                                    "parameters": engine_id,
+                                                    "responses": _responses(401, 404)}},
             "/engines/{engine_id}": {"delete": {"summary": "Stop an engine and free its memory",
                                                 "parameters": engine_id, "responses": _responses(401, 404)}},
             "/v1/health": {"get": {"summary": "Liveness (no API key needed)", "security": [],

@@ -9,8 +9,14 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app
 
-from ..engine import (AsyncEngine, EngineConfig, EngineExistsError, EngineNotFoundError, EngineState,
-                      InsufficientMemoryError)
+from ..engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineExistsError,
+    EngineNotFoundError,
+    EngineState,
+    InsufficientMemoryError,
+)
 from ..gguf_header import InvalidModelFileError, read_gguf_header
 from ..llama import ModelLoadError
 from .errors import APIError, bad_request, from_engine_error

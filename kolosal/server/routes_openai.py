@@ -47,6 +47,11 @@ async def ready_engine(model: str) -> AsyncEngine:
     return engine
 
 
+def context_size(engine: AsyncEngine) -> int:
+    assert engine.info is not None  # ready_engine() returns loaded engines only
+    return engine.info.n_ctx
+
+
 def log_prompt(text: str) -> None:
     """Prompts reach the access log only when the operator asked (--log-prompts)."""
     if current_app.config["SETTINGS"].log_prompts:
@@ -85,11 +90,17 @@ async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFie
     return streams, request_id
 
 
-def first_error(choices: list[Any]) -> APIError | None:
+async def collect_choices(streams: MultiStream) -> list[Any]:
+    """Run every prompt of a non-streaming request to its end; the first failed prompt fails
+    the whole request (OpenAI returns no partial choices)."""
+    try:
+        choices = await streams.collect()
+    finally:
+        await streams.close()
     for choice in choices:
         if choice.error is not None:
-            return from_engine_error(choice.error.error)
-    return None
+            raise from_engine_error(choice.error.error)
+    return choices
 
 
 @blueprint.post("/v1/chat/completions")
@@ -99,18 +110,12 @@ async def chat_completions() -> Response:
     engine = await ready_engine(body.model)
     prompt_ids = await tokenize_chat(engine, body)
     streams, request_id = await start(engine, [prompt_ids], body,
-                                      body.resolved_max_tokens(engine.info.n_ctx), "chatcmpl")
+                                      body.resolved_max_tokens(context_size(engine)), "chatcmpl")
     envelope = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": fingerprint(engine)}
     if body.stream:
         return sse_response(stream_chat(streams, envelope, body.include_usage(), g.record))
-    try:
-        choices = await streams.collect()
-    finally:
-        await streams.close()
-    error = first_error(choices)
-    if error is not None:
-        raise error
+    choices = await collect_choices(streams)
     finish = choices[0].finish
     assert finish is not None
     g.record.usage = finish.usage
@@ -164,18 +169,12 @@ async def completions() -> Response:
         else:
             prompts.append(prompt)
     streams, request_id = await start(engine, prompts, body,
-                                      min(body.max_tokens, engine.info.n_ctx), "cmpl")
+                                      min(body.max_tokens, context_size(engine)), "cmpl")
     envelope = {"id": request_id, "object": "text_completion", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": fingerprint(engine)}
     if body.stream:
         return sse_response(stream_completion(streams, envelope, body.include_usage(), g.record))
-    try:
-        choices = await streams.collect()
-    finally:
-        await streams.close()
-    error = first_error(choices)
-    if error is not None:
-        raise error
+    choices = await collect_choices(streams)
     finishes = [c.finish for c in choices if c.finish is not None]
     g.record.usage = total_usage(finishes)
     return json_response({

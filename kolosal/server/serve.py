@@ -55,6 +55,6 @@ async def run_server(settings: ServerSettings, registry: EngineRegistry,
     if ready is not None:
         ready.set()
     try:
-        await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=shutdown_trigger)
     finally:
         await registry.close_all()

@@ -65,7 +65,8 @@ def test_compare_level_on_fresh_servers(model_path: Path, tmp_path: Path) -> Non
     settings = ServerSettings(model=model_path, threads=2, n_ctx=512, parallel=2)
     peers = ("llama-server",) if find_llama_server() else ()
     options = SweepOptions(max_tokens=2, rounds=1, progress=False)
-    results = {spec.name: [measure_level(spec, 1, options, tmp_path)] for spec in server_specs(settings, peers)}
+    results = {spec.name: [measure_level(spec, 1, options, tmp_path)]
+               for spec in server_specs(settings, peers)}
     assert all(rows[0].errors == 0 and rows[0].output_tok_s > 0 for rows in results.values())
     raw = {1: 50.0}
     text = ratio_table(results) + raw_share_table(results["kolosal"], raw, parallel=2)

@@ -1,8 +1,10 @@
 """Small helpers for driving a real AsyncEngine in tests."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kolosal.engine import AsyncEngine, ErrorEvent, FinishEvent, SamplingParams, TokenEvent
 
@@ -40,3 +42,12 @@ async def run(engine: AsyncEngine, prompt: str | list[int], params: SamplingPara
 
 def greedy(max_tokens: int, **kwargs: object) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kwargs)  # type: ignore[arg-type]
+
+
+async def wait_until_idle(engine: AsyncEngine, timeout_s: float = 2.0) -> dict[str, Any]:
+    """The engine's stats once no slot is busy (a cancelled request is dropped at the next
+    step, so this takes a step or two), or as they are when the timeout runs out."""
+    deadline = time.monotonic() + timeout_s
+    while engine.stats()["slots_busy"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return engine.stats()

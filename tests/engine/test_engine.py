@@ -6,10 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from kolosal.engine import (AsyncEngine, ContextLengthExceededError, EngineConfig,
-                            EngineOverloadedError, EngineRegistry, SamplingParams, TokenEvent)
+from kolosal.engine import (
+    AsyncEngine,
+    ContextLengthExceededError,
+    EngineConfig,
+    EngineOverloadedError,
+    EngineRegistry,
+    SamplingParams,
+    TokenEvent,
+)
 
-from .helpers import greedy, run
+from .helpers import greedy, run, wait_until_idle
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
            "def fibonacci(n):", "The three primary colors are", "My favourite recipe for bread",
@@ -111,12 +118,7 @@ async def test_cancel_mid_generation_frees_the_slot(engine: AsyncEngine) -> None
         if received == 3:
             break
     await generator.aclose()
-    assert engine.stats()["slots_busy"] == 1 or True  # may already be freed
-    for _ in range(200):
-        if engine.stats()["slots_busy"] == 0:
-            break
-        await asyncio.sleep(0.01)
-    stats = engine.stats()
+    stats = await wait_until_idle(engine)
     assert stats["slots_busy"] == 0 and stats["queue_depth"] == 0
     assert stats["requests_cancelled"] >= 1
 
@@ -199,11 +201,7 @@ async def test_every_slot_is_free_after_a_mix(engine: AsyncEngine) -> None:
 
     await asyncio.gather(*(cancelled(i) for i in range(4)),
                          *(run(engine, p, greedy(6)) for p in PROMPTS[4:]))
-    for _ in range(200):
-        if engine.stats()["slots_busy"] == 0:
-            break
-        await asyncio.sleep(0.01)
-    stats = engine.stats()
+    stats = await wait_until_idle(engine)
     assert stats["slots_busy"] == 0 and stats["queue_depth"] == 0
     assert stats["kv_cells_used"] <= engine.info.n_ctx
 
@@ -217,8 +215,4 @@ async def test_deadline_ends_a_long_request_and_frees_its_slot(engine: AsyncEngi
     assert isinstance(events[-1], ErrorEvent)
     assert isinstance(events[-1].error, DeadlineExceededError)
     assert len(events) > 1  # it did run before the deadline hit
-    for _ in range(100):
-        if engine.stats()["slots_busy"] == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.stats()["slots_busy"] == 0
+    assert (await wait_until_idle(engine))["slots_busy"] == 0

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from kolosal.engine import (EngineConfig, EngineRegistry, EngineState, InsufficientMemoryError,
-                            MemoryPolicy, estimate_memory, parse_size)
+from kolosal.engine import (
+    EngineConfig,
+    EngineRegistry,
+    EngineState,
+    InsufficientMemoryError,
+    MemoryPolicy,
+    estimate_memory,
+    parse_size,
+)
 from kolosal.engine import registry as registry_module
 from kolosal.gguf_header import InvalidModelFileError, read_gguf_metadata
+from kolosal.llama import ModelLoadError
 
 from .helpers import greedy, run
 
@@ -166,7 +174,7 @@ async def test_failed_load_is_listed_with_its_reason(model_path: Path, tmp_path:
         broken.write_bytes(handle.read(10_000_000))
     engines = EngineRegistry()
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(ModelLoadError):
             await engines.add(small("broken", broken))
         [engine] = engines.list()
         assert engine.state == EngineState.FAILED and engine.error

@@ -96,7 +96,8 @@ def test_unknown_route_and_method(server: ServerProcess) -> None:
 
 
 def test_engine_creation_errors(server: ServerProcess, tmp_path: Path) -> None:
-    assert_error(post(server, "/engines", json={"engine_id": "x", "model_path": str(tmp_path / "missing.gguf")}),
+    missing = str(tmp_path / "missing.gguf")
+    assert_error(post(server, "/engines", json={"engine_id": "x", "model_path": missing}),
                  404, param="model_path")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf file" * 10)

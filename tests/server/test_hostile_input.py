@@ -154,7 +154,8 @@ async def test_random_disconnects_under_32_way_load(short_keep_alive_server: Ser
         limits = httpx.Limits(max_connections=40)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=120, limits=limits) as http:
             results = await asyncio.gather(*(client(i, http) for i in range(32)), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        errors = [r for r in results
+                  if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         assert not errors, errors
         return [r for r in results if isinstance(r, str)]
 

@@ -79,7 +79,8 @@ def test_non_streaming_chat(server: ServerProcess) -> None:
 def test_streaming_chat(server: ServerProcess) -> None:
     response = httpx.post(f"{server.base_url}/v1/chat/completions", headers={"Accept": "text/event-stream"},
                           json={"model": ENGINE, "stream": True, "temperature": 0.8, "max_tokens": 15,
-                                "messages": [{"role": "user", "content": "Tell me a short story about a robot."}]},
+                                "messages": [{"role": "user",
+                                              "content": "Tell me a short story about a robot."}]},
                           timeout=120)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -108,7 +109,8 @@ def test_multi_message_conversation(server: ServerProcess) -> None:
     response = chat(server, max_tokens=30, messages=[
         {"role": "system", "content": "You are a helpful programming assistant."},
         {"role": "user", "content": "How do I create a simple HTTP server in Python?"},
-        {"role": "assistant", "content": "You can create a simple HTTP server in Python using the built-in http.server module..."},
+        {"role": "assistant", "content": "You can create a simple HTTP server in Python using the built-in "
+                                         "http.server module..."},
         {"role": "user", "content": "Can you show me the code?"}])
     assert response.status_code == 200
     assert response.json()["usage"]["prompt_tokens"] > 40
@@ -122,7 +124,9 @@ def test_advanced_chat_parameters(server: ServerProcess) -> None:
     again = chat(server, temperature=0.1, top_p=0.9, max_tokens=50, seed=42,
                  presence_penalty=0.0, frequency_penalty=0.0,
                  messages=[{"role": "user", "content": "What is the capital of France?"}])
-    assert again.json()["choices"][0]["message"]["content"] == response.json()["choices"][0]["message"]["content"]
+    def content(r: httpx.Response) -> str:
+        return r.json()["choices"][0]["message"]["content"]
+    assert content(again) == content(response)
 
 
 def test_non_streaming_completion(server: ServerProcess) -> None:
