@@ -102,7 +102,8 @@ class _MetadataReader:
         size = self.unpack_int("<Q")
         if size > MAX_STRING_BYTES or self.offset + size > len(self.data):
             raise ValueError(f"string of {size} bytes at offset {self.offset}")
-        text = bytes(self.data[self.offset:self.offset + size]).decode("utf-8")
+        # libllama takes strings as bytes: an invalid one is no reason to refuse the file
+        text = bytes(self.data[self.offset:self.offset + size]).decode("utf-8", "replace")
         self.offset += size
         return text
 

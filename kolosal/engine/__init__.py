@@ -7,6 +7,7 @@ from .errors import (
                      DeadlineExceededError,
                      EngineError,
                      EngineOverloadedError,
+                     EngineReloadError,
                      EngineStoppedError,
                      InferenceError,
                      InsufficientMemoryError,
@@ -17,7 +18,7 @@ from .request import ErrorEvent, Event, FinishEvent, FinishReason, SamplingParam
 
 __all__ = ["AsyncEngine", "ContextLengthExceededError", "DeadlineExceededError", "EngineConfig",
            "EngineError", "EngineExistsError", "EngineNotFoundError", "EngineOverloadedError",
-           "EngineRegistry", "EngineState", "EngineStoppedError", "ErrorEvent", "Event",
+           "EngineRegistry", "EngineReloadError", "EngineState", "EngineStoppedError", "ErrorEvent", "Event",
            "FinishEvent", "FinishReason", "InferenceError", "InsufficientMemoryError",
            "MemoryEstimate", "MemoryPolicy", "ModelInfo", "SamplingParams", "TokenEvent", "Usage",
            "estimate_memory", "parse_size"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import EngineConfig
 from .errors import ContextLengthExceededError, EngineStoppedError
@@ -18,6 +19,7 @@ from .runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 2048
+T = TypeVar("T")
 
 
 class EngineState(str, enum.Enum):
@@ -45,6 +47,33 @@ class ModelInfo:
     n_params: int
 
 
+class WorkerCalls:
+    """Counts calls into a runner that run on worker threads. The count drops when the
+    worker finishes, not when its awaiting task does (a cancelled ``to_thread`` keeps
+    running), so closing the runner can wait for every such call first."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._done = threading.Condition()
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        with self._done:
+            self._count += 1
+
+        def call() -> T:
+            try:
+                return function(*args)
+            finally:
+                with self._done:
+                    self._count -= 1
+                    self._done.notify_all()
+        return await asyncio.to_thread(call)
+
+    def wait_idle(self) -> None:
+        with self._done:
+            self._done.wait_for(lambda: self._count == 0)
+
+
 class AsyncEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.engine_id = config.engine_id
@@ -57,13 +86,25 @@ class AsyncEngine:
         self.info: ModelInfo | None = None
         self._runner: ModelRunner | None = None
         self._loop: EngineLoop | None = None
-        self.active = 0                       # generate() calls in flight
+        self.active = 0                       # requests holding the engine (see reserve())
+        self.has_loaded = False               # a failed reload leaves it UNLOADED, not FAILED
+        self._worker_calls = WorkerCalls()    # tokenize/detokenize on worker threads
         self.last_used = time.monotonic()     # for idle unload and LRU eviction
         self.memory: MemoryEstimate | None = None  # set by the registry before loading
 
     @property
     def idle(self) -> bool:
         return self.active == 0
+
+    def reserve(self) -> None:
+        """Hold the engine for a request from the moment it is resolved: an engine with a
+        holder is never unloaded or evicted. Every reserve() needs one release()."""
+        self.active += 1
+        self.last_used = time.monotonic()
+
+    def release(self) -> None:
+        self.active -= 1
+        self.last_used = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -77,7 +118,20 @@ class AsyncEngine:
             self.state = EngineState.FAILED
             self.error = str(error)
             raise
-        runner = self._runner
+        try:
+            self._start_thread(self._runner)
+        except BaseException as error:
+            self._runner.close()
+            self._runner = None
+            self.state, self.error = EngineState.FAILED, str(error)
+            raise
+        self.load_progress = 1.0
+        self.load_seconds = time.monotonic() - started
+        self.last_used = time.monotonic()
+        self.has_loaded = True
+        self.state = EngineState.READY
+
+    def _start_thread(self, runner: ModelRunner) -> None:
         model = runner.model
         self.info = ModelInfo(
             path=str(model.path), n_ctx=runner.context.n_ctx, n_ctx_train=model.n_ctx_train,
@@ -89,10 +143,6 @@ class AsyncEngine:
         self._loop = EngineLoop(runner, self.config.resolved_parallel, runner.context.n_batch,
                                 self.config.max_queue, self.engine_id)
         self._loop.start()
-        self.load_progress = 1.0
-        self.load_seconds = time.monotonic() - started
-        self.last_used = time.monotonic()
-        self.state = EngineState.READY
 
     def _on_progress(self, progress: float) -> bool:
         """libllama's load progress (called on the loading thread): shown in the engine
@@ -108,12 +158,18 @@ class AsyncEngine:
         self.state = EngineState.UNLOADING
         loop, runner = self._loop, self._runner
         self._loop = self._runner = None
-        if loop is not None:
-            loop.shutdown(reason)
-            await asyncio.to_thread(loop.join)
-        if runner is not None:
-            await asyncio.to_thread(runner.close)
-        self.state = final_state
+        try:
+            if loop is not None:
+                loop.shutdown(reason)
+                await asyncio.to_thread(loop.join)
+        finally:
+            if runner is not None:
+                await asyncio.to_thread(self._close_runner, runner)
+            self.state = final_state
+
+    def _close_runner(self, runner: ModelRunner) -> None:
+        self._worker_calls.wait_idle()  # a tokenize still running would use freed memory
+        runner.close()
 
     async def unload(self, reason: str) -> None:
         """Free the model and KV but stay listed: the next request reloads it."""
@@ -133,11 +189,11 @@ class AsyncEngine:
         runner, _ = self._require_ready()
         if len(text) <= INLINE_TOKENIZE_CHARS:
             return runner.vocab.tokenize(text, add_special, parse_special)
-        return await asyncio.to_thread(runner.vocab.tokenize, text, add_special, parse_special)
+        return await self._worker_calls.run(runner.vocab.tokenize, text, add_special, parse_special)
 
     async def detokenize(self, token_ids: list[int]) -> str:
         runner, _ = self._require_ready()
-        data = await asyncio.to_thread(runner.vocab.detokenize, token_ids)
+        data = await self._worker_calls.run(runner.vocab.detokenize, token_ids)
         return data.decode("utf-8", "replace")
 
     def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -167,8 +223,7 @@ class AsyncEngine:
             request.deadline = request.arrival + timeout_s
         engine_loop.submit(request, EventSink(asyncio.get_running_loop(), events))
         finished = False
-        self.active += 1
-        self.last_used = time.monotonic()
+        self.reserve()
         try:
             while True:
                 event = await events.get()
@@ -178,8 +233,7 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
-            self.active -= 1
-            self.last_used = time.monotonic()
+            self.release()
             if not finished:
                 engine_loop.abort(request)
 

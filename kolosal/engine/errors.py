@@ -30,6 +30,12 @@ class InferenceError(EngineError):
     code = "inference_error"
 
 
+class EngineReloadError(EngineError):
+    """An unloaded engine could not be loaded again (HTTP 500); it stays reloadable."""
+
+    code = "engine_load_failed"
+
+
 class DeadlineExceededError(EngineError):
     """The request's deadline passed before it finished."""
 

@@ -25,6 +25,8 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 def parse_size(text: str | int | float) -> int:
     """Bytes from 8589934592, "8GiB", "8 GB", "512M" (K/M/G/T are powers of 1000, KiB... of 1024)."""
     if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"a size cannot be negative: {text}")
         return int(text)
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).lower() if match else None

@@ -1,9 +1,14 @@
 """Several engines at once, by id, under one memory budget. Lives on the app, never as a
 module global.
 
-Loads happen one at a time (``_load_lock``), so every budget decision sees all engines. An
-engine that is unloaded (idle timeout or eviction) stays listed and reloads on its next
-request through ``acquire``."""
+Loads, unloads and removals happen one at a time (``_load_lock``), so every budget decision
+sees all engines. An engine that is unloaded (idle timeout or eviction) stays listed and
+reloads on its next request through ``acquire``, which also holds it (``reserve``) until the
+request has submitted its work: a held engine is never unloaded.
+
+Loads and removals run as tasks of their own, shielded from the request that asked for them:
+a client that hangs up mid-load neither leaves a half-loaded model behind nor fails the
+engine for the next request."""
 from __future__ import annotations
 
 import asyncio
@@ -13,13 +18,10 @@ from dataclasses import dataclass
 
 from .async_engine import AsyncEngine, EngineState
 from .config import EngineConfig
-from .errors import EngineStoppedError, InsufficientMemoryError
+from .errors import EngineReloadError, EngineStoppedError, InsufficientMemoryError
 from .memory import MemoryEstimate, estimate_memory, format_size
 
 logger = logging.getLogger(__name__)
-# A request resolves its engine a few awaits before it submits work (tokenizing, template);
-# an engine used this recently is never evicted, so that window cannot lose the engine.
-EVICTION_GRACE_S = 2.0
 IDLE_CHECK_INTERVAL_S = 1.0
 
 
@@ -46,6 +48,7 @@ class EngineRegistry:
         self._engines: dict[str, AsyncEngine] = {}
         self._lock = asyncio.Lock()       # the id -> engine map
         self._load_lock = asyncio.Lock()  # loads, unloads and budget decisions
+        self._loads: dict[AsyncEngine, asyncio.Task[None]] = {}  # one load task per engine
 
     async def add(self, config: EngineConfig) -> AsyncEngine:
         """Load a model as a new engine; returns when it is ready (or raises why not).
@@ -60,16 +63,39 @@ class EngineRegistry:
         return engine
 
     async def acquire(self, engine_id: str) -> AsyncEngine:
-        """The engine, loaded: an unloaded one is reloaded first (waiting for room under the
-        budget), one being loaded is waited for."""
+        """The engine, loaded and reserved for the caller, who must ``release()`` it once
+        its work is submitted. An unloaded engine is reloaded first (or refused at once when
+        the budget has no room), one being loaded is waited for."""
         engine = self.get(engine_id)
-        if engine.state != EngineState.READY:
-            await self._load(engine)
-        engine.last_used = time.monotonic()
+        engine.reserve()
+        try:
+            if engine.state != EngineState.READY:
+                await self._load(engine)
+        except BaseException:
+            engine.release()
+            raise
         return engine
 
     async def _load(self, engine: AsyncEngine) -> None:
+        """Wait for the engine's load task, starting it when none runs."""
+        task = self._loads.get(engine)
+        if task is None:
+            task = asyncio.create_task(self._load_now(engine), name=f"load-{engine.engine_id}")
+            self._loads[engine] = task
+            task.add_done_callback(self._load_finished)
+        await asyncio.shield(task)
+
+    def _load_finished(self, task: asyncio.Task[None]) -> None:
+        for engine, running in list(self._loads.items()):
+            if running is task:
+                del self._loads[engine]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have gone
+
+    async def _load_now(self, engine: AsyncEngine) -> None:
         async with self._load_lock:
+            if self._engines.get(engine.engine_id) is not engine:  # removed meanwhile
+                raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
             if engine.state == EngineState.READY:
                 return
             if engine.state not in (EngineState.LOADING, EngineState.UNLOADED):
@@ -81,13 +107,20 @@ class EngineRegistry:
                 await self._make_room(engine, engine.memory)
                 await engine.start()
             except InsufficientMemoryError:
-                if engine.state == EngineState.LOADING:  # a new engine: it never existed
+                if not engine.has_loaded:  # a new engine: it never existed
                     self._forget(engine)
                 raise  # an unloaded one stays unloaded: a later request may find room
-            except BaseException as error:
-                engine.state, engine.error = EngineState.FAILED, engine.error or str(error)
+            except Exception as error:
+                engine.error = engine.error or str(error)
                 logger.warning("engine '%s' failed to load: %s", engine.engine_id, engine.error)
-                raise
+                if not engine.has_loaded:
+                    engine.state = EngineState.FAILED
+                    raise
+                # one that served before stays reloadable: the cause may pass (a file being
+                # replaced, memory taken by another process)
+                engine.state = EngineState.UNLOADED
+                raise EngineReloadError(f"engine '{engine.engine_id}' could not be reloaded: "
+                                        f"{engine.error}") from error
         logger.info("engine '%s' ready (%s, %.1fs, ~%s)", engine.engine_id, engine.config.model_path,
                     engine.load_seconds, format_size(engine.memory.total))
 
@@ -97,12 +130,12 @@ class EngineRegistry:
                    if e is not excluding and e.memory is not None
                    and e.state in (EngineState.READY, EngineState.LOADING))
 
-    def _eviction_candidate(self, excluding: AsyncEngine) -> AsyncEngine | None:
-        now = time.monotonic()
+    def _evictable(self, excluding: AsyncEngine) -> list[AsyncEngine]:
+        """Loaded, unpinned engines nobody holds, least recently used first."""
         idle = [e for e in self._engines.values()
                 if e is not excluding and e.state == EngineState.READY and not e.config.pinned
-                and e.idle and now - e.last_used >= EVICTION_GRACE_S]
-        return min(idle, key=lambda e: e.last_used, default=None)
+                and e.idle and e.memory is not None]
+        return sorted(idle, key=lambda e: e.last_used)
 
     async def _make_room(self, engine: AsyncEngine, need: MemoryEstimate) -> None:
         budget = self.policy.max_memory
@@ -114,34 +147,44 @@ class EngineRegistry:
                 f"{format_size(need.weights)}, KV cache {format_size(need.kv_cache)}), more than "
                 f"the whole memory budget of {format_size(budget)}; lower n_ctx or raise --max-memory",
                 fits_alone=False)
-        while self.memory_in_use(excluding=engine) + need.total > budget:
-            victim = self._eviction_candidate(engine) if self.policy.evict_idle else None
-            if victim is None:
-                loaded = ", ".join(f"'{e.engine_id}' ({format_size(e.memory.total)})"
-                                   for e in self._engines.values() if e is not engine and e.memory
-                                   and e.state in (EngineState.READY, EngineState.LOADING))
-                hint = ("no loaded engine is idle and unpinned" if self.policy.evict_idle
-                        else "start with --evict-idle to unload idle engines automatically")
-                raise InsufficientMemoryError(
-                    f"engine '{engine.engine_id}' needs about {format_size(need.total)} but only "
-                    f"{format_size(budget - self.memory_in_use(excluding=engine))} of the "
-                    f"{format_size(budget)} budget is free (loaded: {loaded}); {hint}")
-            await victim.unload(f"evicted to make room for '{engine.engine_id}'")
+        victims = self._evictable(engine) if self.policy.evict_idle else []
+        reclaimable = sum(v.memory.total for v in victims if v.memory is not None)
+        in_use = self.memory_in_use(excluding=engine)
+        if in_use + need.total > budget and in_use - reclaimable + need.total <= budget:
+            for victim in victims:  # evict only when it makes enough room, LRU first
+                if self.memory_in_use(excluding=engine) + need.total <= budget:
+                    break
+                await victim.unload(f"evicted to make room for '{engine.engine_id}'")
+        if self.memory_in_use(excluding=engine) + need.total > budget:
+            loaded = ", ".join(f"'{e.engine_id}' ({format_size(e.memory.total)})"
+                               for e in self._engines.values() if e is not engine and e.memory
+                               and e.state in (EngineState.READY, EngineState.LOADING))
+            hint = ("unloading the idle, unpinned engines would not free enough"
+                    if self.policy.evict_idle
+                    else "start with --evict-idle to unload idle engines automatically")
+            raise InsufficientMemoryError(
+                f"engine '{engine.engine_id}' needs about {format_size(need.total)} but only "
+                f"{format_size(budget - self.memory_in_use(excluding=engine))} of the "
+                f"{format_size(budget)} budget is free (loaded: {loaded}); {hint}")
 
     # -- idle unload ------------------------------------------------------------------------
     async def unload_idle(self) -> list[str]:
         """Unload every engine idle for longer than its keep_alive_s (pinned ones never)."""
         unloaded = []
-        now = time.monotonic()
         for engine in list(self._engines.values()):
-            keep_alive = engine.config.keep_alive_s
-            if (keep_alive > 0 and not engine.config.pinned and engine.state == EngineState.READY
-                    and engine.idle and now - engine.last_used > keep_alive):
+            if self._expired(engine):
                 async with self._load_lock:
-                    if engine.state == EngineState.READY and engine.idle:
-                        await engine.unload(f"idle for more than {keep_alive:g}s")
+                    if self._expired(engine):  # it may have been used while we waited
+                        await asyncio.shield(engine.unload(
+                            f"idle for more than {engine.config.keep_alive_s:g}s"))
                         unloaded.append(engine.engine_id)
         return unloaded
+
+    def _expired(self, engine: AsyncEngine) -> bool:
+        keep_alive = engine.config.keep_alive_s
+        return (keep_alive > 0 and not engine.config.pinned and engine.state == EngineState.READY
+                and engine.idle and self._engines.get(engine.engine_id) is engine
+                and time.monotonic() - engine.last_used > keep_alive)
 
     async def run_idle_unloader(self) -> None:
         """Background task of the server: check for idle engines every second."""
@@ -167,15 +210,19 @@ class EngineRegistry:
         return list(self._engines.values())
 
     async def remove(self, engine_id: str) -> None:
-        async with self._lock:
-            engine = self._engines.pop(engine_id, None)
-        if engine is None:
-            raise EngineNotFoundError(f"engine '{engine_id}' not found")
-        async with self._load_lock:  # a load in progress finishes first, then is stopped
+        """Stop the engine (its streams end with an error) and free its memory. A load in
+        progress finishes first; the removal completes even if the caller goes away."""
+        await asyncio.shield(self._remove_now(self.get(engine_id)))
+
+    async def _remove_now(self, engine: AsyncEngine) -> None:
+        async with self._load_lock:
+            if self._engines.get(engine.engine_id) is not engine:
+                raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
+            self._forget(engine)
             await engine.stop()
 
     async def close_all(self) -> None:
-        async with self._lock:
+        async with self._load_lock:  # a load in progress finishes, then is stopped too
             engines = list(self._engines.values())
             self._engines.clear()
-        await asyncio.gather(*(engine.stop("the server is shutting down") for engine in engines))
+            await asyncio.gather(*(engine.stop("the server is shutting down") for engine in engines))

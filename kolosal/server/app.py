@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from pathlib import Path
@@ -90,6 +91,8 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
         task = app.config.pop("IDLE_UNLOADER", None)
         if task is not None:
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # an unload it started runs to its end (it is shielded)
 
     @app.after_request
     async def finish_record(response: Response) -> Response:

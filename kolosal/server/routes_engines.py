@@ -70,6 +70,9 @@ async def create_engine() -> Response:
                        code="model_file_not_found") from None
     except (IsADirectoryError, InvalidModelFileError) as error:
         raise bad_request(str(error), param="model_path", code="invalid_model_file") from None
+    except OSError as error:  # unreadable: permissions, I/O
+        raise bad_request(f"cannot read the model file: {error.strerror or error}", param="model_path",
+                          code="model_file_unreadable") from None
     config = EngineConfig(engine_id=body.engine_id, model_path=str(path), n_ctx=body.n_ctx,
                           n_gpu_layers=body.n_gpu_layers, main_gpu_id=body.main_gpu_id,
                           n_parallel=body.n_parallel, n_batch=body.n_batch,
@@ -81,7 +84,7 @@ async def create_engine() -> Response:
         raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
     except InsufficientMemoryError as error:
         raise from_engine_error(error) from None
-    except (ModelLoadError, InvalidModelFileError, ValueError) as error:
+    except (ModelLoadError, InvalidModelFileError, ValueError, OSError) as error:
         raise bad_request(str(error), param="model_path", code="model_load_failed") from None
     except RuntimeError as error:  # e.g. the context could not be allocated
         raise APIError(500, str(error), type="server_error", code="engine_load_failed") from None

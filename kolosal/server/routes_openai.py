@@ -1,6 +1,7 @@
 """POST /v1/chat/completions, POST /v1/completions, GET /v1/models."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -33,22 +34,28 @@ def fingerprint(engine: AsyncEngine) -> str:
     return "fp_" + digest[:10]
 
 
-async def ready_engine(model: str) -> AsyncEngine:
-    """The request's engine, loaded: an idle-unloaded one is reloaded transparently."""
+@contextlib.asynccontextmanager
+async def held_engine(model: str) -> AsyncIterator[AsyncEngine]:
+    """The request's engine, loaded (an idle-unloaded one is reloaded transparently) and
+    held until the block ends: it cannot be unloaded while the request tokenizes and
+    submits. Its streams hold it themselves after that."""
     try:
         engine = await current_app.config["REGISTRY"].acquire(model)
     except EngineNotFoundError:
         raise model_not_found(model) from None
     except Exception as error:
         raise from_engine_error(error) from None
-    if engine.info is None:
-        raise APIError(503, f"engine '{model}' is {engine.state.value}", type="server_error",
-                       code="engine_not_ready", headers={"Retry-After": "1"})
-    return engine
+    try:
+        if engine.info is None:
+            raise APIError(503, f"engine '{model}' is {engine.state.value}", type="server_error",
+                           code="engine_not_ready", headers={"Retry-After": "1"})
+        yield engine
+    finally:
+        engine.release()
 
 
 def context_size(engine: AsyncEngine) -> int:
-    assert engine.info is not None  # ready_engine() returns loaded engines only
+    assert engine.info is not None  # held_engine() yields loaded engines only
     return engine.info.n_ctx
 
 
@@ -107,10 +114,10 @@ async def collect_choices(streams: MultiStream) -> list[Any]:
 async def chat_completions() -> Response:
     body = await parse_body(ChatCompletionRequest)
     g.record.model = body.model
-    engine = await ready_engine(body.model)
-    prompt_ids = await tokenize_chat(engine, body)
-    streams, request_id = await start(engine, [prompt_ids], body,
-                                      body.resolved_max_tokens(context_size(engine)), "chatcmpl")
+    async with held_engine(body.model) as engine:
+        prompt_ids = await tokenize_chat(engine, body)
+        streams, request_id = await start(engine, [prompt_ids], body,
+                                          body.resolved_max_tokens(context_size(engine)), "chatcmpl")
     envelope = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": fingerprint(engine)}
     if body.stream:
@@ -158,18 +165,18 @@ async def stream_chat(streams: MultiStream, envelope: dict[str, Any], include_us
 async def completions() -> Response:
     body = await parse_body(CompletionRequest)
     g.record.model = body.model
-    engine = await ready_engine(body.model)
-    prompts: list[list[int]] = []
-    for prompt in body.prompts():
-        if isinstance(prompt, str):
-            if not prompt:
-                raise bad_request("prompt must not be empty", param="prompt")
-            log_prompt(prompt)
-            prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
-        else:
-            prompts.append(prompt)
-    streams, request_id = await start(engine, prompts, body,
-                                      min(body.max_tokens, context_size(engine)), "cmpl")
+    async with held_engine(body.model) as engine:
+        prompts: list[list[int]] = []
+        for prompt in body.prompts():
+            if isinstance(prompt, str):
+                if not prompt:
+                    raise bad_request("prompt must not be empty", param="prompt")
+                log_prompt(prompt)
+                prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
+            else:
+                prompts.append(prompt)
+        streams, request_id = await start(engine, prompts, body,
+                                          min(body.max_tokens, context_size(engine)), "cmpl")
     envelope = {"id": request_id, "object": "text_completion", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": fingerprint(engine)}
     if body.stream:

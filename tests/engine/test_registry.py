@@ -11,13 +11,13 @@ import pytest
 from kolosal.engine import (
     EngineConfig,
     EngineRegistry,
+    EngineReloadError,
     EngineState,
     InsufficientMemoryError,
     MemoryPolicy,
     estimate_memory,
     parse_size,
 )
-from kolosal.engine import registry as registry_module
 from kolosal.gguf_header import InvalidModelFileError, read_gguf_metadata
 from kolosal.llama import ModelLoadError
 
@@ -30,12 +30,6 @@ def small(engine_id: str, model_path: Path, **kwargs: object) -> EngineConfig:
     return EngineConfig(engine_id, str(model_path), n_ctx=512, n_parallel=2, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Engines become evictable as soon as they are idle (the 2 s grace is for HTTP races)."""
-    monkeypatch.setattr(registry_module, "EVICTION_GRACE_S", 0.0)
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -46,7 +40,7 @@ def test_parse_size() -> None:
     assert parse_size("512 MB") == 512_000_000
     assert parse_size("1.5k") == 1500
     assert parse_size(1234) == parse_size("1234") == 1234
-    for bad in ("", "lots", "5 parsecs", "-1G"):
+    for bad in ("", "lots", "5 parsecs", "-1G", -1):
         with pytest.raises(ValueError):
             parse_size(bad)
 
@@ -93,8 +87,7 @@ async def test_budget_refuses_a_second_engine_without_eviction(model_path: Path)
         await engines.close_all()
 
 
-async def test_lru_idle_engine_is_evicted_and_reloads_on_its_next_request(
-        model_path: Path, no_grace: None) -> None:
+async def test_lru_idle_engine_is_evicted_and_reloads_on_its_next_request(model_path: Path) -> None:
     one = estimate_memory(small("a", model_path)).total
     engines = EngineRegistry(MemoryPolicy(max_memory=int(one * 2.5), evict_idle=True))
     try:
@@ -107,18 +100,19 @@ async def test_lru_idle_engine_is_evicted_and_reloads_on_its_next_request(
         assert engines.memory_in_use() <= engines.policy.max_memory
         # a request for the evicted engine reloads it (evicting b, now the LRU) and works
         again = await engines.acquire("a")
+        again.release()
         assert again is a and a.state == EngineState.READY and b.state == EngineState.UNLOADED
         assert (await run(a, PROMPT, greedy(6))).text == expected
     finally:
         await engines.close_all()
 
 
-async def test_pinned_and_busy_engines_are_never_evicted(model_path: Path, no_grace: None) -> None:
+async def test_pinned_busy_and_held_engines_are_never_evicted(model_path: Path) -> None:
     one = estimate_memory(small("a", model_path)).total
     engines = EngineRegistry(MemoryPolicy(max_memory=int(one * 1.5), evict_idle=True))
     try:
         pinned = await engines.add(small("pinned", model_path, pinned=True))
-        with pytest.raises(InsufficientMemoryError, match="no loaded engine is idle and unpinned"):
+        with pytest.raises(InsufficientMemoryError, match="would not free enough"):
             await engines.add(small("other", model_path))
         assert pinned.state == EngineState.READY
         await engines.remove("pinned")
@@ -131,6 +125,10 @@ async def test_pinned_and_busy_engines_are_never_evicted(model_path: Path, no_gr
             await engines.add(small("other", model_path))
         assert busy.state == EngineState.READY
         await stream.aclose()
+        busy.reserve()  # held by a request that is still tokenizing: not idle either
+        with pytest.raises(InsufficientMemoryError):
+            await engines.add(small("other", model_path))
+        busy.release()
         await engines.add(small("other", model_path))  # idle now: evicted
         assert busy.state == EngineState.UNLOADED
     finally:
@@ -149,6 +147,7 @@ async def test_idle_engine_unloads_after_keep_alive_and_reloads(model_path: Path
         assert engine.state == EngineState.UNLOADED and keeper.state == EngineState.READY
         assert engine.stats() == {}  # model, context and thread are gone
         reloaded = await engines.acquire("sleepy")
+        reloaded.release()
         assert reloaded.state == EngineState.READY
         assert (await run(reloaded, PROMPT, greedy(6))).text == expected
     finally:
@@ -162,6 +161,9 @@ async def test_concurrent_requests_for_an_unloaded_engine_share_one_reload(model
         await engine.unload("test")
         acquired = await asyncio.gather(*(engines.acquire("shared-reload") for _ in range(4)))
         assert all(e is engine for e in acquired) and engine.state == EngineState.READY
+        assert engine.active == 4
+        for held in acquired:
+            held.release()
         results = await asyncio.gather(*(run(engine, PROMPT, greedy(4), f"r{i}") for i in range(4)))
         assert len({r.text for r in results}) == 1
     finally:
@@ -206,3 +208,83 @@ async def test_load_unload_cycles_do_not_leak(model_path: Path) -> None:
     growth = rss_bytes() - rss_before
     assert threading.active_count() == threads_before
     assert growth < 40 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 100 load/unload cycles"
+
+
+async def test_eviction_happens_only_when_it_makes_enough_room(model_path: Path) -> None:
+    a = estimate_memory(small("a", model_path)).total
+    c = estimate_memory(EngineConfig("c", str(model_path), n_ctx=8192, n_parallel=2)).total
+    assert c > a
+    # a (pinned) and b fit; c fits beside a alone only if b's memory were not enough to free
+    engines = EngineRegistry(MemoryPolicy(max_memory=2 * a + (c - a) // 2, evict_idle=True))
+    try:
+        await engines.add(small("a", model_path, pinned=True))
+        b = await engines.add(small("b", model_path))
+        with pytest.raises(InsufficientMemoryError, match="would not free enough"):
+            await engines.add(EngineConfig("c", str(model_path), n_ctx=8192, n_parallel=2))
+        assert b.state == EngineState.READY  # not unloaded for nothing
+    finally:
+        await engines.close_all()
+
+
+async def test_a_caller_that_goes_away_mid_load_does_not_fail_the_engine(model_path: Path) -> None:
+    engines = EngineRegistry()
+    try:
+        engine = await engines.add(small("impatient", model_path))
+        await engine.unload("test")
+        waiting = asyncio.create_task(engines.acquire("impatient"))
+        await asyncio.sleep(0.05)  # the reload is under way
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        held = await engines.acquire("impatient")  # joins the same reload, or finds it done
+        held.release()
+        assert engine.state == EngineState.READY and engine.active == 0
+        assert (await run(engine, PROMPT, greedy(2))).finish is not None
+    finally:
+        await engines.close_all()
+
+
+async def test_a_removal_whose_caller_goes_away_still_completes(model_path: Path) -> None:
+    engines = EngineRegistry()
+    engine = await engines.add(small("doomed", model_path))
+    removal = asyncio.create_task(engines.remove("doomed"))
+    await asyncio.sleep(0)
+    removal.cancel()
+    for _ in range(500):
+        if engine.stats() == {} and engine.state != EngineState.READY:
+            break
+        await asyncio.sleep(0.01)
+    assert engines.list() == [] and engine.stats() == {}  # thread, context and model freed
+    await engines.close_all()
+
+
+async def test_removal_waits_for_a_tokenize_running_on_a_worker_thread(model_path: Path) -> None:
+    """Long texts tokenize on a worker thread; freeing the model under it would crash."""
+    engines = EngineRegistry()
+    engine = await engines.add(small("tokenizing", model_path))
+    text = "The quick brown fox jumps over the lazy dog. " * 40_000  # 1.8 MB: about 2 s on 2 cores
+    tokenizing = asyncio.create_task(engine.tokenize(text))
+    await asyncio.sleep(0)  # the worker thread is running
+    await engines.remove("tokenizing")
+    assert len(await tokenizing) > 300_000
+    await engines.close_all()
+
+
+async def test_a_failed_reload_leaves_the_engine_reloadable(model_path: Path, tmp_path: Path) -> None:
+    link = tmp_path / "model.gguf"
+    link.symlink_to(model_path)
+    engines = EngineRegistry()
+    try:
+        engine = await engines.add(small("flaky", link))
+        await engine.unload("test")
+        link.unlink()  # the file is being replaced
+        with pytest.raises(EngineReloadError, match="could not be reloaded"):
+            await engines.acquire("flaky")
+        assert engine.state == EngineState.UNLOADED and engine.error and engine.active == 0
+        link.symlink_to(model_path)
+        held = await engines.acquire("flaky")
+        held.release()
+        assert engine.state == EngineState.READY
+        assert (await run(engine, PROMPT, greedy(2))).finish is not None
+    finally:
+        await engines.close_all()
