@@ -7,8 +7,9 @@ from pathlib import Path
 
 from benchmarks.metrics import LevelResult
 
-PLOTS = (("output_tok_s", "output tokens/s (higher is better)", "throughput.png"),
-         ("ttft_p50_ms", "TTFT p50, ms (lower is better)", "ttft.png"))
+# (figure, axis label, file, log y axis): TTFT spans 40 ms to 10 s once clients queue
+PLOTS = (("output_tok_s", "output tokens/s (higher is better)", "throughput.png", False),
+         ("ttft_p50_ms", "TTFT p50, ms, log scale (lower is better)", "ttft.png", True))
 
 
 def plot_comparison(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, float],
@@ -23,7 +24,7 @@ def plot_comparison(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, 
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for figure, label, filename in PLOTS:
+    for figure, label, filename, log_y in PLOTS:
         fig, axis = plt.subplots(figsize=(6.4, 4.2))
         for name, rows in results.items():
             axis.plot([r.concurrency for r in rows], [getattr(r, figure) for r in rows], marker="o",
@@ -35,6 +36,8 @@ def plot_comparison(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, 
         levels = sorted({r.concurrency for rows in results.values() for r in rows})
         axis.set_xscale("log", base=2)
         axis.set_xticks(levels, [str(level) for level in levels])
+        if log_y:
+            axis.set_yscale("log")
         axis.minorticks_off()
         axis.set_xlabel("concurrent clients")
         axis.set_ylabel(label)
