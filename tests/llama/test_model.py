@@ -32,19 +32,41 @@ def test_tokenize_round_trip(llama_model: Model, text: str) -> None:
     assert pieces.decode("utf-8") == text
 
 
-def greedy(context: Context, batch: Batch, prompt: list[int], n: int, seq_id: int = 0) -> list[int]:
+def greedy(context: Context, batch: Batch, prompt: list[int], n: int, seq_id: int = 0,
+           logits_seen: list[np.ndarray] | None = None) -> list[int]:
+    """n greedy tokens after ``prompt``; each step's logits row is copied to ``logits_seen``."""
     batch.fill(np.array(prompt), np.arange(len(prompt)), np.full(len(prompt), seq_id),
                np.array([0] * (len(prompt) - 1) + [1]))
     assert context.decode(batch) == 0
     out: list[int] = []
     position = len(prompt)
     for _ in range(n):
-        token = int(context.argmax_rows(np.array([batch.n_tokens - 1]))[0])
+        row = batch.n_tokens - 1
+        if logits_seen is not None:
+            logits_seen.append(context.logits_row(row).copy())
+        token = int(context.argmax_rows(np.array([row]))[0])
         out.append(token)
         batch.fill(np.array([token]), np.array([position]), np.array([seq_id]), np.array([1]))
         assert context.decode(batch) == 0
         position += 1
     return out
+
+
+# Batched kernels are not bitwise equal to single-row ones (README "Known limits"), so two
+# candidates closer than this (in logits) may swap places; a real batching bug (wrong
+# positions, mixed sequences) picks tokens far below the top.
+NEAR_TIE_LOGITS = 0.25
+
+
+def assert_same_or_near_tie(together: list[int], alone: list[int], logits_alone: list[np.ndarray]) -> None:
+    """``together`` equals ``alone`` up to a first divergence, which must be a near-tie in
+    the solo run (after it the continuations legitimately differ)."""
+    for step, (batched_token, solo_token) in enumerate(zip(together, alone, strict=True)):
+        if batched_token != solo_token:
+            logits = logits_alone[step]
+            gap = float(logits[solo_token] - logits[batched_token])
+            assert gap < NEAR_TIE_LOGITS, (step, solo_token, batched_token, gap)
+            return
 
 
 def test_greedy_decode_matches_llama_server(llama_model: Model) -> None:
@@ -62,8 +84,10 @@ def test_one_batch_of_four_sequences_matches_each_alone(llama_model: Model) -> N
     steps = 6
     with Context(llama_model, ContextParams(n_ctx=1024, n_seq_max=4)) as context, Batch(512) as batch:
         alone = []
+        logits_alone: list[list[np.ndarray]] = []
         for prompt in prompts:
-            alone.append(greedy(context, batch, prompt, steps))
+            logits_alone.append([])
+            alone.append(greedy(context, batch, prompt, steps, logits_seen=logits_alone[-1]))
             context.seq_remove(0)
         # Now all four together: prefills of different lengths, then shared decode steps.
         tokens, positions, seqs, logits = [], [], [], []
@@ -85,7 +109,8 @@ def test_one_batch_of_four_sequences_matches_each_alone(llama_model: Model) -> N
             assert context.decode(batch) == 0
             next_positions = [p + 1 for p in next_positions]
             rows = np.arange(4)
-    assert together == alone
+    for seq in range(len(prompts)):
+        assert_same_or_near_tie(together[seq], alone[seq], logits_alone[seq])
 
 
 def test_missing_file(tmp_path: Path) -> None:
