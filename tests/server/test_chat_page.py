@@ -1,13 +1,16 @@
 """The built-in chat page, driven in a real headless browser (Debian's chromium)."""
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from playwright.async_api import async_playwright
+from playwright.async_api import Locator, Page, async_playwright
 
-from ..server_process import ENGINE, ServerProcess
+from ..server_process import ENGINE, ServerProcess, wait_idle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -20,39 +23,69 @@ def test_openapi_document(server: ServerProcess) -> None:
     assert "messages" in chat_schema["required"] and "temperature" in chat_schema["properties"]
 
 
-async def test_chat_page_streams_a_reply(server: ServerProcess) -> None:
-    page_html = httpx.get(server.base_url + "/")
-    assert page_html.status_code == 200 and "<script>" in page_html.text
-    assert "http://" not in page_html.text and "https://" not in page_html.text  # no CDN
+@asynccontextmanager
+async def chat_page(server: ServerProcess) -> AsyncIterator[tuple[Page, list[str]]]:
+    """The chat page open in headless chromium, engines listed; yields it and its JS errors."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM,
                                                    args=["--no-sandbox", "--disable-gpu"])
         try:
             page = await browser.new_page()
-            console_errors: list[str] = []
-            page.on("pageerror", lambda error: console_errors.append(str(error)))
+            page_errors: list[str] = []
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
             await page.goto(server.base_url + "/")
             await page.wait_for_function(
                 "document.querySelectorAll('#engine option').length > 0", timeout=20_000)
             options = await page.eval_on_selector_all("#engine option", "els => els.map(e => e.value)")
             assert ENGINE in options
             await page.select_option("#engine", ENGINE)
-            await page.fill("#prompt", "Hello! Say something nice.")
-            await page.press("#prompt", "Enter")
-            await page.wait_for_selector(".msg.user")
-            meta = page.locator(".msg.assistant .meta")
-            await meta.filter(has_text="tok/s").wait_for(timeout=60_000)
-            await page.wait_for_function(
-                "document.querySelector('.msg.assistant .meta').dataset.tokens !== undefined",
-                timeout=60_000)
-            tokens = int(await meta.get_attribute("data-tokens") or "0")
-            assert tokens > 0
-            assert await page.locator(".msg.error").count() == 0
-            assert not console_errors
-            screenshot = await page.screenshot()
-            assert screenshot[:8] == b"\x89PNG\r\n\x1a\n"
+            yield page, page_errors
         finally:
             await browser.close()
+
+
+async def send_message(page: Page, text: str, max_tokens: int) -> Locator:
+    """Type a message, press Enter; returns the reply's meta line once tokens stream in."""
+    await page.fill("#maxtokens", str(max_tokens))
+    await page.fill("#prompt", text)
+    await page.press("#prompt", "Enter")
+    await page.wait_for_selector(".msg.user")
+    meta = page.locator(".msg.assistant .meta")
+    await meta.filter(has_text="tok/s").wait_for(timeout=60_000)
+    return meta
+
+
+async def test_chat_page_streams_a_reply(server: ServerProcess) -> None:
+    page_html = httpx.get(server.base_url + "/")
+    assert page_html.status_code == 200 and "<script>" in page_html.text
+    assert "http://" not in page_html.text and "https://" not in page_html.text  # no CDN
+    async with chat_page(server) as (page, page_errors):
+        meta = await send_message(page, "Hello! Say something nice.", max_tokens=48)
+        await page.wait_for_function(
+            "document.querySelector('.msg.assistant .meta').dataset.tokens !== undefined",
+            timeout=120_000)
+        tokens = int(await meta.get_attribute("data-tokens") or "0")
+        assert 0 < tokens <= 48
+        assert await page.locator(".msg.error").count() == 0
+        assert not page_errors
+        screenshot = await page.screenshot()
+        assert screenshot[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_chat_page_stop_button_ends_the_stream_and_frees_the_slot(server: ServerProcess) -> None:
+    async with chat_page(server) as (page, page_errors):
+        meta = await send_message(page, "Write a very long story about the sea.", max_tokens=4000)
+        status = httpx.get(f"{server.base_url}/engines/{ENGINE}/status").json()
+        assert status["stats"]["slots_busy"] == 1
+        await page.click("#stop")
+        await page.wait_for_function(
+            "document.querySelector('.msg.assistant .meta').dataset.stopped === 'true'", timeout=20_000)
+        assert await meta.get_attribute("data-tokens") is None  # it did not run to the end
+        assert await page.locator("#stop").is_hidden()
+        assert await page.locator(".msg.error").count() == 0
+        assert not page_errors
+    status = await asyncio.to_thread(wait_idle, server.base_url)
+    assert status["stats"]["slots_busy"] == 0
 
 
 @pytest.mark.parametrize("path", ["/", "/openapi.json"])
