@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from .config import EngineConfig
 from .errors import ContextLengthExceededError, EngineStoppedError
+from .heap import trim_heap
 from .loop import EngineLoop, EventSink
 from .memory import MemoryEstimate
 from .request import ErrorEvent, Event, FinishEvent, Request, SamplingParams
@@ -170,6 +171,7 @@ class AsyncEngine:
     def _close_runner(self, runner: ModelRunner) -> None:
         self._worker_calls.wait_idle()  # a tokenize still running would use freed memory
         runner.close()
+        trim_heap()  # otherwise glibc keeps the freed model/KV memory in its arenas
 
     async def unload(self, reason: str) -> None:
         """Free the model and KV but stay listed: the next request reloads it."""

@@ -212,7 +212,7 @@ async def test_load_unload_cycles_do_not_leak(model_path: Path) -> None:
     growth = rss_bytes() - rss_before
     assert own_threads() == threads_before
     assert not any(name.startswith("engine-") for name in threads_before)
-    assert growth < 40 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 100 load/unload cycles"
+    assert growth < 16 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 100 load/unload cycles"
 
 
 async def test_eviction_happens_only_when_it_makes_enough_room(model_path: Path) -> None:
