@@ -83,14 +83,17 @@ def llama_server_spec(settings: ServerSettings, binary: Path) -> ServerSpec:
 
 
 def llama_cpp_python_spec(settings: ServerSettings) -> ServerSpec | None:
-    """llama-cpp-python's server when it is installed (it serves one request at a time)."""
+    """llama-cpp-python's server when it is installed. It serves one request at a time, and by
+    default a new request interrupts the one streaming (its client sees a cut-off stream):
+    ``--interrupt_requests False`` makes it queue them instead, the fair setting for a load test."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
     port = free_port()
     return ServerSpec("llama-cpp-python", (sys.executable, "-m", "llama_cpp.server", "--model",
                                            str(settings.model), "--host", HOST, "--port", str(port),
                                            "--n_threads", str(settings.threads),
-                                           "--n_ctx", str(settings.n_ctx)),
+                                           "--n_ctx", str(settings.n_ctx),
+                                           "--interrupt_requests", "False"),
                       "bench", port, health_path="/v1/models")
 
 
