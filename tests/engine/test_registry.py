@@ -139,11 +139,12 @@ async def test_pinned_busy_and_held_engines_are_never_evicted(model_path: Path) 
 async def test_idle_engine_unloads_after_keep_alive_and_reloads(model_path: Path) -> None:
     engines = EngineRegistry()
     try:
-        engine = await engines.add(small("sleepy", model_path, keep_alive_s=0.3))
-        keeper = await engines.add(small("keeper", model_path, keep_alive_s=0.3, pinned=True))
+        engine = await engines.add(small("sleepy", model_path, keep_alive_s=60))
+        keeper = await engines.add(small("keeper", model_path, keep_alive_s=60, pinned=True))
         expected = (await run(engine, PROMPT, greedy(6))).text
         assert await engines.unload_idle() == []  # just used
-        await asyncio.sleep(0.5)
+        for idle in (engine, keeper):  # a minute passes (no sleeping: the clock is not the test)
+            idle.last_used -= 61
         assert await engines.unload_idle() == ["sleepy"]
         assert engine.state == EngineState.UNLOADED and keeper.state == EngineState.READY
         assert engine.stats() == {}  # model, context and thread are gone
