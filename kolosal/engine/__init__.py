@@ -3,14 +3,14 @@ loaded model, several of them in an EngineRegistry."""
 from .async_engine import AsyncEngine, EngineState, ModelInfo
 from .config import EngineConfig
 from .errors import (
-                     ContextLengthExceededError,
-                     DeadlineExceededError,
-                     EngineError,
-                     EngineOverloadedError,
-                     EngineReloadError,
-                     EngineStoppedError,
-                     InferenceError,
-                     InsufficientMemoryError,
+    ContextLengthExceededError,
+    DeadlineExceededError,
+    EngineError,
+    EngineOverloadedError,
+    EngineReloadError,
+    EngineStoppedError,
+    InferenceError,
+    InsufficientMemoryError,
 )
 from .memory import MemoryEstimate, estimate_memory, parse_size
 from .registry import EngineExistsError, EngineNotFoundError, EngineRegistry, MemoryPolicy

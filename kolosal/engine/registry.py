@@ -12,6 +12,7 @@ engine for the next request."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -82,13 +83,12 @@ class EngineRegistry:
         if task is None:
             task = asyncio.create_task(self._load_now(engine), name=f"load-{engine.engine_id}")
             self._loads[engine] = task
-            task.add_done_callback(self._load_finished)
+            task.add_done_callback(functools.partial(self._load_finished, engine))
         await asyncio.shield(task)
 
-    def _load_finished(self, task: asyncio.Task[None]) -> None:
-        for engine, running in list(self._loads.items()):
-            if running is task:
-                del self._loads[engine]
+    def _load_finished(self, engine: AsyncEngine, task: asyncio.Task[None]) -> None:
+        if self._loads.get(engine) is task:
+            del self._loads[engine]
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter may have gone
 

@@ -3,8 +3,10 @@ engines, pinning, idle unload with transparent reload, failed loads, load/unload
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,16 @@ from kolosal.llama import ModelLoadError
 from .helpers import greedy, run
 
 PROMPT = "The quick brown fox"
+
+
+@contextlib.asynccontextmanager
+async def fresh_registry(policy: MemoryPolicy | None = None) -> AsyncIterator[EngineRegistry]:
+    """A registry of the test's own (the shared one holds the engine tests' engine)."""
+    engines = EngineRegistry(policy)
+    try:
+        yield engines
+    finally:
+        await engines.close_all()
 
 
 def small(engine_id: str, model_path: Path, **kwargs: object) -> EngineConfig:
@@ -76,22 +88,18 @@ async def test_model_larger_than_the_budget_is_refused(model_path: Path) -> None
 
 async def test_budget_refuses_a_second_engine_without_eviction(model_path: Path) -> None:
     one = estimate_memory(small("a", model_path)).total
-    engines = EngineRegistry(MemoryPolicy(max_memory=int(one * 1.5)))
-    try:
+    async with fresh_registry(MemoryPolicy(max_memory=int(one * 1.5))) as engines:
         first = await engines.add(small("a", model_path))
         with pytest.raises(InsufficientMemoryError, match="--evict-idle") as caught:
             await engines.add(small("b", model_path))
         assert caught.value.fits_alone
         assert first.state == EngineState.READY and [e.engine_id for e in engines.list()] == ["a"]
         assert engines.memory_in_use() == one
-    finally:
-        await engines.close_all()
 
 
 async def test_lru_idle_engine_is_evicted_and_reloads_on_its_next_request(model_path: Path) -> None:
     one = estimate_memory(small("a", model_path)).total
-    engines = EngineRegistry(MemoryPolicy(max_memory=int(one * 2.5), evict_idle=True))
-    try:
+    async with fresh_registry(MemoryPolicy(max_memory=int(one * 2.5), evict_idle=True)) as engines:
         a = await engines.add(small("a", model_path))
         expected = (await run(a, PROMPT, greedy(6))).text
         b = await engines.add(small("b", model_path))
@@ -104,14 +112,11 @@ async def test_lru_idle_engine_is_evicted_and_reloads_on_its_next_request(model_
         again.release()
         assert again is a and a.state == EngineState.READY and b.state == EngineState.UNLOADED
         assert (await run(a, PROMPT, greedy(6))).text == expected
-    finally:
-        await engines.close_all()
 
 
 async def test_pinned_busy_and_held_engines_are_never_evicted(model_path: Path) -> None:
     one = estimate_memory(small("a", model_path)).total
-    engines = EngineRegistry(MemoryPolicy(max_memory=int(one * 1.5), evict_idle=True))
-    try:
+    async with fresh_registry(MemoryPolicy(max_memory=int(one * 1.5), evict_idle=True)) as engines:
         pinned = await engines.add(small("pinned", model_path, pinned=True))
         with pytest.raises(InsufficientMemoryError, match="would not free enough"):
             await engines.add(small("other", model_path))
@@ -132,13 +137,10 @@ async def test_pinned_busy_and_held_engines_are_never_evicted(model_path: Path) 
         busy.release()
         await engines.add(small("other", model_path))  # idle now: evicted
         assert busy.state == EngineState.UNLOADED
-    finally:
-        await engines.close_all()
 
 
 async def test_idle_engine_unloads_after_keep_alive_and_reloads(model_path: Path) -> None:
-    engines = EngineRegistry()
-    try:
+    async with fresh_registry() as engines:
         engine = await engines.add(small("sleepy", model_path, keep_alive_s=60))
         keeper = await engines.add(small("keeper", model_path, keep_alive_s=60, pinned=True))
         expected = (await run(engine, PROMPT, greedy(6))).text
@@ -152,13 +154,10 @@ async def test_idle_engine_unloads_after_keep_alive_and_reloads(model_path: Path
         reloaded.release()
         assert reloaded.state == EngineState.READY
         assert (await run(reloaded, PROMPT, greedy(6))).text == expected
-    finally:
-        await engines.close_all()
 
 
 async def test_concurrent_requests_for_an_unloaded_engine_share_one_reload(model_path: Path) -> None:
-    engines = EngineRegistry()
-    try:
+    async with fresh_registry() as engines:
         engine = await engines.add(small("shared-reload", model_path))
         await engine.unload("test")
         acquired = await asyncio.gather(*(engines.acquire("shared-reload") for _ in range(4)))
@@ -168,16 +167,13 @@ async def test_concurrent_requests_for_an_unloaded_engine_share_one_reload(model
             held.release()
         results = await asyncio.gather(*(run(engine, PROMPT, greedy(4), f"r{i}") for i in range(4)))
         assert len({r.text for r in results}) == 1
-    finally:
-        await engines.close_all()
 
 
 async def test_failed_load_is_listed_with_its_reason(model_path: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     with model_path.open("rb") as handle:  # header and metadata whole, tensor data cut off
         broken.write_bytes(handle.read(10_000_000))
-    engines = EngineRegistry()
-    try:
+    async with fresh_registry() as engines:
         with pytest.raises(ModelLoadError):
             await engines.add(small("broken", broken))
         [engine] = engines.list()
@@ -185,8 +181,6 @@ async def test_failed_load_is_listed_with_its_reason(model_path: Path, tmp_path:
         # a healthy engine beside it loads and serves
         healthy = await engines.add(small("healthy", model_path))
         assert (await run(healthy, PROMPT, greedy(3))).finish is not None
-    finally:
-        await engines.close_all()
 
 
 async def test_load_unload_cycles_do_not_leak(model_path: Path) -> None:
@@ -221,20 +215,16 @@ async def test_eviction_happens_only_when_it_makes_enough_room(model_path: Path)
     c = estimate_memory(EngineConfig("c", str(model_path), n_ctx=8192, n_parallel=2)).total
     assert c > a
     # a (pinned) and b fit; c fits beside a alone only if b's memory were not enough to free
-    engines = EngineRegistry(MemoryPolicy(max_memory=2 * a + (c - a) // 2, evict_idle=True))
-    try:
+    async with fresh_registry(MemoryPolicy(max_memory=2 * a + (c - a) // 2, evict_idle=True)) as engines:
         await engines.add(small("a", model_path, pinned=True))
         b = await engines.add(small("b", model_path))
         with pytest.raises(InsufficientMemoryError, match="would not free enough"):
             await engines.add(EngineConfig("c", str(model_path), n_ctx=8192, n_parallel=2))
         assert b.state == EngineState.READY  # not unloaded for nothing
-    finally:
-        await engines.close_all()
 
 
 async def test_a_caller_that_goes_away_mid_load_does_not_fail_the_engine(model_path: Path) -> None:
-    engines = EngineRegistry()
-    try:
+    async with fresh_registry() as engines:
         engine = await engines.add(small("impatient", model_path))
         await engine.unload("test")
         waiting = asyncio.create_task(engines.acquire("impatient"))
@@ -246,8 +236,6 @@ async def test_a_caller_that_goes_away_mid_load_does_not_fail_the_engine(model_p
         held.release()
         assert engine.state == EngineState.READY and engine.active == 0
         assert (await run(engine, PROMPT, greedy(2))).finish is not None
-    finally:
-        await engines.close_all()
 
 
 async def test_a_removal_whose_caller_goes_away_still_completes(model_path: Path) -> None:
@@ -279,8 +267,7 @@ async def test_removal_waits_for_a_tokenize_running_on_a_worker_thread(model_pat
 async def test_a_failed_reload_leaves_the_engine_reloadable(model_path: Path, tmp_path: Path) -> None:
     link = tmp_path / "model.gguf"
     link.symlink_to(model_path)
-    engines = EngineRegistry()
-    try:
+    async with fresh_registry() as engines:
         engine = await engines.add(small("flaky", link))
         await engine.unload("test")
         link.unlink()  # the file is being replaced
@@ -292,5 +279,3 @@ async def test_a_failed_reload_leaves_the_engine_reloadable(model_path: Path, tm
         held.release()
         assert engine.state == EngineState.READY
         assert (await run(engine, PROMPT, greedy(2))).finish is not None
-    finally:
-        await engines.close_all()
