@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=env("MAX_BODY_BYTES"))
     parser.add_argument("--http-keep-alive", type=float, default=env("HTTP_KEEP_ALIVE"),
                         help="seconds an idle client connection is kept open (default 75)")
+    parser.add_argument("--drain-timeout", type=float, default=env("DRAIN_TIMEOUT"),
+                        help="seconds in-flight requests get to finish after SIGTERM (default 30)")
     parser.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
     parser.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "info"),
@@ -78,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                  "max_memory": args.max_memory, "evict_idle": args.evict_idle or None,
                  "cors_origins": args.cors_origins, "models_dirs": models_dirs,
                  "max_body_bytes": args.max_body_bytes, "http_keep_alive_s": args.http_keep_alive,
+                 "drain_timeout_s": args.drain_timeout,
                  "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile,
                  "log_level": args.log_level, "log_format": args.log_format,
                  "log_prompts": args.log_prompts or None}

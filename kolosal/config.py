@@ -21,6 +21,7 @@ class ServerSettings:
     models_dirs: tuple[str, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
     http_keep_alive_s: float = 75.0    # idle HTTP/1.1 connections close after this (> nginx's 60 s)
+    drain_timeout_s: float = 30.0      # after SIGTERM, in-flight requests get this long to finish
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     log_level: str = "info"
