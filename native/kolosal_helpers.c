@@ -3,6 +3,8 @@
  * cffi module as the llama.h bindings (see kolosal/llama/_ffi_build.py). */
 #include "llama.h"
 
+#include <math.h>
+
 /* Fill the first n_tokens rows of a batch made by llama_batch_init(..., n_seq_max=1). */
 void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llama_token * tokens,
                         const llama_pos * positions, const llama_seq_id * seq_ids,
@@ -15,4 +17,49 @@ void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llam
         batch->logits[i] = logits[i];
     }
     batch->n_tokens = n_tokens;
+}
+
+/* Log-softmax facts of one logits row in two passes, no allocation: returns
+ * log(sum(exp(logits))) and writes the k best token ids and their log-probabilities
+ * (best first) into top_ids/top_logprobs. k may be 0. Used only for rows that asked for
+ * logprobs, before any grammar mask or sampler touches the row. */
+float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k,
+                       int32_t * top_ids, float * top_logprobs) {
+    float max = -INFINITY;
+    int32_t filled = 0;
+    for (int32_t token = 0; token < n_vocab; ++token) {
+        const float value = logits[token];
+        if (value > max) {
+            max = value;
+        }
+        if (k > 0 && (filled < k || value > top_logprobs[filled - 1])) {
+            int32_t at = filled < k ? filled++ : k - 1;
+            while (at > 0 && top_logprobs[at - 1] < value) {
+                top_logprobs[at] = top_logprobs[at - 1];
+                top_ids[at] = top_ids[at - 1];
+                --at;
+            }
+            top_logprobs[at] = value;
+            top_ids[at] = token;
+        }
+    }
+    double sum = 0.0;
+    for (int32_t token = 0; token < n_vocab; ++token) {
+        sum += expf(logits[token] - max);
+    }
+    const float lse = max + (float) log(sum);
+    for (int32_t i = 0; i < filled; ++i) {
+        top_logprobs[i] -= lse;
+    }
+    return lse;
+}
+
+/* Constrained decoding: forbid every token whose bit is 0 in a llguidance bitmask
+ * (32 tokens per uint32 word, least significant bit first). */
+void kolosal_apply_token_mask(float * logits, int32_t n_vocab, const uint32_t * mask) {
+    for (int32_t token = 0; token < n_vocab; ++token) {
+        if (!((mask[token >> 5] >> (token & 31)) & 1u)) {
+            logits[token] = -INFINITY;
+        }
+    }
 }

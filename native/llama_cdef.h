@@ -36,7 +36,9 @@ enum llama_load_mode { LLAMA_LOAD_MODE_AUTO, LLAMA_LOAD_MODE_NONE, LLAMA_LOAD_MO
 enum llama_lazy_mode { LLAMA_LAZY_MODE_OFF, LLAMA_LAZY_MODE_AUTO, LLAMA_LAZY_MODE_ON, ... };
 enum llama_context_type { LLAMA_CONTEXT_TYPE_DEFAULT, LLAMA_CONTEXT_TYPE_MTP, ... };
 enum llama_rope_scaling_type { LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED, ... };
-enum llama_pooling_type { LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE, ... };
+enum llama_pooling_type { LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE,
+                          LLAMA_POOLING_TYPE_MEAN, LLAMA_POOLING_TYPE_CLS,
+                          LLAMA_POOLING_TYPE_LAST, LLAMA_POOLING_TYPE_RANK, ... };
 enum llama_attention_type { LLAMA_ATTENTION_TYPE_UNSPECIFIED, LLAMA_ATTENTION_TYPE_CAUSAL, ... };
 enum llama_flash_attn_type { LLAMA_FLASH_ATTN_TYPE_AUTO, LLAMA_FLASH_ATTN_TYPE_DISABLED,
                              LLAMA_FLASH_ATTN_TYPE_ENABLED, ... };
@@ -188,6 +190,12 @@ int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
 void llama_synchronize(struct llama_context * ctx);
 
+/* ---- embeddings (kolosal/llama/context.py, used by kolosal/engine/embedding.py) ---- */
+enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);
+void llama_set_embeddings(struct llama_context * ctx, bool embeddings);
+float * llama_get_embeddings_seq(struct llama_context * ctx, llama_seq_id seq_id);
+int32_t llama_model_n_embd_out(const struct llama_model * model);
+
 /* ---- memory (KV cache) ---- */
 void llama_memory_clear(llama_memory_t mem, bool data);
 bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
@@ -203,6 +211,7 @@ void llama_batch_free(struct llama_batch batch);
 int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
 bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
 bool llama_vocab_is_control(const struct llama_vocab * vocab, llama_token token);
+enum llama_token_attr llama_vocab_get_attr(const struct llama_vocab * vocab, llama_token token);
 llama_token llama_vocab_bos(const struct llama_vocab * vocab);
 llama_token llama_vocab_eos(const struct llama_vocab * vocab);
 llama_token llama_vocab_eot(const struct llama_vocab * vocab);
@@ -242,6 +251,8 @@ struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * voc
 /* ---- Kolosal's C helpers (native/kolosal_helpers.c): per-step loops kept out of Python ---- */
 void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llama_token * tokens,
                         const llama_pos * positions, const llama_seq_id * seq_ids, const int8_t * logits);
+float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k, int32_t * top_ids, float * top_logprobs);
+void kolosal_apply_token_mask(float * logits, int32_t n_vocab, const uint32_t * mask);
 
 /* ---- callbacks implemented in Python ---- */
 extern "Python" void kolosal_log_callback(enum ggml_log_level level, const char * text, void * user_data);

@@ -12,6 +12,22 @@ class EngineOverloadedError(EngineError):
     code = "engine_overloaded"
 
 
+class InvalidRequestError(EngineError):
+    """The request cannot run as asked (HTTP 400); ``param`` names the field at fault."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidGrammarError(InvalidRequestError):
+    """A grammar (from a schema, GBNF or tools) that the grammar engine cannot build."""
+
+    code = "invalid_grammar"
+
+
 class ContextLengthExceededError(EngineError, ValueError):
     """The prompt (plus at least one generated token) does not fit the context."""
 

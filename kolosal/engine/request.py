@@ -1,15 +1,24 @@
-"""Per-request values: sampling parameters, lifecycle status, output events."""
+"""Per-request values: sampling parameters, lifecycle status, output events, and the
+engine-side state of one sequence."""
 from __future__ import annotations
 
+import asyncio
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import EngineError
+
+if TYPE_CHECKING:
+    from .constraint import Constraint
+    from .detokenizer import Detokenizer
+
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int = 16                 # 0: only the prompt is computed (echo + logprobs)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0                       # 0 = off
@@ -21,17 +30,23 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False             # benchmarks: generate exactly max_tokens
+    logprobs: int | None = None          # None: off; k: the sampled token's logprob + k best
+    prompt_logprobs: bool = False        # also each prompt token's logprob (completions echo)
+    grammar: str | None = None           # an llguidance grammar the output must match
+
+    def for_choice(self, index: int) -> SamplingParams:
+        """The params of choice ``index`` of an n > 1 request: its own seed."""
+        return self if self.seed is None else replace(self, seed=(self.seed + index) & 0xFFFFFFFF)
 
 
 class RequestStatus(enum.IntEnum):
     """Ordered: everything >= FINISHED is terminal."""
 
-    WAITING = 0
-    PREFILLING = 1
-    DECODING = 2
-    FINISHED = 3
-    CANCELLED = 4
-    FAILED = 5
+    WAITING = 0      # queued for a slot (again, after a preemption)
+    RUNNING = 1      # holds a slot: prefilling or decoding
+    FINISHED = 2
+    CANCELLED = 3
+    FAILED = 4
 
 
 class FinishReason(str, enum.Enum):
@@ -51,11 +66,22 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token's log-probability under the model's raw distribution (before temperature,
+    penalties or grammar), with the best alternatives."""
+
+    token: int
+    logprob: float | None                        # None: the first prompt token has no context
+    top: tuple[tuple[int, float], ...] = ()      # (token, logprob), best first
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     """New text for the client (complete UTF-8, stop strings held back)."""
 
     text: str
     num_tokens: int  # tokens generated so far
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens released since the last event
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +89,8 @@ class FinishEvent:
     text: str  # trailing text released at the end (may be empty)
     finish_reason: FinishReason
     usage: Usage
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # when asked: one per prompt token
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +101,40 @@ class ErrorEvent:
 Event = TokenEvent | FinishEvent | ErrorEvent
 
 
+@dataclass(frozen=True, slots=True)
+class EventSink:
+    """Where one request's events go: an asyncio queue on a given event loop, tagged with
+    the request's choice index (the n choices of one request share a queue)."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[tuple[int, Event]]
+    index: int = 0
+
+
+class SamplerLike(Protocol):
+    """A per-request sampler chain (kolosal.llama.Sampler): picks a token from a batch
+    row of the last decode."""
+
+    def sample(self, context: Any, row: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Request:
     """Engine-side state of one sequence. ``token_ids`` is the prompt followed by every
     generated token; ``num_computed`` of them are in the KV cache. Whatever lies beyond
-    ``num_computed`` is fed at the next step (a prompt chunk, or the last sampled token)."""
+    ``num_computed`` is fed at the next step (a prompt chunk, or the last sampled token).
+
+    A request of an n > 1 group that is not the first (``fork_of`` set) does not prefill
+    its prompt: when the first request's prompt is computed, its KV is copied over and
+    both sample their first token from the same logits row."""
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float
+    sink: EventSink | None = None
     token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     seq_id: int = -1
@@ -90,8 +142,13 @@ class Request:
     num_cached: int = 0           # prompt tokens reused from a slot's prefix cache
     first_token_at: float = 0.0
     deadline: float | None = None  # monotonic time covering queue + prefill + decode
-    sampler: object | None = None  # a kolosal.llama.Sampler when not greedy; opaque here
-    detokenizer: object | None = None
+    sampler: SamplerLike | None = None  # None: greedy (argmax in numpy, no chain)
+    constraint: Constraint | None = None
+    detokenizer: Detokenizer | None = None
+    fork_of: Request | None = None       # n > 1: the group's first request, until forked
+    forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -113,5 +170,15 @@ class Request:
     def is_finished(self) -> bool:
         return self.status >= RequestStatus.FINISHED
 
+    @property
+    def awaits_fork(self) -> bool:
+        """Holds a slot but waits for its group's first request to compute the prompt."""
+        return self.fork_of is not None
+
     def usage(self) -> Usage:
         return Usage(self.num_prompt, self.num_generated, self.num_cached)
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        taken = tuple(self.pending_logprobs)
+        self.pending_logprobs.clear()
+        return taken

@@ -1,26 +1,42 @@
-"""Runs a StepPlan on libllama: fill the batch, decode, sample. The only engine module
-that imports kolosal.llama."""
+"""Runs a StepPlan on libllama: fill the batch, decode, then read each output row:
+logprobs (rows that asked), grammar masks (constrained rows), sampling. The only engine
+module that imports kolosal.llama."""
 from __future__ import annotations
 
 import random
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..llama import Batch, Context, ContextParams, DecodeStatus, Model, ModelParams, Sampler, SamplerSettings
+from ..llama.grammar import build_lltokenizer
 from ..llama.model import ProgressCallback
 from .config import EngineConfig
-from .request import Request, SamplingParams
-from .scheduler import StepPlan
+from .constraint import GrammarEngine
+from .request import Request, SamplingParams, TokenLogprob
+from .scheduler import StepOutput, StepPlan
 
 
 @dataclass(slots=True)
 class StepResult:
     status: DecodeStatus
-    tokens: np.ndarray  # one sampled token per plan.sampled request (empty unless OK)
+    output: StepOutput = field(default_factory=lambda: StepOutput(np.empty(0, dtype=np.int32)))
     decode_s: float = 0.0
     sample_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == DecodeStatus.OK
+
+    @property
+    def no_kv_slot(self) -> bool:
+        return self.status == DecodeStatus.NO_KV_SLOT
+
+    @property
+    def status_name(self) -> str:
+        return self.status.name
 
 
 class ModelRunner:
@@ -38,14 +54,27 @@ class ModelRunner:
             raise
         self.batch = Batch(self.context.n_batch)
         self.vocab = self.model.vocab
+        self.num_slots = config.resolved_parallel
+        self._grammar: GrammarEngine | None = None
+        self._grammar_lock = threading.Lock()
 
     def close(self) -> None:
         self.batch.close()
         self.context.close()
         self.model.close()
 
+    def grammar(self) -> GrammarEngine:
+        """The model's grammar engine, built on first use (about a second for a large
+        vocabulary: call from a worker thread)."""
+        with self._grammar_lock:
+            if self._grammar is None:
+                eog = [t for t in (self.vocab.eos, self.vocab.eot) if t >= 0]
+                eog += [t for t in range(self.vocab.n_tokens) if t not in eog and self.vocab.is_eog(t)]
+                self._grammar = GrammarEngine(build_lltokenizer(self.vocab, eog), self.num_slots)
+            return self._grammar
+
     def make_sampler(self, params: SamplingParams) -> Sampler | None:
-        """None means greedy: argmax in C over all greedy rows, no sampler chain."""
+        """None means greedy: argmax in numpy over all greedy rows, no sampler chain."""
         settings = SamplerSettings(
             temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
             min_p=params.min_p,
@@ -62,18 +91,55 @@ class ModelRunner:
         status = self.context.decode(self.batch)
         decoded = time.perf_counter()
         if status != DecodeStatus.OK:
-            return StepResult(status, np.empty(0, dtype=np.int32), decoded - started)
-        tokens = self._sample(plan.sampled, plan.output_rows)
-        return StepResult(status, tokens, decoded - started, time.perf_counter() - decoded)
+            return StepResult(status, decode_s=decoded - started)
+        output = StepOutput(np.empty(len(plan.sampled), dtype=np.int32))
+        if plan.prompt_rows:
+            output.prompt_logprobs = [self._prompt_logprobs(request, first_row, start, plan)
+                                      for request, first_row, start in plan.prompt_rows]
+        self._sample(plan.sampled, plan.output_rows, output)
+        return StepResult(status, output, decoded - started, time.perf_counter() - decoded)
 
-    def _sample(self, requests: list[Request], rows: np.ndarray) -> np.ndarray:
-        tokens = np.empty(len(requests), dtype=np.int32)
+    def _sample(self, requests: list[Request], rows: np.ndarray, output: StepOutput) -> None:
+        """Logprobs first (the raw distribution), then grammar masks, then the tokens."""
+        facts = {index: self.context.row_logprobs(int(rows[index]), request.params.logprobs)
+                 for index, request in enumerate(requests) if request.params.logprobs is not None}
+        constrained = [(index, r) for index, r in enumerate(requests) if r.constraint is not None]
+        if constrained:
+            grammar = self.grammar()
+            grammar.fill_masks([(r.constraint, r.seq_id) for _, r in constrained
+                                if r.constraint is not None])
+            for index, request in constrained:
+                self.context.mask_row(int(rows[index]), grammar.mask(request.seq_id))
+        tokens = output.tokens
         greedy = [index for index, r in enumerate(requests) if r.sampler is None]
         if greedy:
             tokens[greedy] = self.context.argmax_rows(rows[greedy])
         for index, request in enumerate(requests):
             sampler = request.sampler
             if sampler is not None:
-                assert isinstance(sampler, Sampler)
                 tokens[index] = sampler.sample(self.context, int(rows[index]))
-        return tokens
+        if facts:
+            output.logprobs = [None] * len(requests)
+            for index, (lse, top_ids, top_logprobs) in facts.items():
+                row, token = int(rows[index]), int(tokens[index])
+                output.logprobs[index] = TokenLogprob(
+                    token, self.context.logit(row, token) - lse,
+                    tuple(zip(top_ids.tolist(), top_logprobs.tolist(), strict=True)))
+
+    def _prompt_logprobs(self, request: Request, first_row: int, start: int,
+                         plan: StepPlan) -> list[TokenLogprob]:
+        """Logprob of each prompt token given the ones before it, for the rows of this
+        step's chunk (row r at position p predicts prompt token p + 1)."""
+        count = next(c for r, c in plan.scheduled if r is request)
+        k = request.params.logprobs or 0
+        logprobs = []
+        for offset in range(count):
+            position = start + offset
+            if position + 1 >= request.num_prompt:
+                break
+            row = first_row + offset
+            token = request.prompt_ids[position + 1]
+            lse, top_ids, top_logprobs = self.context.row_logprobs(row, k)
+            logprobs.append(TokenLogprob(token, self.context.logit(row, token) - lse,
+                                         tuple(zip(top_ids.tolist(), top_logprobs.tolist(), strict=True))))
+        return logprobs

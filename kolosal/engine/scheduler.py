@@ -8,19 +8,32 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from .detokenizer import Detokenizer
-from .errors import DeadlineExceededError, EngineError
-from .request import ErrorEvent, Event, FinishEvent, FinishReason, Request, RequestStatus, TokenEvent
+from .errors import DeadlineExceededError, EngineError, InferenceError
+from .request import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    FinishReason,
+    Request,
+    RequestStatus,
+    TokenEvent,
+    TokenLogprob,
+)
 from .slots import Slot, SlotTable
+
+PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
 
 class KVMemory(Protocol):
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool: ...
+
+    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None: ...
 
 
 @dataclass(slots=True)
@@ -35,10 +48,21 @@ class StepPlan:
     sampled: list[Request]                    # requests that get a new token
     output_rows: np.ndarray                   # batch row of each sampled request
     num_decode_rows: int                      # leading rows that are single decode tokens
+    prompt_rows: list[tuple[Request, int, int]] = field(default_factory=list)
+    # (request, first batch row, its position) of prompt chunks whose logprobs were asked
 
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What the runner read from one successful decode."""
+
+    tokens: np.ndarray                                    # one per plan.sampled
+    logprobs: list[TokenLogprob | None] = field(default_factory=list)  # per plan.sampled
+    prompt_logprobs: list[tuple[Request, list[TokenLogprob]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -53,6 +77,52 @@ class SchedulerCounters:
     cached_tokens: int = 0
     preemptions: int = 0
     steps: int = 0
+    forks: int = 0           # n > 1 choices that reused their group's prefill
+
+
+class _PlanBuilder:
+    """Accumulates the rows of one step."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.tokens: list[int] = []
+        self.positions: list[int] = []
+        self.seq_ids: list[int] = []
+        self.scheduled: list[tuple[Request, int]] = []
+        self.prompt_rows: list[tuple[Request, int, int]] = []
+
+    def add(self, request: Request, start: int, count: int) -> None:
+        if request.params.prompt_logprobs and start < request.num_prompt - 1:
+            self.prompt_rows.append((request, len(self.tokens), start))
+        self.tokens.extend(request.token_ids[start:start + count])
+        self.positions.extend(range(start, start + count))
+        self.seq_ids.extend([request.seq_id] * count)
+        self.scheduled.append((request, count))
+        self.budget -= count
+
+    def build(self, num_decode_rows: int) -> StepPlan | None:
+        if not self.scheduled:
+            return None
+        logits = np.zeros(len(self.tokens), dtype=np.int8)
+        for request, first_row, _ in self.prompt_rows:
+            count = next(c for r, c in self.scheduled if r is request)
+            logits[first_row:first_row + count] = 1
+        sampled: list[Request] = []
+        rows: list[int] = []
+        row = 0
+        for request, count in self.scheduled:
+            row += count
+            if count == request.num_pending:  # this chunk reaches the end: sample
+                logits[row - 1] = 1
+                if request.params.max_tokens == 0:
+                    continue  # prompt only: nothing to sample
+                for member in (request, *request.forks):  # n > 1: all choices sample this row
+                    sampled.append(member)
+                    rows.append(row - 1)
+        return StepPlan(np.asarray(self.tokens, dtype=np.int32),
+                        np.asarray(self.positions, dtype=np.int32),
+                        np.asarray(self.seq_ids, dtype=np.int32), logits, self.scheduled, sampled,
+                        np.asarray(rows, dtype=np.int32), num_decode_rows, self.prompt_rows)
 
 
 class Scheduler:
@@ -73,8 +143,15 @@ class Scheduler:
 
     # -- inbox ----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
-        request.detokenizer = Detokenizer(request.params.stop)
+        """Queue a request (with its n > 1 siblings in ``request.forks``)."""
+        for member in (request, *request.forks):
+            member.detokenizer = Detokenizer(member.params.stop)
         self.waiting.append(request)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for a slot, the siblings of a queued group included."""
+        return sum(1 + len(r.forks) for r in self.waiting)
 
     def abort(self, request: Request) -> bool:
         """Drop a request wherever it is; its KV stays behind as a prefix cache."""
@@ -82,6 +159,13 @@ class Scheduler:
             return False
         if request in self.waiting:
             self.waiting.remove(request)
+            self._detach_forks(request)
+            request.status = RequestStatus.CANCELLED
+            return True
+        leader = request.fork_of
+        if leader is not None and request.status == RequestStatus.WAITING:
+            leader.forks.remove(request)  # queued inside its group
+            request.fork_of = None
             request.status = RequestStatus.CANCELLED
             return True
         self._retire(request, RequestStatus.CANCELLED)
@@ -103,8 +187,11 @@ class Scheduler:
         emissions = self.fail(list(self.running), error)
         while self.waiting:
             request = self.waiting.popleft()
-            request.status = RequestStatus.FAILED
-            emissions.append(Emission(request, ErrorEvent(error)))
+            for member in (request, *request.forks):
+                member.status = RequestStatus.FAILED
+                member.fork_of = None
+                emissions.append(Emission(member, ErrorEvent(error)))
+            request.forks.clear()
         return emissions
 
     def expire(self) -> list[Emission]:
@@ -116,6 +203,7 @@ class Scheduler:
         for request in expired:
             if request in self.waiting:
                 self.waiting.remove(request)
+                self._detach_forks(request)
                 request.status = RequestStatus.FAILED
             else:
                 self._retire(request, RequestStatus.FAILED)
@@ -147,34 +235,98 @@ class Scheduler:
         return free >= cells
 
     # -- planning ---------------------------------------------------------------------------
+    def schedule(self) -> StepPlan | None:
+        """Plan the next decode step, or None when there is nothing to compute.
+
+        Policy, in order:
+        1. Admit waiting requests first-come first-served into free slots, each into the slot
+           whose prefix cache shares most of its tokens, while the running sequences and the
+           newcomer fit the context; a group of n choices needs n free slots at once.
+        2. Make KV room for one token per decoding sequence: evict prefix caches (least
+           recently used first), then preempt the youngest sequence (recomputed later).
+        3. One batch row per decoding sequence, so running streams never stall.
+        4. The rest of the token budget (``n_batch``, halved after a "no KV slot" decode)
+           goes to prompt chunks in admission order, each clipped to the KV room left
+           (chunked prefill). Siblings of an n > 1 group wait for their first request's
+           prompt instead of computing it again.
+        """
+        self._admit()
+        if not self.running:
+            return None
+        decoding = self._ensure_decode_room()
+        builder = _PlanBuilder(min(self._budget_cap, self.n_batch))
+        for request in decoding[:builder.budget]:
+            builder.add(request, request.num_computed, 1)
+        num_decode_rows = len(builder.scheduled)
+        self._plan_prompt_chunks(builder)
+        return builder.build(num_decode_rows)
+
     def _admit(self) -> None:
-        while self.waiting and self.slots.num_free:
+        while self.waiting:
             request = self.waiting[0]
+            group = [request, *request.forks]
+            if self.slots.num_free < len(group):
+                break
             active = sum(r.num_computed + r.num_pending for r in self.running)
             if self.running and active + request.num_pending > self.n_ctx:
                 break  # would not fit even with every cache evicted: wait for room
-            acquired = self.slots.acquire(request.token_ids)
-            assert acquired is not None
-            slot, prefix = acquired
             self.waiting.popleft()
-            if not self.memory.seq_remove(slot.seq_id, prefix, -1):
-                self.memory.seq_remove(slot.seq_id)  # partial removal impossible: start over
-                prefix = 0
-            slot.cached_ids = []
-            request.seq_id = slot.seq_id
-            request.num_computed = prefix
-            if request.status == RequestStatus.WAITING and request.num_generated == 0:
-                request.num_cached = prefix
-                if prefix:
-                    self.counters.cache_hits += 1
-                    self.counters.cached_tokens += prefix
-            request.status = RequestStatus.PREFILLING
-            self.running.append(request)
+            self._start(request, reuse_prefix=not request.params.prompt_logprobs)
+            for fork in request.forks:
+                self._start(fork, reuse_prefix=False)
+
+    def _start(self, request: Request, reuse_prefix: bool) -> None:
+        """Give a request a slot, reusing as much of the slot's cached prefix as allowed."""
+        acquired = self.slots.acquire(request.token_ids)
+        assert acquired is not None
+        slot, prefix = acquired
+        if not reuse_prefix or not self.memory.seq_remove(slot.seq_id, prefix, -1):
+            self.memory.seq_remove(slot.seq_id)  # start over
+            prefix = 0
+        slot.cached_ids = []
+        first_admission = request.seq_id < 0
+        request.seq_id = slot.seq_id
+        request.num_computed = prefix
+        if first_admission:
+            request.num_cached = prefix
+            if prefix:
+                self.counters.cache_hits += 1
+                self.counters.cached_tokens += prefix
+            if request.params.prompt_logprobs:
+                request.prompt_logprobs = [TokenLogprob(request.prompt_ids[0], None)]
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _ensure_decode_room(self) -> list[Request]:
+        """The sequences that decode one token this step, with KV room made for them."""
+        while True:
+            decoding = [r for r in self.running if r.num_pending == 1 and not r.awaits_fork]
+            if self._make_room(len(decoding)) or not self._preempt_youngest():
+                return decoding
+
+    def _plan_prompt_chunks(self, builder: _PlanBuilder) -> None:
+        for request in self.running:
+            if builder.budget <= 0:
+                break
+            if request.num_pending <= 1 or request.awaits_fork:
+                continue
+            chunk = min(request.num_pending, builder.budget)
+            if request.params.prompt_logprobs:
+                chunk = min(chunk, PROMPT_LOGPROB_CHUNK)
+            if not self._make_room(len(builder.tokens) + chunk):
+                chunk = self.n_ctx - self.kv_cells_used() - len(builder.tokens)
+                if chunk <= 0:
+                    break
+            builder.add(request, request.num_computed, chunk)
 
     def _preempt_youngest(self) -> bool:
         if len(self.running) <= 1:
             return False
         victim = self.running[-1]
+        self._detach_forks(victim)
+        if victim.fork_of is not None:
+            victim.fork_of.forks.remove(victim)
+            victim.fork_of = None  # it will compute its own prompt
         self.memory.seq_remove(victim.seq_id)
         victim.num_computed = 0
         self.running.remove(victim)
@@ -184,58 +336,14 @@ class Scheduler:
         self.counters.preemptions += 1
         return True
 
-    def schedule(self) -> StepPlan | None:
-        self._admit()
-        if not self.running:
-            return None
-        decoding = [r for r in self.running if r.num_pending == 1]
-        while not self._make_room(len(decoding)):
-            if not self._preempt_youngest():
-                break
-            decoding = [r for r in self.running if r.num_pending == 1]
-        budget = min(self._budget_cap, self.n_batch)
-        tokens: list[int] = []
-        positions: list[int] = []
-        seq_ids: list[int] = []
-        scheduled: list[tuple[Request, int]] = []
-        for request in decoding[:budget]:
-            tokens.append(request.token_ids[-1])
-            positions.append(request.num_computed)
-            seq_ids.append(request.seq_id)
-            scheduled.append((request, 1))
-        num_decode_rows = len(scheduled)
-        budget -= num_decode_rows
-        for request in self.running:
-            if budget <= 0:
-                break
-            if request.num_pending <= 1:
-                continue
-            chunk = min(request.num_pending, budget)
-            if not self._make_room(len(tokens) + chunk):
-                chunk = self.n_ctx - self.kv_cells_used() - len(tokens)
-                if chunk <= 0:
-                    break
-            start = request.num_computed
-            tokens.extend(request.token_ids[start:start + chunk])
-            positions.extend(range(start, start + chunk))
-            seq_ids.extend([request.seq_id] * chunk)
-            scheduled.append((request, chunk))
-            budget -= chunk
-        if not scheduled:
-            return None
-        logits = np.zeros(len(tokens), dtype=np.int8)
-        sampled: list[Request] = []
-        rows: list[int] = []
-        row = 0
-        for request, count in scheduled:
-            row += count
-            if count == request.num_pending:  # this chunk reaches the end: sample
-                logits[row - 1] = 1
-                sampled.append(request)
-                rows.append(row - 1)
-        return StepPlan(np.asarray(tokens, dtype=np.int32), np.asarray(positions, dtype=np.int32),
-                        np.asarray(seq_ids, dtype=np.int32), logits, scheduled, sampled,
-                        np.asarray(rows, dtype=np.int32), num_decode_rows)
+    def _detach_forks(self, request: Request) -> None:
+        """The group's first request is gone before its prompt was computed: each sibling
+        computes the prompt itself (queued ones go back to the front of the queue)."""
+        for fork in request.forks:
+            fork.fork_of = None
+            if fork.status == RequestStatus.WAITING:
+                self.waiting.appendleft(fork)
+        request.forks.clear()
 
     # -- after the decode ---------------------------------------------------------------------
     def on_no_kv_slot(self, plan: StepPlan) -> None:
@@ -247,47 +355,83 @@ class Scheduler:
         else:
             self._preempt_youngest()
 
-    def update(self, plan: StepPlan, sampled_tokens: np.ndarray) -> list[Emission]:
-        """Commit a successful step: advance KV positions, append sampled tokens, emit."""
+    def update(self, plan: StepPlan, output: StepOutput) -> list[Emission]:
+        """Commit a successful step: advance KV positions, fork n > 1 groups whose prompt is
+        done, append sampled tokens, emit."""
         self.counters.steps += 1
         self._budget_cap = self.n_batch
+        emissions: list[Emission] = []
         for request, count in plan.scheduled:
             request.num_computed += count
-        emissions: list[Emission] = []
+            prompt_done = request.num_computed == request.num_prompt
+            group = [request, *self._fork(request)] if prompt_done else [request]
+            if prompt_done and request.params.max_tokens == 0:  # echo-only: prompt logprobs
+                emissions.extend(self._finish(member, "", FinishReason.LENGTH) for member in group)
+        for request, logprobs in output.prompt_logprobs:
+            request.prompt_logprobs.extend(logprobs)
         now = self.clock()
-        for request, token in zip(plan.sampled, sampled_tokens.tolist(), strict=True):
+        logprobs_of = output.logprobs or [None] * len(plan.sampled)
+        for request, token, logprob in zip(plan.sampled, output.tokens.tolist(), logprobs_of,
+                                           strict=True):
             if request.is_finished:  # aborted while the step ran
                 continue
             if request.num_generated == 0:
                 request.first_token_at = now
-            request.status = RequestStatus.DECODING
             request.token_ids.append(token)
-            emission = self._advance(request, token)
+            emission = self._advance(request, token, logprob)
             if emission is not None:
                 emissions.append(emission)
         return emissions
 
-    def _advance(self, request: Request, token: int) -> Emission | None:
+    def _fork(self, request: Request) -> list[Request]:
+        """Share the computed prompt with the group's other choices (one KV copy each)."""
+        forks = list(request.forks)
+        for fork in forks:
+            self.memory.seq_copy(request.seq_id, fork.seq_id, 0, -1)
+            fork.num_computed = request.num_computed
+            fork.num_cached = request.num_cached
+            fork.fork_of = None
+            self.counters.forks += 1
+        request.forks.clear()
+        return forks
+
+    def _advance(self, request: Request, token: int, logprob: TokenLogprob | None) -> Emission | None:
         detokenizer = request.detokenizer
-        assert isinstance(detokenizer, Detokenizer)
+        assert detokenizer is not None
         params = request.params
-        if self.is_eog(token) and not params.ignore_eos:
+        constraint = request.constraint
+        if self.is_eog(token) and (not params.ignore_eos or constraint is not None):
             return self._finish(request, detokenizer.flush(), FinishReason.STOP)
+        if logprob is not None:
+            request.pending_logprobs.append(logprob)
+        if constraint is not None and not constraint.consume(token):
+            return self._fail(request, InferenceError(
+                f"the sampled token {token} broke the request's grammar: {constraint.error}"))
         output = detokenizer.feed(self.piece_of(token))
-        if output.stopped:
-            return self._finish(request, output.text, FinishReason.STOP)
+        if output.stopped or (constraint is not None and constraint.is_stopped):
+            return self._finish(request, output.text + detokenizer.flush(), FinishReason.STOP)
         if request.num_generated >= params.max_tokens or len(request.token_ids) >= self.n_ctx:
             return self._finish(request, output.text + detokenizer.flush(), FinishReason.LENGTH)
         if not output.text:
             return None
-        return Emission(request, TokenEvent(output.text, request.num_generated))
+        return Emission(request, TokenEvent(output.text, request.num_generated,
+                                            request.take_logprobs()))
 
     def _finish(self, request: Request, text: str, reason: FinishReason) -> Emission:
         self._retire(request, RequestStatus.FINISHED)
-        return Emission(request, FinishEvent(text, reason, request.usage()))
+        return Emission(request, FinishEvent(text, reason, request.usage(), request.take_logprobs(),
+                                             tuple(request.prompt_logprobs)))
+
+    def _fail(self, request: Request, error: EngineError) -> Emission:
+        self._retire(request, RequestStatus.FAILED)
+        return Emission(request, ErrorEvent(error))
 
     def _retire(self, request: Request, status: RequestStatus) -> None:
         request.status = status
+        self._detach_forks(request)
+        if request.fork_of is not None:  # a sibling gone before its group's prompt was done
+            request.fork_of.forks.remove(request)
+            request.fork_of = None
         if request in self.running:
             self.running.remove(request)
             kv_ids = request.token_ids[:request.num_computed]

@@ -25,6 +25,8 @@ class DecodeError(RuntimeError):
 
 
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+# llama_pooling_type values: how an embedding context reduces a sequence's token vectors.
+POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class ContextParams:
     flash_attn: str = "auto"
     kv_unified: bool = True  # one KV pool shared by all slots: any slot can use the whole context
     swa_full: bool = True    # full-size SWA cache, so cached prefixes stay reusable
+    embeddings: bool = False  # output pooled sequence vectors (every token is an output row)
+    pooling: str | None = None  # a POOLING key; None = the model's own (none if it has none)
 
     def resolved_threads(self) -> tuple[int, int]:
         cores = os.cpu_count() or 1
@@ -53,6 +57,8 @@ class Context:
         self._close_lock = threading.Lock()
         if self.params.flash_attn not in FLASH_ATTN:
             raise ValueError(f"flash_attn must be one of {sorted(FLASH_ATTN)}")
+        if self.params.pooling is not None and self.params.pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {sorted(POOLING)}")
         c_params = self._lib.llama_context_default_params()
         n_threads, n_threads_batch = self.params.resolved_threads()
         c_params.n_ctx = self.params.n_ctx
@@ -65,6 +71,9 @@ class Context:
         c_params.kv_unified = self.params.kv_unified
         c_params.swa_full = self.params.swa_full
         c_params.no_perf = True
+        c_params.embeddings = self.params.embeddings
+        if self.params.pooling is not None:
+            c_params.pooling_type = POOLING[self.params.pooling]
         ptr = self._lib.llama_init_from_model(model.ptr, c_params)
         if ptr == self._ffi.NULL:
             raise RuntimeError("llama_init_from_model failed (out of memory, or bad parameters)")
@@ -103,18 +112,57 @@ class Context:
 
     def logits_row(self, row: int) -> np.ndarray:
         """A read-only numpy view of one output row's logits (valid until the next decode)."""
-        pointer = self._lib.llama_get_logits_ith(self.ptr, row)
-        if pointer == self._ffi.NULL:
-            raise IndexError(f"batch row {row} has no logits")
+        pointer = self._logits_pointer(row)
         view = np.frombuffer(self._ffi.buffer(pointer, self.n_vocab * 4), dtype=np.float32)
         view.flags.writeable = False
         return view
+
+    def row_logprobs(self, row: int, top_k: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """log-softmax facts of one output row, computed in C before anything reshapes the
+        row: (logsumexp, the top_k token ids best first, their log-probabilities)."""
+        pointer = self._logits_pointer(row)
+        ids = np.empty(top_k, dtype=np.int32)
+        logprobs = np.empty(top_k, dtype=np.float32)
+        lse = self._lib.kolosal_logprobs(pointer, self.n_vocab, top_k,
+                                         self._ffi.from_buffer("int32_t[]", ids),
+                                         self._ffi.from_buffer("float[]", logprobs))
+        return float(lse), ids, logprobs
+
+    def logit(self, row: int, token: int) -> float:
+        return float(self._logits_pointer(row)[token])
+
+    def mask_row(self, row: int, mask: np.ndarray) -> None:
+        """Set every token whose bit is 0 in ``mask`` (a llguidance uint32 bitmask) to -inf
+        in this output row, in place: samplers and argmax then only see allowed tokens."""
+        self._lib.kolosal_apply_token_mask(self._logits_pointer(row), self.n_vocab,
+                                           self._ffi.from_buffer("uint32_t[]", mask))
+
+    def _logits_pointer(self, row: int) -> Any:
+        pointer = self._lib.llama_get_logits_ith(self.ptr, row)
+        if pointer == self._ffi.NULL:
+            raise IndexError(f"batch row {row} has no logits")
+        return pointer
 
     def argmax_rows(self, rows: np.ndarray) -> np.ndarray:
         """Greedy tokens for these batch rows: numpy's SIMD argmax over each logits row
         (ties go to the lowest token id, as in llama_sampler_init_greedy)."""
         return np.fromiter((self.logits_row(int(row)).argmax() for row in rows),
                            dtype=np.int32, count=len(rows))
+
+    # -- embeddings -----------------------------------------------------------------------
+    @property
+    def pooling(self) -> str:
+        """The pooling this context applies (a POOLING key)."""
+        value = int(self._lib.llama_pooling_type(self.ptr))
+        return next((name for name, code in POOLING.items() if code == value), "none")
+
+    def sequence_embedding(self, seq_id: int, size: int) -> np.ndarray:
+        """A copy of one sequence's pooled vector from the last decode (``size`` floats:
+        the model's n_embd_out). Needs a pooling context with that seq_id in the batch."""
+        pointer = self._lib.llama_get_embeddings_seq(self.ptr, seq_id)
+        if pointer == self._ffi.NULL:
+            raise IndexError(f"no pooled embedding for sequence {seq_id}")
+        return np.frombuffer(self._ffi.buffer(pointer, size * 4), dtype=np.float32).copy()
 
     # -- KV memory ------------------------------------------------------------------------
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
@@ -130,5 +178,7 @@ class Context:
     def seq_pos_min(self, seq_id: int) -> int:
         return int(self._lib.llama_memory_seq_pos_min(self._memory, seq_id))
 
-    def clear_memory(self) -> None:
-        self._lib.llama_memory_clear(self._memory, True)
+    def clear_memory(self, data: bool = True) -> None:
+        """Forget every sequence; ``data=False`` skips zeroing the KV buffers (only the cell
+        metadata is reset, which is all a later decode needs)."""
+        self._lib.llama_memory_clear(self._memory, data)

@@ -23,21 +23,20 @@ class SamplerSettings:
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64
     logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None
 
     @property
     def is_greedy(self) -> bool:
         """Plain argmax suffices: no temperature and nothing that reshapes the logits."""
-        return (self.temperature <= 0.0 and not self.logit_bias and self.grammar is None
+        return (self.temperature <= 0.0 and not self.logit_bias
                 and self.repeat_penalty == 1.0 and self.presence_penalty == 0.0
                 and self.frequency_penalty == 0.0)
 
 
 class Sampler:
-    """penalties -> logit bias -> grammar -> top-k -> top-p -> min-p -> temperature -> dist
+    """penalties -> logit bias -> top-k -> top-p -> min-p -> temperature -> dist
     (or greedy), the order llama-server uses by default."""
 
-    def __init__(self, settings: SamplerSettings, n_vocab: int, vocab_ptr: Any = None) -> None:
+    def __init__(self, settings: SamplerSettings, n_vocab: int) -> None:
         native = load()
         self._ffi, self._lib = native.ffi, native.lib
         self.settings = settings
@@ -50,7 +49,7 @@ class Sampler:
 
         def add(sampler: Any) -> None:
             if sampler == ffi.NULL:
-                raise ValueError("could not build sampler (invalid grammar?)")
+                raise ValueError("could not build sampler")
             lib.llama_sampler_chain_add(chain, sampler)
 
         try:
@@ -64,8 +63,6 @@ class Sampler:
                     items[index].token = token
                     items[index].bias = bias
                 add(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), items))
-            if s.grammar is not None:
-                add(lib.llama_sampler_init_grammar(vocab_ptr, s.grammar.encode(), b"root"))
             if s.temperature <= 0.0:
                 add(lib.llama_sampler_init_greedy())
             else:
@@ -84,10 +81,6 @@ class Sampler:
     def sample(self, context: Context, row: int) -> int:
         """Sample from batch row ``row`` of the last decode and accept the token."""
         return int(self._lib.llama_sampler_sample(self._ptr, context.ptr, row))
-
-    def accept(self, token: int) -> None:
-        """Feed a token the sampler did not pick itself (e.g. prompt history for penalties)."""
-        self._lib.llama_sampler_accept(self._ptr, token)
 
     def close(self) -> None:
         with self._close_lock:

@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kolosal.engine import AsyncEngine, ErrorEvent, FinishEvent, SamplingParams, TokenEvent
+from kolosal.engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineRegistry,
+    ErrorEvent,
+    FinishEvent,
+    SamplingParams,
+    TokenEvent,
+)
 
 
 @dataclass
@@ -26,7 +36,7 @@ async def run(engine: AsyncEngine, prompt: str | list[int], params: SamplingPara
     ids = prompt if isinstance(prompt, list) else await engine.tokenize(prompt)
     result = Result()
     started = time.monotonic()
-    async for event in engine.generate(ids, params, request_id):
+    async for _, event in engine.generate(ids, params, request_id):
         if not result.chunks and not result.first_token_s:
             result.first_token_s = time.monotonic() - started
         if isinstance(event, TokenEvent):
@@ -38,6 +48,17 @@ async def run(engine: AsyncEngine, prompt: str | list[int], params: SamplingPara
         else:
             result.error = event
     return result
+
+
+@contextlib.asynccontextmanager
+async def loaded(registry: EngineRegistry, config: EngineConfig) -> AsyncIterator[AsyncEngine]:
+    """A new engine of the test's own, leased for the block and removed after it."""
+    await registry.add(config)
+    try:
+        async with registry.lease(config.engine_id) as engine:
+            yield engine
+    finally:
+        await registry.remove(config.engine_id)
 
 
 def greedy(max_tokens: int, **kwargs: object) -> SamplingParams:

@@ -16,7 +16,7 @@ from kolosal.engine import (
     TokenEvent,
 )
 
-from .helpers import greedy, run, wait_until_idle
+from .helpers import greedy, loaded, run, wait_until_idle
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
            "def fibonacci(n):", "The three primary colors are", "My favourite recipe for bread",
@@ -43,16 +43,17 @@ async def test_eight_concurrent_greedy_requests_match_each_alone(engine: AsyncEn
 
 async def test_long_prompt_prefill_is_chunked_while_streams_decode(
         registry: EngineRegistry, model_path: Path) -> None:
-    engine = await registry.add(EngineConfig("chunked", str(model_path), n_ctx=4096,
-                                             n_parallel=8, n_batch=64))
+    config = EngineConfig("chunked", str(model_path), n_ctx=4096, n_parallel=8, n_batch=64)
     long_prompt = " ".join(f"Item {i}: the number {i} squared is {i * i}." for i in range(60))
-    long_ids = await engine.tokenize(long_prompt)
-    assert len(long_ids) > 600
-    expected = await run(engine, long_ids, greedy(8))
-    await engine.stop()  # fresh engine below: no prefix cache from the run above
-    await registry.remove("chunked")
-    engine = await registry.add(EngineConfig("chunked", str(model_path), n_ctx=4096,
-                                             n_parallel=8, n_batch=64))
+    async with loaded(registry, config) as engine:
+        long_ids = await engine.tokenize(long_prompt)
+        assert len(long_ids) > 600
+        expected = await run(engine, long_ids, greedy(8))
+    async with loaded(registry, config) as engine:  # fresh: no prefix cache from the run above
+        await chunked_prefill_beside_streams(engine, long_ids, expected.text)
+
+
+async def chunked_prefill_beside_streams(engine: AsyncEngine, long_ids: list[int], expected: str) -> None:
     counts = [0, 0, 0, 0]
     long_started = asyncio.Event()
     long_done = asyncio.Event()
@@ -61,7 +62,7 @@ async def test_long_prompt_prefill_is_chunked_while_streams_decode(
     async def stream(index: int) -> None:
         params = greedy(400, ignore_eos=True)
         ids = await engine.tokenize(PROMPTS[index])
-        async for event in engine.generate(ids, params, f"s{index}"):
+        async for _, event in engine.generate(ids, params, f"s{index}"):
             if isinstance(event, TokenEvent):
                 counts[index] += 1
                 if long_started.is_set() and not long_done.is_set():
@@ -74,18 +75,17 @@ async def test_long_prompt_prefill_is_chunked_while_streams_decode(
     async def long_request() -> str:
         await long_started.wait()
         chunks = []
-        async for event in engine.generate(long_ids, greedy(8), "long"):
+        async for _, event in engine.generate(long_ids, greedy(8), "long"):
             if not long_done.is_set():
                 long_done.set()
             chunks.append(event.text)
         return "".join(chunks)
 
     results = await asyncio.gather(*(stream(i) for i in range(4)), long_request())
-    assert results[-1] == expected.text
+    assert results[-1] == expected
     # ~600 prompt tokens in chunks of <= 60 beside 4 decode rows: ~10 steps of prefill,
     # and every stream kept getting tokens during them.
     assert all(n >= 5 for n in during_prefill), during_prefill
-    await registry.remove("chunked")
 
 
 async def test_stop_string_split_across_tokens(engine: AsyncEngine) -> None:
@@ -134,31 +134,30 @@ async def test_shared_prefix_is_reused(engine: AsyncEngine) -> None:
 
 
 async def test_queue_full_is_refused_at_once(registry: EngineRegistry, model_path: Path) -> None:
-    engine = await registry.add(EngineConfig("tiny-queue", str(model_path), n_ctx=512,
-                                             n_parallel=1, max_queue=1))
-    ids = await engine.tokenize("Tell me a long story")
-    running = engine.generate(ids, greedy(200, ignore_eos=True), "a")
-    await running.__anext__()  # admitted and decoding: the queue is empty again
-    queued = engine.generate(ids, greedy(4), "b")
-    queued_task = asyncio.create_task(queued.__anext__())
-    await asyncio.sleep(0.05)
-    with pytest.raises(EngineOverloadedError):
-        await engine.generate(ids, greedy(4), "c").__anext__()
-    await running.aclose()
-    await queued_task
-    await queued.aclose()
-    await registry.remove("tiny-queue")
+    config = EngineConfig("tiny-queue", str(model_path), n_ctx=512, n_parallel=1, max_queue=1)
+    async with loaded(registry, config) as engine:
+        ids = await engine.tokenize("Tell me a long story")
+        running = engine.generate(ids, greedy(200, ignore_eos=True), "a")
+        await running.__anext__()  # admitted and decoding: the queue is empty again
+        queued = engine.generate(ids, greedy(4), "b")
+        queued_task = asyncio.create_task(queued.__anext__())
+        await asyncio.sleep(0.05)
+        with pytest.raises(EngineOverloadedError):
+            await engine.generate(ids, greedy(4), "c").__anext__()
+        await running.aclose()
+        await queued_task
+        await queued.aclose()
 
 
 async def test_context_limits(registry: EngineRegistry, model_path: Path) -> None:
-    engine = await registry.add(EngineConfig("small-ctx", str(model_path), n_ctx=256, n_parallel=2))
-    with pytest.raises(ContextLengthExceededError):
-        await engine.generate(list(range(10, 300)), greedy(4), "too-long").__anext__()
-    ids = await engine.tokenize("Write the numbers from one to one thousand:")
-    result = await run(engine, ids, greedy(10_000, ignore_eos=True))
+    config = EngineConfig("small-ctx", str(model_path), n_ctx=256, n_parallel=2)
+    async with loaded(registry, config) as engine:
+        with pytest.raises(ContextLengthExceededError):
+            await engine.generate(list(range(10, 300)), greedy(4), "too-long").__anext__()
+        ids = await engine.tokenize("Write the numbers from one to one thousand:")
+        result = await run(engine, ids, greedy(10_000, ignore_eos=True))
     assert result.finish is not None and result.finish.finish_reason.value == "length"
     assert result.finish.usage.prompt_tokens + result.finish.usage.completion_tokens == engine.info.n_ctx
-    await registry.remove("small-ctx")
 
 
 async def test_seed_reproducibility(engine: AsyncEngine) -> None:
@@ -210,7 +209,7 @@ async def test_deadline_ends_a_long_request_and_frees_its_slot(engine: AsyncEngi
     from kolosal.engine import DeadlineExceededError, ErrorEvent
 
     ids = await engine.tokenize("Recite the digits of pi:")
-    events = [event async for event in engine.generate(ids, greedy(2000, ignore_eos=True), "late",
+    events = [event async for _, event in engine.generate(ids, greedy(2000, ignore_eos=True), "late",
                                                         timeout_s=0.5)]
     assert isinstance(events[-1], ErrorEvent)
     assert isinstance(events[-1].error, DeadlineExceededError)

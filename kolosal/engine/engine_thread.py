@@ -12,28 +12,55 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import EngineOverloadedError, EngineStoppedError, InferenceError
-from .request import ErrorEvent, Event, FinishEvent, Request
-from .runner import ModelRunner
-from .scheduler import Emission, Scheduler, StepPlan
+from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplerLike, SamplingParams
+from .scheduler import Emission, KVMemory, Scheduler, StepOutput, StepPlan
 from .stats import EngineStats, StatsRecorder
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class EventSink:
-    """Where one request's events go: an asyncio queue on a given event loop."""
+class ContextLike(KVMemory, Protocol):
+    n_ctx: int
 
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Event]
+
+class VocabLike(Protocol):
+    def token_to_piece(self, token: int, special: bool = False) -> bytes: ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+
+class RunnerLike(Protocol):
+    """What the thread needs of a ModelRunner (a fake one drives it in tests)."""
+
+    context: ContextLike
+    vocab: VocabLike
+
+    def make_sampler(self, params: SamplingParams) -> SamplerLike | None: ...
+
+    def run(self, plan: StepPlan) -> StepResultLike: ...
+
+
+class StepResultLike(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def no_kv_slot(self) -> bool: ...
+
+    @property
+    def status_name(self) -> str: ...
+
+    output: StepOutput
+    decode_s: float
+    sample_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class AddRequest:
-    request: Request
-    sink: EventSink
+    request: Request  # with its n > 1 siblings in request.forks
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +76,13 @@ class Shutdown:
 Command = AddRequest | AbortRequest | Shutdown
 
 
-def _deliver(items: list[tuple[asyncio.Queue[Event], Event]]) -> None:
-    for event_queue, event in items:
-        event_queue.put_nowait(event)
+def _deliver(items: list[tuple[EventSink, Event]]) -> None:
+    for sink, event in items:
+        sink.queue.put_nowait((sink.index, event))
 
 
-class EngineLoop:
-    def __init__(self, runner: ModelRunner, n_parallel: int, n_batch: int, max_queue: int,
+class EngineThread:
+    def __init__(self, runner: RunnerLike, n_parallel: int, n_batch: int, max_queue: int,
                  name: str) -> None:
         self.runner = runner
         self.max_queue = max_queue
@@ -65,9 +92,8 @@ class EngineLoop:
                                    is_eog=runner.vocab.is_eog, clock=time.monotonic)
         self.stats = StatsRecorder(slots_total=n_parallel, kv_cells_total=context.n_ctx)
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._sinks: dict[int, EventSink] = {}
         self._queue_lock = threading.Lock()
-        self._num_queued = 0  # submitted, not yet admitted to a slot
+        self._num_in_inbox = 0  # requests submitted, not yet taken in by the thread
         self._stopped = False
         self._has_deadlines = False  # skip the deadline scan until a request brings one
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
@@ -76,15 +102,22 @@ class EngineLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, request: Request, sink: EventSink) -> None:
+    @property
+    def num_queued(self) -> int:
+        """Requests waiting for a slot: in the inbox or in the scheduler's queue."""
+        return self._num_in_inbox + self.scheduler.num_waiting
+
+    def submit(self, request: Request) -> None:
+        """Queue a request (and its siblings); its events go to ``request.sink``."""
+        size = 1 + len(request.forks)
         with self._queue_lock:
             if self._stopped:
                 raise EngineStoppedError("the engine is shutting down")
-            if self._num_queued >= self.max_queue:
+            if self.num_queued + size > self.max_queue:
                 raise EngineOverloadedError(
                     f"the engine queue is full ({self.max_queue} waiting requests); retry later")
-            self._num_queued += 1
-        self._inbox.put(AddRequest(request, sink))
+            self._num_in_inbox += size
+        self._inbox.put(AddRequest(request))
 
     def abort(self, request: Request) -> None:
         self._inbox.put(AbortRequest(request))
@@ -120,7 +153,7 @@ class EngineLoop:
                 return True
             block = False
             if isinstance(command, AddRequest):
-                self._add(command)
+                self._add(command.request)
             elif isinstance(command, AbortRequest):
                 self._abort(command.request)
             else:
@@ -128,70 +161,60 @@ class EngineLoop:
                 self._drain_after_shutdown(command.reason)
                 return False
 
-    def _add(self, command: AddRequest) -> None:
-        request = command.request
-        self._sinks[id(request)] = command.sink
+    def _add(self, request: Request) -> None:
+        group = [request, *request.forks]
+        with self._queue_lock:
+            self._num_in_inbox -= len(group)
         self._has_deadlines = self._has_deadlines or request.deadline is not None
         try:
-            request.sampler = self.runner.make_sampler(request.params)
+            for member in group:
+                member.sampler = self.runner.make_sampler(member.params)
         except Exception as error:
-            self._dequeue()
-            self._emit([Emission(request, ErrorEvent(InferenceError(f"bad sampler: {error}")))])
+            self._emit([Emission(member, ErrorEvent(InferenceError(f"bad sampler: {error}")))
+                        for member in group])
             return
         self.scheduler.add(request)
 
     def _abort(self, request: Request) -> None:
-        was_waiting = request in self.scheduler.waiting
         if self.scheduler.abort(request):
             self.stats.record_cancel()
-            if was_waiting:
-                self._dequeue()
         self._release(request)
 
-    def _dequeue(self) -> None:
-        with self._queue_lock:
-            self._num_queued -= 1
-
     def _step(self) -> None:
-        waiting_before = len(self.scheduler.waiting)
         started = time.perf_counter()
         if self._has_deadlines:
             self._emit(self.scheduler.expire())
         plan = self.scheduler.schedule()
-        admitted = waiting_before - len(self.scheduler.waiting)
-        if admitted > 0:
-            with self._queue_lock:
-                self._num_queued -= admitted
         if plan is None:
             self.stats.record_idle(self.scheduler)
             return
         scheduled_at = time.perf_counter()
         result = self.runner.run(plan)
         ran_at = time.perf_counter()
-        if result.status == result.status.OK:
-            emissions = self.scheduler.update(plan, result.tokens)
-        elif result.status == result.status.NO_KV_SLOT:
+        if result.ok:
+            emissions = self.scheduler.update(plan, result.output)
+        elif result.no_kv_slot:
             logger.warning("no KV slot for a %d-token batch: shrinking and retrying", plan.num_tokens)
             self.scheduler.on_no_kv_slot(plan)
             emissions = []
         else:
             emissions = self.scheduler.fail([r for r, _ in plan.scheduled],
-                                            InferenceError(f"llama_decode returned {result.status.name}"))
+                                            InferenceError(f"llama_decode returned {result.status_name}"))
         updated_at = time.perf_counter()
         self._emit(emissions)
         done_at = time.perf_counter()
         self.stats.record_step(plan, self.scheduler, schedule_s=scheduled_at - started,
                                decode_s=result.decode_s, sample_s=result.sample_s,
                                run_s=ran_at - scheduled_at, update_s=updated_at - ran_at,
-                               deliver_s=done_at - updated_at, ok=result.status == result.status.OK)
+                               deliver_s=done_at - updated_at, ok=result.ok)
 
     def _emit(self, emissions: list[Emission]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Event], Event]]]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[EventSink, Event]]]
         by_loop = defaultdict(list)
         for emission in emissions:
-            sink = self._sinks.get(id(emission.request))
+            sink = emission.request.sink
             if sink is not None:
-                by_loop[sink.loop].append((sink.queue, emission.event))
+                by_loop[sink.loop].append((sink, emission.event))
             if isinstance(emission.event, (FinishEvent, ErrorEvent)):
                 self.stats.record_finish(emission.request, emission.event)
                 self._release(emission.request)
@@ -202,11 +225,11 @@ class EngineLoop:
                 pass
 
     def _release(self, request: Request) -> None:
-        self._sinks.pop(id(request), None)
-        sampler = request.sampler
-        request.sampler = None
+        """Nobody listens any more: drop the sink and free the C sampler."""
+        request.sink = None
+        sampler, request.sampler = request.sampler, None
         if sampler is not None:
-            sampler.close()  # type: ignore[attr-defined]
+            sampler.close()
 
     def _drain_after_shutdown(self, reason: str) -> None:
         """Requests that raced the shutdown still get an answer."""
@@ -216,8 +239,8 @@ class EngineLoop:
             except queue.Empty:
                 return
             if isinstance(command, AddRequest):
-                self._sinks[id(command.request)] = command.sink
-                self._emit([Emission(command.request, ErrorEvent(EngineStoppedError(reason)))])
+                group = [command.request, *command.request.forks]
+                self._emit([Emission(member, ErrorEvent(EngineStoppedError(reason))) for member in group])
 
 
-__all__ = ["EngineLoop", "EventSink", "StepPlan"]
+__all__ = ["EngineThread", "RunnerLike", "StepPlan"]

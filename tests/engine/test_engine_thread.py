@@ -1,0 +1,90 @@
+"""The engine thread's bookkeeping, driven step by step with a fake runner (no library)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from kolosal.engine.engine_thread import EngineThread
+from kolosal.engine.errors import EngineOverloadedError
+from kolosal.engine.request import Request, SamplingParams
+from kolosal.engine.scheduler import StepOutput, StepPlan
+
+
+class FakeContext:
+    n_ctx = 12
+
+    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
+        return True
+
+    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
+        pass
+
+
+class FakeVocab:
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        return b"x"
+
+    def is_eog(self, token: int) -> bool:
+        return False
+
+
+@dataclass
+class FakeResult:
+    output: StepOutput
+    ok: bool = True
+    no_kv_slot: bool = False
+    status_name: str = "OK"
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+
+
+@dataclass
+class FakeRunner:
+    context: FakeContext = field(default_factory=FakeContext)
+    vocab: FakeVocab = field(default_factory=FakeVocab)
+
+    def make_sampler(self, params: SamplingParams) -> None:
+        return None
+
+    def run(self, plan: StepPlan) -> FakeResult:
+        return FakeResult(StepOutput(np.full(len(plan.sampled), 5, dtype=np.int32)))
+
+
+def request(name: str) -> Request:
+    return Request(name, [1, 2, 3, 4], SamplingParams(max_tokens=20, temperature=0.0), 0.0)
+
+
+def test_the_queue_count_follows_preemptions() -> None:
+    thread = EngineThread(FakeRunner(), n_parallel=2, n_batch=16, max_queue=2, name="fake")
+    thread.submit(request("a"))
+    thread.submit(request("b"))
+    with pytest.raises(EngineOverloadedError):
+        thread.submit(request("refused"))
+    thread._handle_commands(block=False)
+    assert thread.num_queued == 2
+    thread._step()
+    assert thread.num_queued == 0  # both admitted
+    for _ in range(10):
+        thread._step()
+        if thread.scheduler.counters.preemptions:
+            break
+    assert thread.scheduler.counters.preemptions == 1
+    assert thread.num_queued == 1  # the preempted request waits again, counted once
+    thread.submit(request("c"))
+    with pytest.raises(EngineOverloadedError):  # the limit did not loosen
+        thread.submit(request("d"))
+    assert thread.num_queued == 2
+
+
+def test_a_refused_group_takes_no_queue_room() -> None:
+    thread = EngineThread(FakeRunner(), n_parallel=2, n_batch=16, max_queue=2, name="fake")
+    leader = request("c0")
+    for index in (1, 2):
+        fork = request(f"c{index}")
+        fork.fork_of = leader
+        leader.forks.append(fork)
+    with pytest.raises(EngineOverloadedError):
+        thread.submit(leader)
+    assert thread.num_queued == 0
