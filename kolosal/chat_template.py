@@ -4,17 +4,34 @@ The GGUF's ``tokenizer.chat_template`` runs in jinja2's immutable sandbox with t
 Hugging Face provides (``raise_exception``, ``strftime_now``, ``tojson``). A model without
 a template gets a built-in one chosen by architecture: Gemma's turn format for the gemma
 family, Llama 3's header format for llama, ChatML for everything else.
+
+Tools (``render(..., tools=...)``) reach a template that renders them through its ``tools``
+variable, with messages in Hugging Face's shape; any other template (the built-ins
+included) gets them as a system-prompt block in its model family's call format (see
+``kolosal.toolcalls.render``).
 """
 from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .toolcalls import (
+    OutputFormat,
+    ToolFamily,
+    builtin_tool_messages,
+    detect_tool_family,
+    normalize_messages,
+    offered_tool_names,
+    starts_in_reasoning,
+    template_has_reasoning,
+)
 
 # The built-ins use no whitespace control ("{%-"): it would also strip the newlines that
 # end the literal text before a tag ("<end_of_turn>\n{%- endfor"), and those newlines are
@@ -77,27 +94,109 @@ def _compile(source: str) -> Any:
     return environment.from_string(source)
 
 
+# Renders a template with one made-up tool: if the tool's name shows in the prompt, the
+# template renders tools itself (the same capability probe llama.cpp runs).
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "kolosal_probe_function", "description": "probe",
+    "parameters": {"type": "object", "properties": {"probe_argument": {"type": "string"}}}}}
+
+
+@lru_cache(maxsize=32)
+def template_renders_tools(source: str) -> bool:
+    """Does this template put the ``tools`` it is given into the prompt?"""
+    if "tools" not in source:
+        return False
+    try:
+        rendered = _compile(source).render(
+            messages=[{"role": "user", "content": "probe"}], tools=[_PROBE_TOOL],
+            add_generation_prompt=True, bos_token="", eos_token="")
+    except Exception:  # any failure means no usable tool support
+        return False
+    return "kolosal_probe_function" in str(rendered)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatTemplate:
     source: str
     bos_token: str
     eos_token: str
     builtin: bool = False
+    architecture: str = ""
 
     @classmethod
     def for_model(cls, template: str | None, architecture: str, bos_token: str,
                   eos_token: str) -> ChatTemplate:
         if template:
-            return cls(template, bos_token, eos_token)
+            return cls(template, bos_token, eos_token, architecture=architecture)
         return cls(BUILTIN_TEMPLATES.get(architecture, CHATML_TEMPLATE), bos_token, eos_token,
-                   builtin=True)
+                   builtin=True, architecture=architecture)
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    @property
+    def tool_family(self) -> ToolFamily:
+        """The tool-call format this model writes (and our built-in tools block asks for)."""
+        return detect_tool_family(self.source, self.architecture)
+
+    @property
+    def renders_tools(self) -> bool:
+        """True when the template renders ``tools`` itself; otherwise tools go in as our
+        built-in system-prompt block."""
+        return template_renders_tools(self.source)
+
+    @property
+    def has_reasoning(self) -> bool:
+        """A reasoning model's template (it handles ``<think>`` blocks)."""
+        return template_has_reasoning(self.source)
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               *, tools: Sequence[Mapping[str, Any]] | None = None, parallel_tool_calls: bool = True,
+               extra: Mapping[str, Any] | None = None) -> str:
+        """The prompt for ``messages`` (OpenAI shapes: assistant ``tool_calls`` with JSON-string
+        arguments, ``role: "tool"`` results with ``tool_call_id``, ``content`` None or text).
+
+        ``tools``: OpenAI function tools (``[{"type": "function", "function": {...}}]``); an
+        empty list is the same as None. ``parallel_tool_calls`` only changes the wording of
+        the built-in tools block. ``extra``: more template variables (e.g. Qwen3's
+        ``enable_thinking``), never overriding the ones set here.
+        """
+        tools = list(tools) if tools else None
+        family = self.tool_family
+        if self.renders_tools:
+            return self._render(normalize_messages(messages, family), tools,
+                                add_generation_prompt, extra)
+        prepared = builtin_tool_messages(messages, tools, family, parallel=parallel_tool_calls)
         try:
-            return str(_compile(self.source).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token))
+            return self._render(prepared, None, add_generation_prompt, extra)
+        except ChatTemplateError:
+            if not tools:
+                raise
+        # The template refused the system message we added (Gemma 2's does): put the
+        # tools block in the first user turn instead.
+        prepared = builtin_tool_messages(messages, tools, family, parallel=parallel_tool_calls,
+                                         system_in_user=True)
+        return self._render(prepared, None, add_generation_prompt, extra)
+
+    def output_format(self, prompt: str, tools: Sequence[Mapping[str, Any]] | None = None,
+                      tool_choice: Any = "auto", reasoning_inline: bool = False) -> OutputFormat:
+        """How to parse what the model generates after ``prompt`` (the text ``render``
+        returned): tool calls in this model's format when tools are offered (and
+        ``tool_choice`` is not "none"), ``<think>`` split off for reasoning templates
+        unless ``reasoning_inline``."""
+        names = offered_tool_names(tools, tool_choice)
+        reasoning = self.has_reasoning and not reasoning_inline
+        return OutputFormat(tool_family=self.tool_family if names is not None else None,
+                            tool_names=names, reasoning=reasoning,
+                            starts_in_reasoning=reasoning and starts_in_reasoning(prompt))
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[Mapping[str, Any]] | None,
+                add_generation_prompt: bool, extra: Mapping[str, Any] | None) -> str:
+        variables = dict(extra or {})
+        variables.update(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                         bos_token=self.bos_token, eos_token=self.eos_token)
+        try:
+            return str(_compile(self.source).render(**variables))
         except ChatTemplateError:
             raise
-        except TemplateError as error:
+        except (TemplateError, TypeError, ValueError, AttributeError, LookupError) as error:
+            # A template that breaks on this conversation is the request's problem (400),
+            # not a server failure.
             raise ChatTemplateError(f"chat template failed: {error}") from error

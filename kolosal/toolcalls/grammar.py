@@ -1,0 +1,242 @@
+"""llguidance grammars for constrained generation: enforced tool calls, response_format
+and GBNF.
+
+Every function returns an llguidance grammar string (what ``llguidance.LLMatcher(tokenizer,
+grammar)`` takes), already validated, or raises ``GrammarError`` with a message fit for a
+400. JSON is generated in the compact style models write and ``json.dumps`` prints
+(``{"a": 1, "b": [2, 3]}``: one space after ``:`` and ``,``, no other whitespace), which
+keeps small models from drifting into endless whitespace; a schema's own ``x-guidance``
+options override that.
+
+Tool calls are written as literal JSON around each function's ``%json`` arguments schema
+(each schema stays the root of its own ``%json``, so its ``$ref``/``$defs`` resolve), so
+the grammar accepts exactly what ``render.format_tool_calls`` writes.
+
+``special_tokens`` maps marker text (``"<tool_call>"``, ``"[TOOL_CALLS]"``, ``"</think>"``
+...) to its token id when the model's vocabulary has it as one special token: the grammar
+then asks for that token (``<[id]>``) instead of spelling the marker out in text pieces,
+which is what the model was trained to emit. The engine must render those tokens as text
+for the parser to see them.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import llguidance
+from llguidance.gbnf_to_lark import any_to_lark
+
+from .families import ToolFamily
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
+# Defaults for every JSON the grammars produce (overridable per schema via "x-guidance").
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
+                                "key_separator": ": "}
+
+
+def _compile_json(schema: Mapping[str, Any]) -> str:
+    options = cast("JsonCompileOptions", JSON_OPTIONS)
+    return llguidance.LLMatcher.grammar_from_json_schema(dict(schema), defaults=options)
+
+ReasoningMode = Literal["none", "optional", "open"]
+"""Reasoning before the constrained part: "none"; "optional" (the output may start with a
+``<think>…</think>`` block); "open" (the prompt opened ``<think>``: the output must first
+close it)."""
+
+
+class GrammarError(ValueError):
+    """The schema, grammar or tool list cannot be turned into a grammar; the message
+    says why."""
+
+
+def validate(grammar: str, tokenizer: llguidance.LLTokenizer | None = None) -> str:
+    """Return ``grammar`` if llguidance accepts it, else raise GrammarError."""
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    if is_error:
+        raise GrammarError("; ".join(messages) or "invalid grammar")
+    return grammar
+
+
+def _with_options(schema: Mapping[str, Any]) -> dict[str, Any]:
+    own = schema.get("x-guidance")
+    options = {**JSON_OPTIONS, **own} if isinstance(own, Mapping) else dict(JSON_OPTIONS)
+    return {**schema, "x-guidance": options}
+
+
+def _json_rule(schema: Mapping[str, Any]) -> str:
+    return "%json " + json.dumps(_with_options(schema), ensure_ascii=False)
+
+
+def _lit(text: str, special_tokens: Mapping[str, int] | None) -> str:
+    """A marker as a Lark item: its special token when it is one, otherwise the text."""
+    if special_tokens and text in special_tokens:
+        return f"<[{int(special_tokens[text])}]>"
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _reasoning_rules(mode: ReasoningMode, special: Mapping[str, int] | None) -> tuple[str, list[str]]:
+    """The start-rule prefix and the rules for a reasoning block before the body."""
+    if mode == "none":
+        return "", []
+    if special and "</think>" in special:
+        rules = [f"think_rest: /(.|\\n)*/ {_lit('</think>', special)} THINK_SPACE?"]
+    else:
+        rules = ["think_rest: think_text THINK_SPACE?", "think_text[lazy]: /(.|\\n)*<\\/think>/"]
+    rules.append("THINK_SPACE: /[ \\t\\r\\n]+/")
+    if mode == "open":
+        return "think_rest ", rules
+    if mode == "optional":
+        return "think? ", rules + [f"think: {_lit('<think>', special)} think_rest"]
+    raise GrammarError(f"unknown reasoning mode {mode!r}")
+
+
+def _lark_grammar(body: str, rules: list[str], reasoning: ReasoningMode,
+                  special_tokens: Mapping[str, int] | None,
+                  tokenizer: llguidance.LLTokenizer | None) -> str:
+    prefix, think_rules = _reasoning_rules(reasoning, special_tokens)
+    lark = "\n".join([f"start: {prefix}{body}", *rules, *think_rules]) + "\n"
+    return validate(llguidance.LLMatcher.grammar_from_lark(lark), tokenizer)
+
+
+def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
+                        reasoning: ReasoningMode = "none",
+                        special_tokens: Mapping[str, int] | None = None,
+                        tokenizer: llguidance.LLTokenizer | None = None) -> str:
+    """Output that is one JSON value valid against ``schema`` (None: any JSON object)."""
+    if schema is None:
+        schema = {"type": "object"}
+    if not isinstance(schema, Mapping):
+        raise GrammarError("the JSON schema must be an object")
+    problem = _schema_problem(schema)
+    if problem:
+        raise GrammarError(f"invalid JSON schema: {problem}")
+    if reasoning == "none":
+        try:
+            grammar = _compile_json(schema)
+        except ValueError as error:
+            raise GrammarError(f"invalid JSON schema: {error}") from None
+        return validate(grammar, tokenizer)
+    return _lark_grammar("answer", [f"answer: {_json_rule(schema)}"], reasoning, special_tokens,
+                         tokenizer)
+
+
+def _schema_problem(schema: Mapping[str, Any]) -> str:
+    """llguidance's complaint about a schema, or "" when it compiles."""
+    try:
+        grammar = _compile_json(schema)
+    except (ValueError, TypeError) as error:
+        return str(error)
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    return "; ".join(messages) if is_error else ""
+
+
+def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
+    """The grammar for an OpenAI ``response_format``: None for ``text`` (no constraint),
+    any JSON object for ``json_object``, the schema for ``json_schema``. ``options`` are
+    those of ``json_schema_grammar`` (reasoning, special_tokens, tokenizer)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json_schema_grammar(None, **options)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, Mapping):
+            raise GrammarError("response_format.json_schema must be an object")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, Mapping):
+            raise GrammarError("response_format.json_schema.schema must be an object")
+        return json_schema_grammar(schema, **options)
+    raise GrammarError(f"unsupported response_format type {kind!r}")
+
+
+def gbnf_grammar(gbnf: str, tokenizer: llguidance.LLTokenizer | None = None) -> str:
+    """A llama.cpp GBNF grammar (root rule ``root``), or a Lark one, as a grammar."""
+    try:
+        lark = any_to_lark(gbnf)
+    except Exception as error:  # the converter raises bare Exceptions for user errors
+        raise GrammarError(f"invalid grammar: {error}") from None
+    try:
+        return validate(llguidance.LLMatcher.grammar_from_lark(lark), tokenizer)
+    except GrammarError as error:
+        raise GrammarError(f"invalid grammar: {error}") from None
+
+
+def _parameters(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A function's parameters schema, always describing an object."""
+    schema = tool["function"].get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(schema, Mapping):
+        raise GrammarError(f"tool {tool['function'].get('name')!r}: parameters must be an object")
+    return dict(schema) if "type" in schema else {"type": "object", **schema}
+
+
+def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
+                      function_name: str | None = None, parallel: bool = True,
+                      reasoning: ReasoningMode = "none",
+                      special_tokens: Mapping[str, int] | None = None,
+                      tokenizer: llguidance.LLTokenizer | None = None) -> str:
+    """Output that is one call (or with ``parallel``, one or more calls) of ``tools`` in
+    ``family``'s format, arguments valid against each function's parameters schema.
+
+    For ``tool_choice: "required"`` pass all tools; for a named function pass its name
+    as ``function_name``. Raises GrammarError naming the tool whose schema is unusable.
+    """
+    if function_name is not None:
+        tools = [tool for tool in tools if tool["function"].get("name") == function_name]
+        if not tools:
+            raise GrammarError(f"tool_choice names function {function_name!r}, which is not in tools")
+    if not tools:
+        raise GrammarError("tool calls are required but no tools were given")
+    rules: list[str] = []
+    alternatives = []
+    for number, tool in enumerate(tools):
+        name = str(tool["function"].get("name", ""))
+        schema = _parameters(tool)
+        problem = _schema_problem(schema)
+        if problem:
+            raise GrammarError(f"tool {name!r}: invalid parameters schema: {problem}")
+        rules.append(f"args_{number}: {_json_rule(schema)}")
+        rules.append(f"call_{number}: {_call_head(family, name, special_tokens)} args_{number}"
+                     f"{_call_tail(family)}")
+        alternatives.append(f"call_{number}")
+    rules.append("call: " + " | ".join(alternatives))
+    return _lark_grammar(_calls_body(family, special_tokens, parallel), rules, reasoning,
+                         special_tokens, tokenizer)
+
+
+def _call_head(family: ToolFamily, name: str, special: Mapping[str, int] | None) -> str:
+    """What precedes a function's arguments: ``{"name": "f", "arguments": `` or
+    ``f[ARGS]``."""
+    if family is ToolFamily.MISTRAL_ARGS:
+        return f"{json.dumps(name)} {_lit('[ARGS]', special)}"
+    key = "parameters" if family is ToolFamily.LLAMA3 else "arguments"
+    return json.dumps(json.dumps({"name": name})[:-1] + f', "{key}": ')
+
+
+def _call_tail(family: ToolFamily) -> str:
+    return "" if family is ToolFamily.MISTRAL_ARGS else ' "}"'
+
+
+def _calls_body(family: ToolFamily, special: Mapping[str, int] | None, parallel: bool) -> str:
+    """One call, or one or more, with the family's markers and separators (the same text
+    ``render.format_tool_calls`` writes)."""
+    def several(block: str, separator: str) -> str:
+        if not parallel:
+            return block
+        return f"({block})+" if not separator else f"{block} ({json.dumps(separator)} {block})*"
+
+    if family is ToolFamily.HERMES:
+        return several(f'{_lit("<tool_call>", special)} "\\n" call "\\n" '
+                       f'{_lit("</tool_call>", special)}', "\n")
+    if family is ToolFamily.GEMMA:
+        return several('"```tool_call\\n" call "\\n```"', "\n")
+    if family is ToolFamily.MISTRAL:  # one list holds every call
+        return f'{_lit("[TOOL_CALLS]", special)} "[" {several("call", ", ")} "]"'
+    if family is ToolFamily.MISTRAL_ARGS:
+        return several(f'{_lit("[TOOL_CALLS]", special)} call', "")
+    return several("call", "\n")

@@ -1,0 +1,87 @@
+"""One parser for a chat generation: reasoning block first, then content and tool calls.
+
+``OutputFormat`` says what to look for (built once per request, e.g. with
+``ChatTemplate.output_format``); ``OutputParser`` turns text deltas into stream events and
+``parse_output`` a whole text into a ``ParsedOutput``. The two agree exactly: the
+non-streamed result is the fold of the streamed events.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .families import ToolFamily
+from .reasoning import ReasoningSplitter
+from .stream import IdFactory, ToolCallStreamParser
+from .types import ContentDelta, ParsedOutput, ReasoningDelta, StreamEvent, aggregate
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """What a generation may contain besides plain content.
+
+    ``tool_family``: parse tool calls written in this format (None: no tool parsing,
+    e.g. no tools offered or ``tool_choice: "none"``). ``tool_names``: the offered
+    functions; a call of anything else stays content (None: any name). ``reasoning``:
+    split a leading ``<think>`` block into reasoning (False keeps it inline in content).
+    ``starts_in_reasoning``: the prompt already opened that block.
+    """
+    tool_family: ToolFamily | None = None
+    tool_names: frozenset[str] | None = None
+    reasoning: bool = False
+    starts_in_reasoning: bool = False
+
+    @property
+    def is_plain(self) -> bool:
+        """Nothing to parse: the text is the content, as is."""
+        return self.tool_family is None and not self.reasoning
+
+
+def offered_tool_names(tools: Sequence[Mapping[str, Any]] | None,
+                       tool_choice: Any = "auto") -> frozenset[str] | None:
+    """Names a call may use: every offered function, or only the one ``tool_choice``
+    names. None when calls are off (no tools, or ``tool_choice`` "none")."""
+    if not tools or tool_choice == "none":
+        return None
+    if isinstance(tool_choice, Mapping):
+        return frozenset([str(tool_choice["function"]["name"])])
+    return frozenset(str(tool["function"]["name"]) for tool in tools)
+
+
+class OutputParser:
+    """Feed text deltas of one generation; get ContentDelta / ReasoningDelta /
+    ToolCallStart / ToolCallArguments events (see ``types``)."""
+
+    def __init__(self, fmt: OutputFormat, id_factory: IdFactory | None = None) -> None:
+        self._splitter = (ReasoningSplitter(fmt.starts_in_reasoning) if fmt.reasoning else None)
+        self._tools = (ToolCallStreamParser(fmt.tool_family, fmt.tool_names, id_factory)
+                       if fmt.tool_family is not None else None)
+
+    def feed(self, text: str) -> list[StreamEvent]:
+        if self._splitter is None:
+            return self._content(text, final=False)
+        reasoning, content = self._splitter.feed(text)
+        return self._events(reasoning, content, final=False)
+
+    def finish(self) -> list[StreamEvent]:
+        if self._splitter is None:
+            return self._content("", final=True)
+        reasoning, content = self._splitter.finish()
+        return self._events(reasoning, content, final=True)
+
+    def _events(self, reasoning: str, content: str, final: bool) -> list[StreamEvent]:
+        events: list[StreamEvent] = [ReasoningDelta(reasoning)] if reasoning else []
+        return events + self._content(content, final)
+
+    def _content(self, text: str, final: bool) -> list[StreamEvent]:
+        if self._tools is None:
+            return [ContentDelta(text)] if text else []
+        events = self._tools.feed(text) if text else []
+        return events + self._tools.finish() if final else events
+
+
+def parse_output(text: str, fmt: OutputFormat, id_factory: IdFactory | None = None) -> ParsedOutput:
+    """Parse a whole generation (the non-streamed response)."""
+    parser = OutputParser(fmt, id_factory)
+    return aggregate(parser.feed(text) + parser.finish())
