@@ -190,8 +190,12 @@ class ChatTemplate:
     def _render(self, messages: list[dict[str, Any]], tools: list[Mapping[str, Any]] | None,
                 add_generation_prompt: bool, extra: Mapping[str, Any] | None) -> str:
         variables = dict(extra or {})
-        variables.update(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+        variables.update(messages=messages, add_generation_prompt=add_generation_prompt,
                          bos_token=self.bos_token, eos_token=self.eos_token)
+        if tools is not None:
+            # Left undefined otherwise: templates test "tools is defined" far more often
+            # than they survive iterating a None.
+            variables["tools"] = tools
         try:
             return str(_compile(self.source).render(**variables))
         except ChatTemplateError:

@@ -109,7 +109,9 @@ class ToolCallStreamParser:
         text = self._held_space + text
         body = text.rstrip(WHITESPACE)
         self._held_space = text[len(body):]
-        if body:
+        if body and events and isinstance(events[-1], ContentDelta):
+            events[-1] = ContentDelta(events[-1].text + body)  # one delta per feed
+        elif body:
             events.append(ContentDelta(body))
 
 
