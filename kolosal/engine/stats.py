@@ -55,6 +55,10 @@ class EngineStats:
     requests_finished: int = 0
     requests_failed: int = 0
     requests_cancelled: int = 0
+    # Prompt tokens of finished or failed requests, and how many of them came from the
+    # prefix cache: counted together at the end, so hits <= queries at every scrape.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     profile: StepProfile = StepProfile()
 
     @property
@@ -115,7 +119,9 @@ class StatsRecorder:
             **self._occupancy(scheduler))
 
     def record_finish(self, request: Request, event: FinishEvent | ErrorEvent) -> None:
-        old = self.snapshot
+        old = replace(self.snapshot,
+                      prefix_cache_queries=self.snapshot.prefix_cache_queries + request.num_prompt,
+                      prefix_cache_hits=self.snapshot.prefix_cache_hits + request.num_cached)
         if isinstance(event, FinishEvent):
             self.snapshot = replace(old, requests_finished=old.requests_finished + 1,
                                     prompt_tokens_total=old.prompt_tokens_total + request.num_prompt,

@@ -13,14 +13,14 @@ from werkzeug.exceptions import HTTPException
 
 from ..config import ServerSettings
 from ..engine import EngineRegistry
-from . import routes_engines, routes_openai
+from . import health, routes_engines, routes_openai
 from .errors import APIError
 from .http import json_response
-from .observe import Metrics, RequestRecord, new_request_id
+from .observe import UNMATCHED_ROUTE, Metrics, RequestRecord, new_request_id
 from .openapi import openapi_document
 
 logger = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health", "/openapi.json"}) | health.PROBE_PATHS
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -61,8 +61,9 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
 
     @app.before_request
     async def start_record() -> None:
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
         g.record = RequestRecord(metrics, new_request_id(request.headers.get("X-Request-Id")),
-                                 request.method, request.path)
+                                 request.method, request.path, route)
 
     @app.before_request
     async def check_keys() -> None:
@@ -81,6 +82,8 @@ def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
             return
         raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                        code="invalid_api_key")
+
+    health.register(app)  # probes; after SIGTERM, new work is refused with 503 server_draining
 
     @app.before_serving
     async def start_idle_unloader() -> None:

@@ -11,12 +11,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..engine import EngineRegistry, Usage
+from ..engine import EngineNotFoundError, EngineRegistry, Usage
 
 access_log = logging.getLogger("kolosal.access")
+UNMATCHED_ROUTE = "unmatched"   # endpoint label of requests no route matched (404/405)
+OTHER_MODEL = "other"           # model label of names that are not a known engine
+NO_MODEL = "-"
+LOGGED_TEXT_LIMIT = 256         # characters of a client-chosen path/model kept in the log
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -40,9 +44,22 @@ class Metrics:
                                      buckets=TOKEN_GAP_BUCKETS, registry=self.registry)
         self.duration = Histogram("kolosal_request_duration_seconds", "End-to-end request latency",
                                   ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.engines = engines
         self.registry.register(EngineCollector(engines))
+        self.registry.register(VllmCollector(engines))
         ProcessCollector(registry=self.registry)  # RSS, CPU, open fds
         self.registry.register(EventLoopCollector())
+
+    def model_label(self, model: str) -> str:
+        """Label values must come from a bounded set: a known engine id, else one value.
+        (Client-chosen names would grow /metrics without limit.)"""
+        if not model:
+            return NO_MODEL
+        try:
+            self.engines.get(model)
+        except EngineNotFoundError:
+            return OTHER_MODEL
+        return model
 
 
 class EngineCollector(Collector):
@@ -75,6 +92,43 @@ class EngineCollector(Collector):
         yield load
 
 
+class VllmCollector(Collector):
+    """vLLM's metric names, so inference gateways score replicas with no extra config: the
+    Gateway API Inference Extension's endpoint picker reads vllm:num_requests_waiting,
+    vllm:num_requests_running and vllm:kv_cache_usage_perc by default; llm-d and vLLM
+    dashboards add the prefix-cache counters (tokens)."""
+
+    def __init__(self, engines: EngineRegistry) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model_name"]
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting for a slot",
+                                    labels=labels)
+        running = GaugeMetricFamily("vllm:num_requests_running", "Requests prefilling or decoding",
+                                    labels=labels)
+        kv_usage = GaugeMetricFamily(
+            "vllm:kv_cache_usage_perc",
+            "KV cache usage, 0-1: cells held by running requests (prefix caches of finished "
+            "requests are evictable, so they count as free)", labels=labels)
+        queries = CounterMetricFamily("vllm:prefix_cache_queries",
+                                      "Prompt tokens looked up in the prefix cache", labels=labels)
+        hits = CounterMetricFamily("vllm:prefix_cache_hits",
+                                   "Prompt tokens served from the prefix cache", labels=labels)
+        for engine in self.engines.list():
+            stats = engine.stats()
+            if not stats:  # not loaded
+                continue
+            name = [engine.engine_id]
+            waiting.add_metric(name, stats["queue_depth"])
+            running.add_metric(name, stats["slots_busy"])
+            held = stats["kv_cells_used"] - stats["kv_cells_cached"]
+            kv_usage.add_metric(name, min(1.0, max(0.0, held / max(1, stats["kv_cells_total"]))))
+            queries.add_metric(name, stats["prefix_cache_queries"])
+            hits.add_metric(name, stats["prefix_cache_hits"])
+        yield from (waiting, running, kv_usage, queries, hits)
+
+
 class EventLoopCollector(Collector):
     """Tasks on the event loop and threads in the process: a leak shows as growth at rest."""
 
@@ -95,6 +149,7 @@ class RequestRecord:
     request_id: str
     method: str
     path: str
+    route: str = UNMATCHED_ROUTE   # the matched route's template: a bounded label
     started: float = field(default_factory=time.perf_counter)
     model: str = ""
     status: int = 0
@@ -116,8 +171,8 @@ class RequestRecord:
         self.usage = usage or self.usage
         metrics = self.metrics
         duration = time.perf_counter() - self.started
-        endpoint = self.path if self.path.startswith("/v1/") else self.path.split("/")[1] or "/"
-        model = self.model or "-"
+        endpoint = self.route
+        model = metrics.model_label(self.model)
         metrics.requests.labels(endpoint, model, str(status)).inc()
         metrics.duration.labels(endpoint, model).observe(duration)
         ttft = self.first_token_at - self.started if self.first_token_at else None
@@ -129,14 +184,20 @@ class RequestRecord:
                 if self.usage.completion_tokens > 1:
                     gap = (duration - ttft) / (self.usage.completion_tokens - 1)
                     metrics.inter_token.labels(model).observe(gap)
-        access_log.info(
-            "%s %s %d", self.method, self.path, status,
-            extra={"request_id": self.request_id, "status": status, "model": model,
+        access_log.info(  # the formatter escapes control characters in every field
+            "%s %s %d", self.method, clip(self.path), status,
+            extra={"request_id": self.request_id, "status": status,
+                   "model": clip(self.model) if self.model else NO_MODEL,
                    "duration_ms": round(duration * 1000, 1),
                    "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
                    "prompt_tokens": self.usage.prompt_tokens if self.usage else None,
                    "completion_tokens": self.usage.completion_tokens if self.usage else None,
                    "prompt": self.prompt})
+
+
+def clip(text: str, limit: int = LOGGED_TEXT_LIMIT) -> str:
+    """A client-chosen string, cut to a sane length for one log line."""
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
 def new_request_id(supplied: str | None) -> str:

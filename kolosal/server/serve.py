@@ -1,5 +1,5 @@
 """Run the app under Hypercorn (HTTP/1.1, h2c with prior knowledge, h2 over TLS) and
-shut down gracefully on SIGINT/SIGTERM."""
+drain gracefully on SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +12,10 @@ from hypercorn.config import Config
 from ..config import ServerSettings
 from ..engine import EngineRegistry
 from .app import create_app
+from .health import Drain
 
 logger = logging.getLogger(__name__)
+FLUSH_TIMEOUT_S = 5.0  # after the engines stop: time for their final error events to go out
 
 
 def hypercorn_config(settings: ServerSettings) -> Config:
@@ -33,21 +35,34 @@ def hypercorn_config(settings: ServerSettings) -> Config:
 
 async def run_server(settings: ServerSettings, registry: EngineRegistry,
                      ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM, then stop accepting, end in-flight streams with an error
-    chunk (engines shut down), and free every engine."""
+    """Serve until SIGINT/SIGTERM, then drain: keep listening, answer readiness and new
+    work with 503 (a balancer moves on), give in-flight requests ``drain_timeout_s`` to
+    finish, end what still runs with an error event, free every engine, and return. A
+    second signal cuts the drain short."""
     app = create_app(registry, settings)
-    shutdown = asyncio.Event()
+    drain: Drain = app.config["DRAIN"]
+    shutdown, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (hurry if shutdown.is_set() else shutdown).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, shutdown.set)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # not the main thread / platform
             pass
 
     async def shutdown_trigger() -> None:
         await shutdown.wait()
-        logger.info("shutting down: stopping engines")
-        await registry.close_all()
+        drain.begin()
+        logger.info("draining: %d requests in flight, up to %gs to finish", drain.in_flight,
+                    settings.drain_timeout_s)
+        if not await drain.wait_idle(settings.drain_timeout_s, interrupt=hurry):
+            logger.warning("drain over: ending %d requests still in flight", drain.in_flight)
+        await registry.close_all()  # what still runs ends with an error event
+        await drain.wait_idle(FLUSH_TIMEOUT_S, interrupt=hurry)  # ...that reaches its client
+        logger.info("shutting down")
 
     config = hypercorn_config(settings)
     scheme = "https" if settings.ssl_certfile else "http"

@@ -28,7 +28,7 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
     text = response.text
     assert metric_value(text, "kolosal_requests_total", endpoint="/v1/completions", model=ENGINE,
                         status="200") >= 2
-    assert metric_value(text, "kolosal_requests_total", model="missing", status="404") >= 1
+    assert metric_value(text, "kolosal_requests_total", model="other", status="404") >= 1  # unknown: one label
     assert metric_value(text, "kolosal_generated_tokens_total", model=ENGINE) >= 6
     assert metric_value(text, "kolosal_time_to_first_token_seconds_count", model=ENGINE) >= 2
     assert metric_value(text, "kolosal_slots_total", model=ENGINE) == 8
