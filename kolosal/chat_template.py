@@ -24,6 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .toolcalls import (
     OutputFormat,
+    ReasoningMode,
     ToolFamily,
     builtin_tool_messages,
     detect_tool_family,
@@ -186,6 +187,14 @@ class ChatTemplate:
         return OutputFormat(tool_family=self.tool_family if names is not None else None,
                             tool_names=names, reasoning=reasoning,
                             starts_in_reasoning=reasoning and starts_in_reasoning(prompt))
+
+    def reasoning_mode(self, prompt: str) -> ReasoningMode:
+        """What an enforced-output grammar must allow before the constrained part: nothing
+        ("none"), an optional ``<think>`` block (a reasoning template), or the rest of a block
+        the prompt already opened ("open")."""
+        if not self.has_reasoning:
+            return "none"
+        return "open" if starts_in_reasoning(prompt) else "optional"
 
     def _render(self, messages: list[dict[str, Any]], tools: list[Mapping[str, Any]] | None,
                 add_generation_prompt: bool, extra: Mapping[str, Any] | None) -> str:

@@ -10,6 +10,7 @@
 from .families import (
     ToolFamily,
     detect_tool_family,
+    markers,
     mistral_call_id,
     new_call_id,
     starts_in_reasoning,
@@ -45,7 +46,7 @@ __all__ = [
     "ParsedOutput", "ReasoningDelta", "ReasoningMode", "ReasoningSplitter", "StreamEvent",
     "ToolCall", "ToolCallArguments", "ToolCallStart", "ToolCallStreamParser", "ToolFamily",
     "aggregate", "builtin_tool_messages", "detect_tool_family", "format_tool_calls",
-    "gbnf_grammar", "json_schema_grammar", "mistral_call_id", "new_call_id",
+    "gbnf_grammar", "json_schema_grammar", "markers", "mistral_call_id", "new_call_id",
     "normalize_messages", "offered_tool_names", "parse_output", "parse_tool_calls",
     "response_format_grammar", "split_reasoning", "starts_in_reasoning",
     "template_has_reasoning", "tool_call_grammar", "tools_system_prompt", "validate",

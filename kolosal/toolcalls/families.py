@@ -25,6 +25,28 @@ class ToolFamily(enum.Enum):
     JSON = "json"                  # a bare {"name": .., "arguments": {..}} object
 
 
+# Marker texts of each family's calls. Some vocabularies hold them as single special
+# tokens: the grammar must then ask for that token, and the engine must render it as text
+# (libllama's token_to_piece drops control tokens unless asked) for the parser to see it.
+TOOL_MARKERS: dict[ToolFamily, tuple[str, ...]] = {
+    ToolFamily.HERMES: ("<tool_call>", "</tool_call>"),
+    ToolFamily.LLAMA3: ("<|python_tag|>",),
+    ToolFamily.MISTRAL: ("[TOOL_CALLS]",),
+    ToolFamily.MISTRAL_ARGS: ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"),
+    ToolFamily.GEMMA: (),
+    ToolFamily.JSON: (),
+}
+REASONING_MARKERS = ("<think>", "</think>")
+
+
+def markers(family: ToolFamily | None, reasoning: bool) -> tuple[str, ...]:
+    """The marker texts a generation in this format may contain (and its grammars may
+    use): look each up in the vocabulary; those that are one special token go in the
+    grammars' ``special_tokens`` and must be detokenized as text."""
+    found = TOOL_MARKERS[family] if family is not None else ()
+    return found + (REASONING_MARKERS if reasoning else ())
+
+
 def detect_tool_family(template: str | None, architecture: str = "") -> ToolFamily:
     """The format to parse (and, for templates without tool support, to ask for).
 

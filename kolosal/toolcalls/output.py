@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .families import ToolFamily
+from .families import ToolFamily, markers
 from .reasoning import ReasoningSplitter
 from .stream import IdFactory, ToolCallStreamParser
 from .types import ContentDelta, ParsedOutput, ReasoningDelta, StreamEvent, aggregate
@@ -36,6 +36,12 @@ class OutputFormat:
     def is_plain(self) -> bool:
         """Nothing to parse: the text is the content, as is."""
         return self.tool_family is None and not self.reasoning
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """Marker texts this parser looks for: when one is a single special token of the
+        model, the engine must render that token as text (and grammars should use it)."""
+        return markers(self.tool_family, self.reasoning)
 
 
 def offered_tool_names(tools: Sequence[Mapping[str, Any]] | None,

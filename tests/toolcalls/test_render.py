@@ -118,11 +118,14 @@ def test_output_format_per_request() -> None:
     assert fmt.reasoning and fmt.starts_in_reasoning and fmt.tool_family is None
     closed = r1.render([{"role": "user", "content": "Hi"}])  # this template then closes it
     assert closed.endswith("</think>") and not r1.output_format(closed).starts_in_reasoning
+    assert (r1.reasoning_mode(prompt), r1.reasoning_mode(closed)) == ("open", "optional")
+    assert fmt.markers == ("<think>", "</think>")
     assert not r1.output_format(prompt, reasoning_inline=True).reasoning
     qwen = load("Qwen-Qwen2.5-7B-Instruct")
     fmt = qwen.output_format("", tools=[WEATHER])
     assert fmt.tool_family is ToolFamily.HERMES and fmt.tool_names == {"get_weather"}
-    assert not fmt.reasoning
+    assert not fmt.reasoning and qwen.reasoning_mode("") == "none"
+    assert fmt.markers == ("<tool_call>", "</tool_call>")
     assert qwen.output_format("", tools=[WEATHER], tool_choice="none").tool_family is None
     named = {"type": "function", "function": {"name": "get_weather"}}
     assert qwen.output_format("", tools=[WEATHER, TIME], tool_choice=named).tool_names == {
