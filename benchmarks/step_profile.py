@@ -63,14 +63,15 @@ async def profile(concurrency: int, tokens: int, model: str | None = None, threa
     config = EngineConfig("profile", model or str(default_model_path()),
                           n_ctx=n_ctx or max(2048, concurrency * (tokens + 32)), n_parallel=concurrency,
                           n_threads=threads)
-    engine = await registry.add(config)
     try:
-        await run_requests(engine, 1, 2, "warmup")  # page in weights; not counted below
-        before = engine.stats()
-        started = time.perf_counter()
-        await run_requests(engine, concurrency, tokens, "p")
-        wall = time.perf_counter() - started
-        after = engine.stats()
+        await registry.add(config)
+        async with registry.lease("profile") as engine:
+            await run_requests(engine, 1, 2, "warmup")  # page in weights; not counted below
+            before = engine.stats()
+            started = time.perf_counter()
+            await run_requests(engine, concurrency, tokens, "p")
+            wall = time.perf_counter() - started
+            after = engine.stats()
     finally:
         await registry.close_all()
     seconds = phase_seconds(before["profile"], after["profile"])

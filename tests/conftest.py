@@ -1,4 +1,9 @@
-"""Shared fixtures: the real default model and real libllama, loaded once per session."""
+"""Shared fixtures: the real default model and real libllama, loaded once per session.
+
+Every test that needs them is marked ``model`` here, by the fixtures it uses (directly or
+through other fixtures) or by living in tests/llama/; a test that reaches the model any
+other way carries ``@pytest.mark.model`` itself. ``pytest -m "not model"`` is the pure lane:
+no libllama, no model file, seconds."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
@@ -10,6 +15,20 @@ from kolosal.default_model import default_model_path
 from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry
 
 from .server_process import ServerProcess, start_server, stop_server
+
+MODEL_FIXTURES = frozenset({"model_path", "llama_model", "registry", "engine", "server", "keyed_server"})
+LIBLLAMA_DIR = Path(__file__).parent / "llama"  # every test there calls into libllama
+
+
+def needs_model(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & MODEL_FIXTURES) or item.path.is_relative_to(LIBLLAMA_DIR)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_model(item):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +52,11 @@ async def registry() -> AsyncIterator[EngineRegistry]:
 
 
 @pytest.fixture(scope="session")
-async def engine(registry: EngineRegistry, model_path: Path) -> AsyncEngine:
-    """A general-purpose engine shared by the engine tests."""
-    return await registry.add(EngineConfig("shared", str(model_path), n_ctx=4096, n_parallel=8))
+async def engine(registry: EngineRegistry, model_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A general-purpose engine shared by the engine tests, leased for the whole session."""
+    await registry.add(EngineConfig("shared", str(model_path), n_ctx=4096, n_parallel=8))
+    async with registry.lease("shared") as loaded:
+        yield loaded
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Continuous batching engine: one AsyncEngine (model + context + scheduler thread) per
-loaded model, several of them in an EngineRegistry."""
-from .async_engine import AsyncEngine, EngineState, ModelInfo
+loaded model, each owned by its EngineEntry in an EngineRegistry."""
+from .async_engine import AsyncEngine, ModelInfo
 from .config import EngineConfig
+from .entry import EngineEntry, EngineState
 from .errors import (
     ContextLengthExceededError,
     DeadlineExceededError,
@@ -11,14 +12,26 @@ from .errors import (
     EngineStoppedError,
     InferenceError,
     InsufficientMemoryError,
+    InvalidGrammarError,
+    InvalidRequestError,
 )
 from .memory import MemoryEstimate, estimate_memory, parse_size
 from .registry import EngineExistsError, EngineNotFoundError, EngineRegistry, MemoryPolicy
-from .request import ErrorEvent, Event, FinishEvent, FinishReason, SamplingParams, TokenEvent, Usage
+from .request import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    FinishReason,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+    Usage,
+)
 
 __all__ = ["AsyncEngine", "ContextLengthExceededError", "DeadlineExceededError", "EngineConfig",
-           "EngineError", "EngineExistsError", "EngineNotFoundError", "EngineOverloadedError",
-           "EngineRegistry", "EngineReloadError", "EngineState", "EngineStoppedError", "ErrorEvent", "Event",
-           "FinishEvent", "FinishReason", "InferenceError", "InsufficientMemoryError",
-           "MemoryEstimate", "MemoryPolicy", "ModelInfo", "SamplingParams", "TokenEvent", "Usage",
+           "EngineEntry", "EngineError", "EngineExistsError", "EngineNotFoundError",
+           "EngineOverloadedError", "EngineRegistry", "EngineReloadError", "EngineState",
+           "EngineStoppedError", "ErrorEvent", "Event", "FinishEvent", "FinishReason", "InferenceError",
+           "InsufficientMemoryError", "InvalidGrammarError", "InvalidRequestError", "MemoryEstimate",
+           "MemoryPolicy", "ModelInfo", "SamplingParams", "TokenEvent", "TokenLogprob", "Usage",
            "estimate_memory", "parse_size"]

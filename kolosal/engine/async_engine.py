@@ -1,8 +1,8 @@
-"""The asyncio face of one engine: load, tokenize, generate(), stats, stop."""
+"""The asyncio face of one loaded engine: load, tokenize, generate(), stats, close. Its
+lifecycle (state, error, holders, reloads) is the registry's EngineEntry."""
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import threading
 import time
@@ -11,24 +11,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import EngineConfig
-from .errors import ContextLengthExceededError, EngineStoppedError
+from .constraint import Constraint
+from .engine_thread import EngineThread
+from .entry import Holders
+from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError
 from .heap import trim_heap
-from .loop import EngineLoop, EventSink
-from .memory import MemoryEstimate
-from .request import ErrorEvent, Event, FinishEvent, Request, SamplingParams
+from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams
 from .runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 2048
 T = TypeVar("T")
-
-
-class EngineState(str, enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-    UNLOADING = "unloading"
-    UNLOADED = "unloaded"      # idle-unloaded or evicted: reloads on its next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,114 +69,61 @@ class WorkerCalls:
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    """One loaded model: its runner (model, context, vocab) and its scheduler thread, from
+    ``load()`` until ``close()``. Nothing here is ever missing; a closed engine refuses work."""
+
+    def __init__(self, config: EngineConfig, runner: ModelRunner, holders: Holders) -> None:
         self.engine_id = config.engine_id
         self.config = config
-        self.created = int(time.time())
-        self.state = EngineState.LOADING
-        self.load_progress = 0.0
-        self.load_seconds = 0.0
-        self.error: str | None = None
-        self.info: ModelInfo | None = None
-        self._runner: ModelRunner | None = None
-        self._loop: EngineLoop | None = None
-        self.active = 0                       # requests holding the engine (see reserve())
-        self.has_loaded = False               # a failed reload leaves it UNLOADED, not FAILED
-        self._worker_calls = WorkerCalls()    # tokenize/detokenize on worker threads
-        self.last_used = time.monotonic()     # for idle unload and LRU eviction
-        self.memory: MemoryEstimate | None = None  # set by the registry before loading
-
-    @property
-    def idle(self) -> bool:
-        return self.active == 0
-
-    def reserve(self) -> None:
-        """Hold the engine for a request from the moment it is resolved: an engine with a
-        holder is never unloaded or evicted. Every reserve() needs one release()."""
-        self.active += 1
-        self.last_used = time.monotonic()
-
-    def release(self) -> None:
-        self.active -= 1
-        self.last_used = time.monotonic()
-
-    # -- lifecycle ----------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load the model off the event loop and start the engine thread (again, after an
-        unload)."""
-        started = time.monotonic()
-        self.state, self.error, self.load_progress = EngineState.LOADING, None, 0.0
-        try:
-            self._runner = await asyncio.to_thread(ModelRunner, self.config, self._on_progress)
-        except BaseException as error:
-            self.state = EngineState.FAILED
-            self.error = str(error)
-            raise
-        try:
-            self._start_thread(self._runner)
-        except BaseException as error:
-            self._runner.close()
-            self._runner = None
-            self.state, self.error = EngineState.FAILED, str(error)
-            raise
-        self.load_progress = 1.0
-        self.load_seconds = time.monotonic() - started
-        self.last_used = time.monotonic()
-        self.has_loaded = True
-        self.state = EngineState.READY
-
-    def _start_thread(self, runner: ModelRunner) -> None:
+        self.holders = holders                # the registry entry's: streams hold it too
+        self._runner = runner
+        self._worker_calls = WorkerCalls()    # tokenize calls on worker threads
+        self._closed = False
         model = runner.model
         self.info = ModelInfo(
             path=str(model.path), n_ctx=runner.context.n_ctx, n_ctx_train=model.n_ctx_train,
-            n_vocab=runner.vocab.n_tokens, n_parallel=self.config.resolved_parallel,
+            n_vocab=runner.vocab.n_tokens, n_parallel=config.resolved_parallel,
             architecture=model.metadata.get("general.architecture", ""),
             chat_template=model.chat_template, bos_token=runner.vocab.token_text(runner.vocab.bos),
             eos_token=runner.vocab.token_text(runner.vocab.eos), add_bos=runner.vocab.add_bos,
             description=model.description, size_bytes=model.size_bytes, n_params=model.n_params)
-        self._loop = EngineLoop(runner, self.config.resolved_parallel, runner.context.n_batch,
-                                self.config.max_queue, self.engine_id)
-        self._loop.start()
+        self._thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
+                                    config.max_queue, self.engine_id)
+        self._thread.start()
 
-    def _on_progress(self, progress: float) -> bool:
-        """libllama's load progress (called on the loading thread): shown in the engine
-        status and, every 10%, on the console."""
-        if int(progress * 10) > int(self.load_progress * 10) or progress >= 1.0 > self.load_progress:
-            logger.info("loading engine '%s': %d%%", self.engine_id, round(progress * 100))
-        self.load_progress = progress
-        return True
-
-    async def stop(self, reason: str = "the engine was removed",
-                   final_state: EngineState = EngineState.UNLOADING) -> None:
-        """End in-flight requests with an error event, stop the thread, free memory."""
-        self.state = EngineState.UNLOADING
-        loop, runner = self._loop, self._runner
-        self._loop = self._runner = None
+    @classmethod
+    async def load(cls, config: EngineConfig, holders: Holders,
+                   on_progress: Callable[[float], bool]) -> AsyncEngine:
+        """Load the model off the event loop and start the engine thread. A failure after
+        the model loaded frees it again."""
+        runner = await asyncio.to_thread(ModelRunner, config, on_progress)
         try:
-            if loop is not None:
-                loop.shutdown(reason)
-                await asyncio.to_thread(loop.join)
-        finally:
-            if runner is not None:
-                await asyncio.to_thread(self._close_runner, runner)
-            self.state = final_state
+            return cls(config, runner, holders)
+        except BaseException:
+            runner.close()
+            raise
 
-    def _close_runner(self, runner: ModelRunner) -> None:
+    async def close(self, reason: str) -> None:
+        """End in-flight requests with an error event, stop the thread, free memory."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._thread.shutdown(reason)
+            await asyncio.to_thread(self._thread.join)
+        finally:
+            await asyncio.to_thread(self._close_runner)
+
+    def _close_runner(self) -> None:
         self._worker_calls.wait_idle()  # a tokenize still running would use freed memory
-        runner.close()
+        self._runner.close()
         trim_heap()  # otherwise glibc keeps the freed model/KV memory in its arenas
 
-    async def unload(self, reason: str) -> None:
-        """Free the model and KV but stay listed: the next request reloads it."""
-        logger.info("unloading engine '%s': %s", self.engine_id, reason)
-        await self.stop(reason, final_state=EngineState.UNLOADED)
-        self.load_progress = 0.0
-
     # -- requests -------------------------------------------------------------------------------
-    def _require_ready(self) -> tuple[ModelRunner, EngineLoop]:
-        if self.state != EngineState.READY or self._runner is None or self._loop is None:
-            raise EngineStoppedError(f"engine '{self.engine_id}' is {self.state.value}")
-        return self._runner, self._loop
+    def _require_ready(self) -> tuple[ModelRunner, EngineThread]:
+        if self._closed:
+            raise EngineStoppedError(f"engine '{self.engine_id}' was stopped")
+        return self._runner, self._thread
 
     async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Short texts tokenize inline (microseconds: a thread hop would cost more);
@@ -193,53 +133,71 @@ class AsyncEngine:
             return runner.vocab.tokenize(text, add_special, parse_special)
         return await self._worker_calls.run(runner.vocab.tokenize, text, add_special, parse_special)
 
-    async def detokenize(self, token_ids: list[int]) -> str:
-        runner, _ = self._require_ready()
-        data = await self._worker_calls.run(runner.vocab.detokenize, token_ids)
-        return data.decode("utf-8", "replace")
-
     def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
         runner, _ = self._require_ready()
         n_ctx = runner.context.n_ctx
         if not prompt_ids:
-            raise ValueError("the prompt is empty")
+            raise InvalidRequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) >= n_ctx:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {n_ctx} tokens. However, your prompt "
                 f"has {len(prompt_ids)} tokens, leaving no room for the completion.")
         vocab_size = runner.vocab.n_tokens
         if any(not 0 <= token < vocab_size for token in prompt_ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", param="prompt")
+
+    async def compile_grammar(self, grammar: str) -> Constraint:
+        """A grammar state for one request; compiling runs off the event loop (the first
+        call also builds the model's grammar tokenizer). InvalidGrammarError when it fails."""
+        runner, _ = self._require_ready()
+        return await self._worker_calls.run(lambda: runner.grammar().compile(grammar))
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes of one token (for logprobs in responses)."""
+        runner, _ = self._require_ready()
+        return runner.vocab.token_to_piece(token)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None) -> AsyncGenerator[Event, None]:
-        """Yield TokenEvents, then one FinishEvent or ErrorEvent. Closing or cancelling the
-        generator aborts the request in the engine (its slot is freed at the next step).
+                       timeout_s: float | None = None, n: int = 1
+                       ) -> AsyncGenerator[tuple[int, Event], None]:
+        """Yield ``(choice index, event)``: TokenEvents, then one FinishEvent or ErrorEvent per
+        choice. ``n`` choices share one prefill of the prompt (KV copied to each) and sample
+        on their own (``params.for_choice(index)``: seed + index). Closing or cancelling the
+        generator aborts what is unfinished (slots are freed at the next step).
         ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError))."""
-        _, engine_loop = self._require_ready()
+        _, engine_thread = self._require_ready()
         self.check_prompt(prompt_ids, params)
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        request = Request(request_id=request_id, prompt_ids=list(prompt_ids), params=params,
-                          arrival=time.monotonic())
-        if timeout_s is not None:
-            request.deadline = request.arrival + timeout_s
-        engine_loop.submit(request, EventSink(asyncio.get_running_loop(), events))
-        finished = False
-        self.reserve()
+        if n > self.info.n_parallel:
+            raise InvalidRequestError(f"n={n} is more than this engine's {self.info.n_parallel} slots",
+                                      param="n")
+        events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        arrival = time.monotonic()
+        group = [Request(request_id=f"{request_id}-{index}" if n > 1 else request_id,
+                         prompt_ids=list(prompt_ids), params=params.for_choice(index), arrival=arrival,
+                         sink=EventSink(loop, events, index),
+                         deadline=None if timeout_s is None else arrival + timeout_s)
+                 for index in range(n)]
+        if params.grammar is not None:
+            for request in group:
+                request.constraint = await self.compile_grammar(params.grammar)
+        leader = group[0]
+        for fork in group[1:]:
+            fork.fork_of = leader
+            leader.forks.append(fork)
+        engine_thread.submit(leader)
+        unfinished = set(range(n))
+        self.holders.hold()
         try:
-            while True:
-                event = await events.get()
+            while unfinished:
+                index, event = await events.get()
                 if isinstance(event, (FinishEvent, ErrorEvent)):
-                    finished = True
-                yield event
-                if finished:
-                    return
+                    unfinished.discard(index)
+                yield index, event
         finally:
-            self.release()
-            if not finished:
-                engine_loop.abort(request)
+            self.holders.release()
+            for index in unfinished:
+                engine_thread.abort(group[index])
 
     def stats(self) -> dict[str, Any]:
-        if self._loop is None:
-            return {}
-        return self._loop.snapshot().as_dict()
+        return self._thread.snapshot().as_dict()

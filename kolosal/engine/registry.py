@@ -1,10 +1,11 @@
 """Several engines at once, by id, under one memory budget. Lives on the app, never as a
-module global.
+module global. The registry owns every engine's lifecycle: each is an EngineEntry (state,
+error, memory, holders) with, while it is ready, a loaded AsyncEngine.
 
 Loads, unloads and removals happen one at a time (``_load_lock``), so every budget decision
 sees all engines. An engine that is unloaded (idle timeout or eviction) stays listed and
-reloads on its next request through ``acquire``, which also holds it (``reserve``) until the
-request has submitted its work: a held engine is never unloaded.
+reloads on its next request through ``lease``, which holds it until the request has
+submitted its work (its streams hold it after that): a held engine is never unloaded.
 
 Loads and removals run as tasks of their own, shielded from the request that asked for them:
 a client that hangs up mid-load neither leaves a half-loaded model behind nor fails the
@@ -12,13 +13,16 @@ engine for the next request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .async_engine import AsyncEngine, EngineState
+from .async_engine import AsyncEngine
 from .config import EngineConfig
+from .entry import EngineEntry, EngineState
 from .errors import EngineReloadError, EngineStoppedError, InsufficientMemoryError
 from .memory import MemoryEstimate, estimate_memory, format_size
 
@@ -46,38 +50,40 @@ class MemoryPolicy:
 class EngineRegistry:
     def __init__(self, policy: MemoryPolicy | None = None) -> None:
         self.policy = policy or MemoryPolicy()
-        self._engines: dict[str, AsyncEngine] = {}
+        self._engines: dict[str, EngineEntry] = {}
         self._lock = asyncio.Lock()       # the id -> engine map
         self._load_lock = asyncio.Lock()  # loads, unloads and budget decisions
-        self._loads: dict[AsyncEngine, asyncio.Task[None]] = {}  # one load task per engine
+        self._loads: dict[EngineEntry, asyncio.Task[None]] = {}  # one load task per engine
 
-    async def add(self, config: EngineConfig) -> AsyncEngine:
+    async def add(self, config: EngineConfig) -> EngineEntry:
         """Load a model as a new engine; returns when it is ready (or raises why not).
         A failed engine stays listed with its error until replaced or removed."""
         async with self._lock:
             existing = self._engines.get(config.engine_id)
             if existing is not None and existing.state != EngineState.FAILED:
                 raise EngineExistsError(f"engine '{config.engine_id}' already exists")
-            engine = AsyncEngine(config)
-            self._engines[config.engine_id] = engine
-        await self._load(engine)
-        return engine
+            entry = EngineEntry(config)
+            self._engines[config.engine_id] = entry
+        await self._load(entry)
+        return entry
 
-    async def acquire(self, engine_id: str) -> AsyncEngine:
-        """The engine, loaded and reserved for the caller, who must ``release()`` it once
-        its work is submitted. An unloaded engine is reloaded first (or refused at once when
-        the budget has no room), one being loaded is waited for."""
-        engine = self.get(engine_id)
-        engine.reserve()
+    @contextlib.asynccontextmanager
+    async def lease(self, engine_id: str) -> AsyncIterator[AsyncEngine]:
+        """The loaded engine, held until the block ends (its streams hold it themselves).
+        An unloaded engine is reloaded first (or refused at once when the budget has no
+        room), one being loaded is waited for."""
+        entry = self.get(engine_id)
+        entry.holders.hold()
         try:
-            if engine.state != EngineState.READY:
-                await self._load(engine)
-        except BaseException:
-            engine.release()
-            raise
-        return engine
+            if entry.state != EngineState.READY:
+                await self._load(entry)
+            if entry.engine is None:  # removed between its load and this request
+                raise EngineStoppedError(f"engine '{engine_id}' is {entry.state.value}")
+            yield entry.engine
+        finally:
+            entry.holders.release()
 
-    async def _load(self, engine: AsyncEngine) -> None:
+    async def _load(self, engine: EngineEntry) -> None:
         """Wait for the engine's load task, starting it when none runs."""
         task = self._loads.get(engine)
         if task is None:
@@ -86,13 +92,13 @@ class EngineRegistry:
             task.add_done_callback(functools.partial(self._load_finished, engine))
         await asyncio.shield(task)
 
-    def _load_finished(self, engine: AsyncEngine, task: asyncio.Task[None]) -> None:
+    def _load_finished(self, engine: EngineEntry, task: asyncio.Task[None]) -> None:
         if self._loads.get(engine) is task:
             del self._loads[engine]
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter may have gone
 
-    async def _load_now(self, engine: AsyncEngine) -> None:
+    async def _load_now(self, engine: EngineEntry) -> None:
         async with self._load_lock:
             if self._engines.get(engine.engine_id) is not engine:  # removed meanwhile
                 raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
@@ -105,39 +111,38 @@ class EngineRegistry:
                 if engine.memory is None:
                     engine.memory = await asyncio.to_thread(estimate_memory, engine.config)
                 await self._make_room(engine, engine.memory)
-                await engine.start()
+                engine.begin_load()
+                started = time.monotonic()
+                loaded = await AsyncEngine.load(engine.config, engine.holders, engine.on_progress)
             except InsufficientMemoryError:
                 if not engine.has_loaded:  # a new engine: it never existed
                     self._forget(engine)
                 raise  # an unloaded one stays unloaded: a later request may find room
             except Exception as error:
-                engine.error = engine.error or str(error)
+                engine.load_failed(error)
                 logger.warning("engine '%s' failed to load: %s", engine.engine_id, engine.error)
-                if not engine.has_loaded:
-                    engine.state = EngineState.FAILED
+                if engine.state == EngineState.FAILED:
                     raise
-                # one that served before stays reloadable: the cause may pass (a file being
-                # replaced, memory taken by another process)
-                engine.state = EngineState.UNLOADED
                 raise EngineReloadError(f"engine '{engine.engine_id}' could not be reloaded: "
                                         f"{engine.error}") from error
+            engine.loaded(loaded, time.monotonic() - started)
         logger.info("engine '%s' ready (%s, %.1fs, ~%s)", engine.engine_id, engine.config.model_path,
                     engine.load_seconds, format_size(engine.memory.total))
 
     # -- memory budget ----------------------------------------------------------------------
-    def memory_in_use(self, excluding: AsyncEngine | None = None) -> int:
+    def memory_in_use(self, excluding: EngineEntry | None = None) -> int:
         return sum(e.memory.total for e in self._engines.values()
                    if e is not excluding and e.memory is not None
                    and e.state in (EngineState.READY, EngineState.LOADING))
 
-    def _evictable(self, excluding: AsyncEngine) -> list[AsyncEngine]:
+    def _evictable(self, excluding: EngineEntry) -> list[EngineEntry]:
         """Loaded, unpinned engines nobody holds, least recently used first."""
         idle = [e for e in self._engines.values()
                 if e is not excluding and e.state == EngineState.READY and not e.config.pinned
                 and e.idle and e.memory is not None]
-        return sorted(idle, key=lambda e: e.last_used)
+        return sorted(idle, key=lambda e: e.holders.last_used)
 
-    async def _make_room(self, engine: AsyncEngine, need: MemoryEstimate) -> None:
+    async def _make_room(self, engine: EngineEntry, need: MemoryEstimate) -> None:
         budget = self.policy.max_memory
         if not budget:
             return
@@ -154,7 +159,7 @@ class EngineRegistry:
             for victim in victims:  # evict only when it makes enough room, LRU first
                 if self.memory_in_use(excluding=engine) + need.total <= budget:
                     break
-                await victim.unload(f"evicted to make room for '{engine.engine_id}'")
+                await self._unload(victim, f"evicted to make room for '{engine.engine_id}'")
         if self.memory_in_use(excluding=engine) + need.total > budget:
             loaded = ", ".join(f"'{e.engine_id}' ({format_size(e.memory.total)})"
                                for e in self._engines.values() if e is not engine and e.memory
@@ -167,7 +172,24 @@ class EngineRegistry:
                 f"{format_size(budget - self.memory_in_use(excluding=engine))} of the "
                 f"{format_size(budget)} budget is free (loaded: {loaded}); {hint}")
 
-    # -- idle unload ------------------------------------------------------------------------
+    # -- unloading ---------------------------------------------------------------------------
+    @staticmethod
+    async def _stop(entry: EngineEntry, reason: str) -> None:
+        """UNLOADING: in-flight requests end with an error event, the thread stops and the
+        memory is freed. The entry stays UNLOADING (a removal) unless the caller moves it on."""
+        engine = entry.begin_unload()
+        if engine is not None:
+            await engine.close(reason)
+
+    async def _unload(self, entry: EngineEntry, reason: str) -> None:
+        """Free the model and KV but stay listed: the next request reloads it. Call with the
+        load lock held."""
+        logger.info("unloading engine '%s': %s", entry.engine_id, reason)
+        try:
+            await self._stop(entry, reason)
+        finally:
+            entry.unloaded()
+
     async def unload_idle(self) -> list[str]:
         """Unload every engine idle for longer than its keep_alive_s (pinned ones never)."""
         unloaded = []
@@ -175,16 +197,16 @@ class EngineRegistry:
             if self._expired(engine):
                 async with self._load_lock:
                     if self._expired(engine):  # it may have been used while we waited
-                        await asyncio.shield(engine.unload(
-                            f"idle for more than {engine.config.keep_alive_s:g}s"))
+                        await asyncio.shield(self._unload(
+                            engine, f"idle for more than {engine.config.keep_alive_s:g}s"))
                         unloaded.append(engine.engine_id)
         return unloaded
 
-    def _expired(self, engine: AsyncEngine) -> bool:
+    def _expired(self, engine: EngineEntry) -> bool:
         keep_alive = engine.config.keep_alive_s
         return (keep_alive > 0 and not engine.config.pinned and engine.state == EngineState.READY
                 and engine.idle and self._engines.get(engine.engine_id) is engine
-                and time.monotonic() - engine.last_used > keep_alive)
+                and time.monotonic() - engine.holders.last_used > keep_alive)
 
     async def run_idle_unloader(self) -> None:
         """Background task of the server: check for idle engines every second."""
@@ -196,33 +218,43 @@ class EngineRegistry:
                 logger.exception("idle unload failed")
 
     # -- lookup and removal -----------------------------------------------------------------
-    def get(self, engine_id: str) -> AsyncEngine:
+    def get(self, engine_id: str) -> EngineEntry:
         engine = self._engines.get(engine_id)
         if engine is None:
             raise EngineNotFoundError(f"engine '{engine_id}' not found")
         return engine
 
-    def _forget(self, engine: AsyncEngine) -> None:
+    def _forget(self, engine: EngineEntry) -> None:
         if self._engines.get(engine.engine_id) is engine:
             del self._engines[engine.engine_id]
 
-    def list(self) -> list[AsyncEngine]:
+    def list(self) -> list[EngineEntry]:
         return list(self._engines.values())
+
+    async def unload(self, engine_id: str, reason: str = "unloaded on request") -> None:
+        """Free a loaded engine's model and KV; it stays listed and reloads on its next
+        request. Completes even if the caller goes away."""
+        await asyncio.shield(self._unload_now(self.get(engine_id), reason))
+
+    async def _unload_now(self, entry: EngineEntry, reason: str) -> None:
+        async with self._load_lock:
+            if entry.state == EngineState.READY and self._engines.get(entry.engine_id) is entry:
+                await self._unload(entry, reason)
 
     async def remove(self, engine_id: str) -> None:
         """Stop the engine (its streams end with an error) and free its memory. A load in
         progress finishes first; the removal completes even if the caller goes away."""
         await asyncio.shield(self._remove_now(self.get(engine_id)))
 
-    async def _remove_now(self, engine: AsyncEngine) -> None:
+    async def _remove_now(self, engine: EngineEntry) -> None:
         async with self._load_lock:
             if self._engines.get(engine.engine_id) is not engine:
                 raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
             self._forget(engine)
-            await engine.stop()
+            await self._stop(engine, "the engine was removed")
 
     async def close_all(self) -> None:
         async with self._load_lock:  # a load in progress finishes, then is stopped too
             engines = list(self._engines.values())
             self._engines.clear()
-            await asyncio.gather(*(engine.stop("the server is shutting down") for engine in engines))
+            await asyncio.gather(*(self._stop(entry, "the server is shutting down") for entry in engines))

@@ -10,8 +10,8 @@ from typing import Any
 from quart import Blueprint, Response, current_app
 
 from ..engine import (
-    AsyncEngine,
     EngineConfig,
+    EngineEntry,
     EngineExistsError,
     EngineNotFoundError,
     EngineState,
@@ -26,7 +26,7 @@ from .protocol import EngineCreateRequest
 blueprint = Blueprint("engines", __name__)
 
 
-def engine_body(engine: AsyncEngine, with_stats: bool = False) -> dict[str, Any]:
+def engine_body(engine: EngineEntry, with_stats: bool = False) -> dict[str, Any]:
     config = engine.config
     body: dict[str, Any] = {
         "engine_id": engine.engine_id, "object": "engine", "state": engine.state.value,
@@ -35,7 +35,7 @@ def engine_body(engine: AsyncEngine, with_stats: bool = False) -> dict[str, Any]
         "created": engine.created, "load_progress": round(engine.load_progress, 4),
         "load_seconds": round(engine.load_seconds, 3), "error": engine.error,
         "pinned": config.pinned, "keep_alive": config.keep_alive_s,
-        "idle_seconds": round(time.monotonic() - engine.last_used, 1) if engine.idle else 0.0,
+        "idle_seconds": round(time.monotonic() - engine.holders.last_used, 1) if engine.idle else 0.0,
         "memory_estimate": engine.memory.as_dict() if engine.memory else None}
     info = engine.info
     if info is not None:
@@ -98,7 +98,7 @@ async def list_engines() -> Response:
     return json_response({"object": "list", "data": [engine_body(e) for e in engines]})
 
 
-def find_engine(engine_id: str) -> AsyncEngine:
+def find_engine(engine_id: str) -> EngineEntry:
     try:
         return current_app.config["REGISTRY"].get(engine_id)
     except EngineNotFoundError:

@@ -13,7 +13,7 @@ from quart import Blueprint, Response, current_app, g
 from .. import __version__
 from ..chat_template import ChatTemplate, ChatTemplateError
 from ..engine import AsyncEngine, EngineNotFoundError, ErrorEvent, FinishEvent, TokenEvent, Usage
-from .errors import APIError, bad_request, from_engine_error, model_not_found
+from .errors import bad_request, from_engine_error, model_not_found
 from .generation import MultiStream, total_usage
 from .http import json_response, parse_body
 from .observe import RequestRecord
@@ -39,19 +39,14 @@ async def held_engine(model: str) -> AsyncIterator[AsyncEngine]:
     """The request's engine, loaded (an idle-unloaded one is reloaded transparently) and
     held until the block ends: it cannot be unloaded while the request tokenizes and
     submits. Its streams hold it themselves after that."""
-    try:
-        engine = await current_app.config["REGISTRY"].acquire(model)
-    except EngineNotFoundError:
-        raise model_not_found(model) from None
-    except Exception as error:
-        raise from_engine_error(error) from None
-    try:
-        if engine.info is None:
-            raise APIError(503, f"engine '{model}' is {engine.state.value}", type="server_error",
-                           code="engine_not_ready", headers={"Retry-After": "1"})
+    async with contextlib.AsyncExitStack() as stack:
+        try:  # only the lease's own failures map here, not the block's
+            engine = await stack.enter_async_context(current_app.config["REGISTRY"].lease(model))
+        except EngineNotFoundError:
+            raise model_not_found(model) from None
+        except Exception as error:
+            raise from_engine_error(error) from None
         yield engine
-    finally:
-        engine.release()
 
 
 def context_size(engine: AsyncEngine) -> int:

@@ -24,7 +24,7 @@ from kolosal.engine import (
 from kolosal.gguf_header import InvalidModelFileError, read_gguf_metadata
 from kolosal.llama import ModelLoadError
 
-from .helpers import greedy, run
+from .helpers import Result, greedy, run
 
 PROMPT = "The quick brown fox"
 
@@ -41,6 +41,13 @@ async def fresh_registry(policy: MemoryPolicy | None = None) -> AsyncIterator[En
 
 def small(engine_id: str, model_path: Path, **kwargs: object) -> EngineConfig:
     return EngineConfig(engine_id, str(model_path), n_ctx=512, n_parallel=2, **kwargs)  # type: ignore[arg-type]
+
+
+async def run_on(engines: EngineRegistry, engine_id: str, max_tokens: int,
+                 request_id: str = "test") -> Result:
+    """One greedy request through a lease, as a handler makes it (reloading if need be)."""
+    async with engines.lease(engine_id) as engine:
+        return await run(engine, PROMPT, greedy(max_tokens), request_id)
 
 
 def rss_bytes() -> int:
@@ -101,17 +108,17 @@ async def test_lru_idle_engine_is_evicted_and_reloads_on_its_next_request(model_
     one = estimate_memory(small("a", model_path)).total
     async with fresh_registry(MemoryPolicy(max_memory=int(one * 2.5), evict_idle=True)) as engines:
         a = await engines.add(small("a", model_path))
-        expected = (await run(a, PROMPT, greedy(6))).text
+        expected = (await run_on(engines, "a", 6)).text
         b = await engines.add(small("b", model_path))
-        await run(b, PROMPT, greedy(2))  # b is now more recently used than a
+        await run_on(engines, "b", 2)  # b is now more recently used than a
         await engines.add(small("c", model_path))
         assert a.state == EngineState.UNLOADED and b.state == EngineState.READY
         assert engines.memory_in_use() <= engines.policy.max_memory
         # a request for the evicted engine reloads it (evicting b, now the LRU) and works
-        again = await engines.acquire("a")
-        again.release()
-        assert again is a and a.state == EngineState.READY and b.state == EngineState.UNLOADED
-        assert (await run(a, PROMPT, greedy(6))).text == expected
+        async with engines.lease("a") as again:
+            assert again is a.engine
+        assert a.state == EngineState.READY and b.state == EngineState.UNLOADED
+        assert (await run_on(engines, "a", 6)).text == expected
 
 
 async def test_pinned_busy_and_held_engines_are_never_evicted(model_path: Path) -> None:
@@ -124,17 +131,17 @@ async def test_pinned_busy_and_held_engines_are_never_evicted(model_path: Path) 
         await engines.remove("pinned")
 
         busy = await engines.add(small("busy", model_path))
-        ids = await busy.tokenize(PROMPT)
-        stream = busy.generate(ids, greedy(200, ignore_eos=True), "long")
-        await stream.__anext__()  # running: not idle
+        async with engines.lease("busy") as engine:
+            ids = await engine.tokenize(PROMPT)
+        stream = engine.generate(ids, greedy(200, ignore_eos=True), "long")
+        await stream.__anext__()  # running (its lease has ended): not idle
         with pytest.raises(InsufficientMemoryError):
             await engines.add(small("other", model_path))
         assert busy.state == EngineState.READY
         await stream.aclose()
-        busy.reserve()  # held by a request that is still tokenizing: not idle either
-        with pytest.raises(InsufficientMemoryError):
-            await engines.add(small("other", model_path))
-        busy.release()
+        async with engines.lease("busy"):  # held by a request that is still tokenizing
+            with pytest.raises(InsufficientMemoryError):
+                await engines.add(small("other", model_path))
         await engines.add(small("other", model_path))  # idle now: evicted
         assert busy.state == EngineState.UNLOADED
 
@@ -143,29 +150,28 @@ async def test_idle_engine_unloads_after_keep_alive_and_reloads(model_path: Path
     async with fresh_registry() as engines:
         engine = await engines.add(small("sleepy", model_path, keep_alive_s=60))
         keeper = await engines.add(small("keeper", model_path, keep_alive_s=60, pinned=True))
-        expected = (await run(engine, PROMPT, greedy(6))).text
+        expected = (await run_on(engines, "sleepy", 6)).text
         assert await engines.unload_idle() == []  # just used
         for idle in (engine, keeper):  # a minute passes (no sleeping: the clock is not the test)
-            idle.last_used -= 61
+            idle.holders.last_used -= 61
         assert await engines.unload_idle() == ["sleepy"]
         assert engine.state == EngineState.UNLOADED and keeper.state == EngineState.READY
-        assert engine.stats() == {}  # model, context and thread are gone
-        reloaded = await engines.acquire("sleepy")
-        reloaded.release()
-        assert reloaded.state == EngineState.READY
-        assert (await run(reloaded, PROMPT, greedy(6))).text == expected
+        assert engine.engine is None and engine.stats() == {}  # model, context and thread are gone
+        assert (await run_on(engines, "sleepy", 6)).text == expected  # reloaded for the request
+        assert engine.state == EngineState.READY
 
 
 async def test_concurrent_requests_for_an_unloaded_engine_share_one_reload(model_path: Path) -> None:
     async with fresh_registry() as engines:
-        engine = await engines.add(small("shared-reload", model_path))
-        await engine.unload("test")
-        acquired = await asyncio.gather(*(engines.acquire("shared-reload") for _ in range(4)))
-        assert all(e is engine for e in acquired) and engine.state == EngineState.READY
-        assert engine.active == 4
-        for held in acquired:
-            held.release()
-        results = await asyncio.gather(*(run(engine, PROMPT, greedy(4), f"r{i}") for i in range(4)))
+        entry = await engines.add(small("shared-reload", model_path))
+        await engines.unload("shared-reload", "test")
+        async with contextlib.AsyncExitStack() as stack:
+            leased = await asyncio.gather(*(stack.enter_async_context(engines.lease("shared-reload"))
+                                            for _ in range(4)))
+            assert entry.state == EngineState.READY and all(e is entry.engine for e in leased)
+            assert entry.holders.count == 4
+        assert entry.holders.count == 0
+        results = await asyncio.gather(*(run_on(engines, "shared-reload", 4, f"r{i}") for i in range(4)))
         assert len({r.text for r in results}) == 1
 
 
@@ -179,8 +185,8 @@ async def test_failed_load_is_listed_with_its_reason(model_path: Path, tmp_path:
         [engine] = engines.list()
         assert engine.state == EngineState.FAILED and engine.error
         # a healthy engine beside it loads and serves
-        healthy = await engines.add(small("healthy", model_path))
-        assert (await run(healthy, PROMPT, greedy(3))).finish is not None
+        await engines.add(small("healthy", model_path))
+        assert (await run_on(engines, "healthy", 3)).finish is not None
 
 
 async def test_load_unload_cycles_do_not_leak(model_path: Path) -> None:
@@ -190,8 +196,9 @@ async def test_load_unload_cycles_do_not_leak(model_path: Path) -> None:
     config = EngineConfig("cycle", str(model_path), n_ctx=256, n_parallel=1, use_mmap=True)
 
     async def cycle() -> None:
-        engine = await engines.add(config)
-        assert (await run(engine, [2, 651, 6037], greedy(1))).finish is not None
+        await engines.add(config)
+        async with engines.lease("cycle") as engine:
+            assert (await run(engine, [2, 651, 6037], greedy(1))).finish is not None
         await engines.remove("cycle")
 
     def own_threads() -> list[str]:
@@ -225,41 +232,47 @@ async def test_eviction_happens_only_when_it_makes_enough_room(model_path: Path)
 
 async def test_a_caller_that_goes_away_mid_load_does_not_fail_the_engine(model_path: Path) -> None:
     async with fresh_registry() as engines:
-        engine = await engines.add(small("impatient", model_path))
-        await engine.unload("test")
-        waiting = asyncio.create_task(engines.acquire("impatient"))
+        entry = await engines.add(small("impatient", model_path))
+        await engines.unload("impatient", "test")
+
+        async def impatient() -> None:
+            async with engines.lease("impatient"):
+                pass
+
+        waiting = asyncio.create_task(impatient())
         await asyncio.sleep(0.05)  # the reload is under way
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        held = await engines.acquire("impatient")  # joins the same reload, or finds it done
-        held.release()
-        assert engine.state == EngineState.READY and engine.active == 0
-        assert (await run(engine, PROMPT, greedy(2))).finish is not None
+        async with engines.lease("impatient"):  # joins the same reload, or finds it done
+            pass
+        assert entry.state == EngineState.READY and entry.holders.count == 0
+        assert (await run_on(engines, "impatient", 2)).finish is not None
 
 
 async def test_a_removal_whose_caller_goes_away_still_completes(model_path: Path) -> None:
     engines = EngineRegistry()
-    engine = await engines.add(small("doomed", model_path))
+    entry = await engines.add(small("doomed", model_path))
     removal = asyncio.create_task(engines.remove("doomed"))
     await asyncio.sleep(0)
     removal.cancel()
     for _ in range(500):
-        if engine.stats() == {} and engine.state != EngineState.READY:
+        if entry.stats() == {} and entry.state != EngineState.READY:
             break
         await asyncio.sleep(0.01)
-    assert engines.list() == [] and engine.stats() == {}  # thread, context and model freed
+    assert engines.list() == [] and entry.engine is None  # thread, context and model freed
     await engines.close_all()
 
 
 async def test_removal_waits_for_a_tokenize_running_on_a_worker_thread(model_path: Path) -> None:
     """Long texts tokenize on a worker thread; freeing the model under it would crash."""
     engines = EngineRegistry()
-    engine = await engines.add(small("tokenizing", model_path))
+    await engines.add(small("tokenizing", model_path))
     text = "The quick brown fox jumps over the lazy dog. " * 40_000  # 1.8 MB: about 2 s on 2 cores
-    tokenizing = asyncio.create_task(engine.tokenize(text))
-    await asyncio.sleep(0)  # the worker thread is running
-    await engines.remove("tokenizing")
+    async with engines.lease("tokenizing") as engine:
+        tokenizing = asyncio.create_task(engine.tokenize(text))
+        await asyncio.sleep(0)  # the worker thread is running
+        await engines.remove("tokenizing")
     assert len(await tokenizing) > 300_000
     await engines.close_all()
 
@@ -268,14 +281,12 @@ async def test_a_failed_reload_leaves_the_engine_reloadable(model_path: Path, tm
     link = tmp_path / "model.gguf"
     link.symlink_to(model_path)
     async with fresh_registry() as engines:
-        engine = await engines.add(small("flaky", link))
-        await engine.unload("test")
+        entry = await engines.add(small("flaky", link))
+        await engines.unload("flaky", "test")
         link.unlink()  # the file is being replaced
         with pytest.raises(EngineReloadError, match="could not be reloaded"):
-            await engines.acquire("flaky")
-        assert engine.state == EngineState.UNLOADED and engine.error and engine.active == 0
+            await run_on(engines, "flaky", 2)
+        assert entry.state == EngineState.UNLOADED and entry.error and entry.holders.count == 0
         link.symlink_to(model_path)
-        held = await engines.acquire("flaky")
-        held.release()
-        assert engine.state == EngineState.READY
-        assert (await run(engine, PROMPT, greedy(2))).finish is not None
+        assert (await run_on(engines, "flaky", 2)).finish is not None
+        assert entry.state == EngineState.READY and entry.error is None
