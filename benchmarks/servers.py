@@ -130,25 +130,36 @@ def wait_healthy(spec: ServerSpec, process: subprocess.Popen[bytes], timeout_s: 
     raise RuntimeError(f"{spec.name} did not become healthy in {timeout_s:.0f}s")
 
 
+def start_process(spec: ServerSpec, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start the server with its output (stdout and stderr) appended to ``log_path``."""
+    if log_path is None:
+        return subprocess.Popen(spec.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if it has not exited in ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def running_process(spec: ServerSpec, log_path: Path | None = None,
                     timeout_s: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
     """Start the server, wait for its health endpoint, yield the process, stop it."""
-    log = log_path.open("ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = start_process(spec, log_path)
     try:
         wait_healthy(spec, process, timeout_s)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if log_path:
-            log.close()  # type: ignore[union-attr]
+        stop_process(process)
 
 
 @contextmanager

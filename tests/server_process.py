@@ -1,24 +1,21 @@
 """A real kolosal-server process on loopback, serving the real default model (fixtures in
-tests/conftest.py)."""
+tests/conftest.py). Starting, health-checking and stopping are benchmarks/servers.py's, so
+the tests and the benchmarks run servers the same way."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from benchmarks.servers import ServerSpec, free_port, start_process, stop_process, wait_healthy
+
 ENGINE = "gemma"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -32,38 +29,27 @@ class ServerProcess:
 
 
 def start_server(model_path: Path, log_path: Path, *extra: str) -> ServerProcess:
+    """``--engine-id gemma --n-ctx 4096 --parallel 8`` unless ``extra`` overrides them."""
     port = free_port()
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kolosal", "--port", str(port), "--model", str(model_path),
-         "--engine-id", ENGINE, "--n-ctx", "4096", "--parallel", "8", *extra],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()}")
-        try:
-            if httpx.get(base_url + "/health", timeout=1).status_code == 200:
-                return ServerProcess(base_url, process, log_path)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start in time")
+    spec = ServerSpec("kolosal", (sys.executable, "-m", "kolosal", "--port", str(port), "--model",
+                                  str(model_path), "--engine-id", ENGINE, "--n-ctx", "4096",
+                                  "--parallel", "8", *extra), ENGINE, port)
+    process = start_process(spec, log_path)
+    try:
+        wait_healthy(spec, process, START_TIMEOUT_S)
+    except RuntimeError as error:
+        stop_process(process)
+        raise RuntimeError(f"{error}: {log_path.read_text(errors='replace')}") from None
+    return ServerProcess(spec.url, process, log_path)
 
 
 def stop_server(server: ServerProcess) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    stop_process(server.process)
 
 
-def wait_idle(base_url: str, engine_id: str = ENGINE, timeout: float = 10.0) -> dict:
+def wait_idle(base_url: str, engine_id: str = ENGINE, timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    status: dict = {}
+    status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = httpx.get(f"{base_url}/engines/{engine_id}/status").json()
         if status["stats"]["slots_busy"] == 0 and status["stats"]["queue_depth"] == 0:

@@ -29,6 +29,7 @@ def test_raw_decode_probe(llama_model: object) -> None:
         assert result.tok_s > 0 and 0 < result.decode_s <= result.elapsed_s
 
 
+@pytest.mark.model  # the profile loads the default model itself
 async def test_step_profile() -> None:
     result = await profile(concurrency=2, tokens=4)
     assert result.steps >= 4 and result.tok_s > 0
