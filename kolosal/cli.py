@@ -1,4 +1,8 @@
-"""kolosal-server: parse flags/env/config, preload engines, serve."""
+"""kolosal-server: read flags, environment and config file, preload engines, serve.
+
+Precedence: flags > KOLOSAL_* environment > --config file > defaults. The flags and the
+environment names are derived from the ``option()`` fields of ServerSettings and
+EngineConfig (kolosal/options.py); engine flags configure ``--model``'s engine."""
 from __future__ import annotations
 
 import argparse
@@ -6,100 +10,131 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ServerSettings, load_config_file, settings_from
+from .config import SETTINGS_KEYS, ServerSettings, load_config_file, settings_from
 from .engine import EngineConfig, EngineRegistry
 from .log_format import configure_logging
+from .options import OptionField, option_fields
 
 logger = logging.getLogger("kolosal")
 
+SERVER_OPTIONS = option_fields(ServerSettings)
+ENGINE_OPTIONS = tuple(spec for spec in option_fields(EngineConfig) if spec.option.flag)
+# Inputs that are not settings: (name, flag, help); each also read from KOLOSAL_<NAME>.
+INPUTS = (("config", "--config", "YAML or JSON config file (server keys and an engines list)"),
+          ("model", "--model", "GGUF file to load at start (default: the bundled Gemma model)"),
+          ("engine_id", "--engine-id", "id (the `model` field) of --model's engine (default: file stem)"))
 
-def env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"KOLOSAL_{name}", default)
+
+def _flag_type(spec: OptionField) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except ValueError as error:  # argparse prints this message, not a generic one
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse.__name__ = spec.name
+    return parse
+
+
+def _add_option(group: argparse._ArgumentGroup, spec: OptionField) -> None:
+    default = spec.default if spec.default not in ((), None) else "none"
+    text = f"{spec.option.help} (default {default}; env {spec.env_name})".replace("%", "%%")
+    flag = spec.option.flag
+    assert flag is not None
+    metavar = flag.lstrip("-").upper().replace("-", "_")
+    if spec.base_type is bool:
+        group.add_argument(flag, dest=spec.name, action="store_true", default=None, help=text)
+    elif spec.base_type is tuple:  # repeatable, and each value may be a comma-separated list
+        group.add_argument(flag, dest=spec.name, action="append", type=_flag_type(spec), help=text,
+                           metavar=metavar)
+    else:
+        group.add_argument(flag, dest=spec.name, type=_flag_type(spec), help=text, metavar=metavar,
+                           choices=spec.option.choices or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every flag defaults to None ("not given"), so flags override only what they name."""
     parser = argparse.ArgumentParser(prog="kolosal-server",
                                      description="OpenAI-compatible inference server for GGUF models")
-    add = parser.add_argument
-    add("--host", default=env("HOST"), help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
-    add("--port", type=int, default=env("PORT"), help="port (default 8080)")
-    add("--model", default=env("MODEL"), help="GGUF file to load at start")
-    add("--engine-id", default=env("ENGINE_ID"), help="id of --model's engine (default: file stem)")
-    add("--n-ctx", type=int, default=env("N_CTX", 4096), help="context size (KV cells) of --model")
-    add("--parallel", type=int, default=env("PARALLEL", 0), help="slots (0 = n_ctx/128, max 64)")
-    add("--threads", type=int, default=env("THREADS", 0), help="compute threads (0 = all cores)")
-    parser.add_argument("--n-batch", type=int, default=env("N_BATCH", 512), help="token budget of one step")
-    parser.add_argument("--n-gpu-layers", type=int, default=env("N_GPU_LAYERS", 100))
-    parser.add_argument("--max-queue", type=int, default=env("MAX_QUEUE", 256),
-                        help="waiting requests per engine before 503")
-    parser.add_argument("--keep-alive", type=float, default=env("KEEP_ALIVE", 0),
-                        help="unload --model's engine after this many idle seconds; it reloads on "
-                             "the next request (0 = stay loaded)")
-    parser.add_argument("--pin", action="store_true", default=env("PIN") == "1",
-                        help="never unload or evict --model's engine")
-    parser.add_argument("--max-memory", default=env("MAX_MEMORY"),
-                        help="memory budget of all engines, e.g. 8GiB (estimated weights + KV + "
-                             "buffers); a load that does not fit is refused")
-    parser.add_argument("--evict-idle", action="store_true", default=env("EVICT_IDLE") == "1",
-                        help="make room under --max-memory by unloading least recently used idle engines")
-    parser.add_argument("--config", default=env("CONFIG"), help="YAML or JSON config file")
-    parser.add_argument("--api-key", action="append", default=None,
-                        help="require this API key (repeatable; env KOLOSAL_API_KEY, comma-separated)")
-    parser.add_argument("--admin-key", action="append", default=None,
-                        help="require this key for POST/DELETE /engines (repeatable; env "
-                             "KOLOSAL_ADMIN_KEY, comma-separated); API keys then cannot manage engines")
-    parser.add_argument("--cors-origins", default=env("CORS_ORIGINS"), help="comma-separated origins, or *")
-    parser.add_argument("--models-dir", action="append", default=None,
-                        help="directory POST /engines may load from (repeatable)")
-    parser.add_argument("--max-body-bytes", type=int, default=env("MAX_BODY_BYTES"))
-    parser.add_argument("--http-keep-alive", type=float, default=env("HTTP_KEEP_ALIVE"),
-                        help="seconds an idle client connection is kept open (default 75)")
-    parser.add_argument("--drain-timeout", type=float, default=env("DRAIN_TIMEOUT"),
-                        help="seconds in-flight requests get to finish after SIGTERM (default 30)")
-    parser.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
-    parser.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
-    parser.add_argument("--log-level", default=env("LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default=env("LOG_FORMAT", "text"), choices=["text", "json"])
-    parser.add_argument("--log-prompts", action="store_true", default=env("LOG_PROMPTS") == "1",
-                        help="include prompt text in debug logs (off: prompts never reach the logs)")
-    parser.add_argument("--no-default-model", action="store_true",
+    for name, flag, text in INPUTS:
+        parser.add_argument(flag, dest=name, help=text)
+    parser.add_argument("--no-default-model", action="store_true", default=None,
                         help="start with no engine when neither --model nor a config names one")
+    server = parser.add_argument_group("server")
+    for spec in SERVER_OPTIONS:
+        _add_option(server, spec)
+    engine = parser.add_argument_group("--model's engine")
+    for spec in ENGINE_OPTIONS:
+        _add_option(engine, spec)
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    api_keys = args.api_key or ([k for k in env("API_KEY", "").split(",") if k] or None)
-    admin_keys = args.admin_key or ([k for k in env("ADMIN_KEY", "").split(",") if k] or None)
-    models_dirs = args.models_dir or ([d for d in env("MODELS_DIR", "").split(",") if d] or None)
-    overrides = {"host": args.host, "port": args.port, "api_keys": api_keys, "admin_keys": admin_keys,
-                 "max_memory": args.max_memory, "evict_idle": args.evict_idle or None,
-                 "cors_origins": args.cors_origins, "models_dirs": models_dirs,
-                 "max_body_bytes": args.max_body_bytes, "http_keep_alive_s": args.http_keep_alive,
-                 "drain_timeout_s": args.drain_timeout,
-                 "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile,
-                 "log_level": args.log_level, "log_format": args.log_format,
-                 "log_prompts": args.log_prompts or None}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if "port" in values:
-        values["port"] = int(values["port"])
-    engines = list(values.get("engines") or [])
-    model = args.model
-    if model is None and not engines and not args.no_default_model:
-        from .default_model import default_model_path
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line, by field name."""
+    values = {name: value for name, value in vars(args).items() if value is not None}
+    for spec in SERVER_OPTIONS + ENGINE_OPTIONS:
+        if spec.base_type is tuple and spec.name in values:  # one tuple per use of the flag
+            values[spec.name] = tuple(item for given in values[spec.name] for item in given)
+    return values
 
-        model = str(default_model_path())
-    if model is not None:
-        engines.append({"engine_id": args.engine_id or Path(model).stem, "model_path": model,
-                        "n_ctx": int(args.n_ctx), "n_parallel": int(args.parallel),
-                        "n_threads": int(args.threads), "n_batch": int(args.n_batch),
-                        "n_gpu_layers": int(args.n_gpu_layers), "max_queue": int(args.max_queue),
-                        "keep_alive_s": float(args.keep_alive), "pinned": bool(args.pin)})
-    values["engines"] = engines
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The KOLOSAL_* variables that are set (an empty one is unset), parsed like their flags."""
+    values: dict[str, Any] = {}
+    for name, _, _ in INPUTS:
+        text = environ.get(f"KOLOSAL_{name.upper()}")
+        if text:
+            values[name] = text
+    for spec in SERVER_OPTIONS + ENGINE_OPTIONS:
+        text = environ.get(spec.env_name or "")
+        if text:
+            try:
+                values[spec.name] = spec.parse(text)
+            except ValueError as error:
+                raise ValueError(f"{spec.env_name}: {error}") from None
+    return values
+
+
+def merge(file_values: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Server settings values: the config file's, then each override in turn (the
+    environment, then the flags). Engine flags are not settings: see default_engine."""
+    values = dict(file_values)
+    for override in overrides:
+        values.update({key: value for key, value in override.items()
+                       if key in SETTINGS_KEYS and value is not None})
+    return values
+
+
+def default_engine(inputs: Mapping[str, Any], has_engines: bool,
+                   default_model: Callable[[], Path]) -> dict[str, Any] | None:
+    """The engine of --model with the engine flags; the default model when neither --model
+    nor the config names an engine (unless --no-default-model); else None."""
+    model = inputs.get("model")
+    if model is None:
+        if has_engines or inputs.get("no_default_model"):
+            return None
+        model = str(default_model())
+    return {"engine_id": inputs.get("engine_id") or Path(model).stem, "model_path": str(model),
+            **{spec.name: inputs[spec.name] for spec in ENGINE_OPTIONS if spec.name in inputs}}
+
+
+def _default_model_path() -> Path:
+    from .default_model import default_model_path
+
+    return default_model_path()
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
+                       default_model: Callable[[], Path] = _default_model_path) -> ServerSettings:
+    inputs = {**read_env(environ), **flag_values(args)}
+    file_values = load_config_file(inputs["config"]) if inputs.get("config") else {}
+    values = merge(file_values, inputs)
+    engines = list(values.get("engines") or [])
+    engine = default_engine(inputs, bool(engines), default_model)
+    values["engines"] = engines + ([engine] if engine is not None else [])
     return settings_from(values)
 
 

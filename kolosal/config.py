@@ -1,4 +1,6 @@
-"""Server settings: flags, environment variables (KOLOSAL_*) and --config files (YAML/JSON)."""
+"""Server settings: flags, environment variables (KOLOSAL_*) and --config files (YAML/JSON).
+Every setting is one ``option()`` field below; the CLI flags and environment names are
+derived from it (kolosal/cli.py)."""
 from __future__ import annotations
 
 import json
@@ -9,27 +11,42 @@ from typing import Any
 import yaml
 
 from .engine import EngineConfig, MemoryPolicy, parse_size
+from .options import check_options, option, option_fields
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    api_keys: tuple[str, ...] = ()
-    admin_keys: tuple[str, ...] = ()   # when set, only these may POST/DELETE engines
-    cors_origins: tuple[str, ...] = ()
-    models_dirs: tuple[str, ...] = ()
-    max_body_bytes: int = 8 * 1024 * 1024
-    http_keep_alive_s: float = 75.0    # idle HTTP/1.1 connections close after this (> nginx's 60 s)
-    drain_timeout_s: float = 30.0      # after SIGTERM, in-flight requests get this long to finish
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    log_prompts: bool = False
-    max_memory: int = 0                # bytes for all engines (weights + KV estimate); 0 = no limit
-    evict_idle: bool = False           # unload least recently used idle engines to make room
+    host: str = option("127.0.0.1", "bind address (0.0.0.0 exposes the server)", flag="--host")
+    port: int = option(8080, "port", ge=0, le=65535, flag="--port")
+    api_keys: tuple[str, ...] = option((), "require this API key (repeatable; comma-separated in "
+                                       "KOLOSAL_API_KEY)", flag="--api-key")
+    admin_keys: tuple[str, ...] = option((), "only these keys may POST/DELETE engines (repeatable); "
+                                         "they also work as API keys", flag="--admin-key")
+    cors_origins: tuple[str, ...] = option((), "comma-separated origins, or *", flag="--cors-origins")
+    models_dirs: tuple[str, ...] = option((), "directory POST /engines may load from (repeatable)",
+                                          flag="--models-dir")
+    max_body_bytes: int = option(8 * 1024 * 1024, "largest request body", ge=1, flag="--max-body-bytes")
+    http_keep_alive_s: float = option(75.0, "seconds an idle client connection stays open "
+                                      "(above nginx's 60 s)", ge=0, flag="--http-keep-alive")
+    drain_timeout_s: float = option(30.0, "seconds in-flight requests get to finish after SIGTERM",
+                                    ge=0, flag="--drain-timeout")
+    ssl_certfile: str | None = option(None, "serve HTTPS with this certificate", flag="--ssl-certfile")
+    ssl_keyfile: str | None = option(None, "the certificate's private key", flag="--ssl-keyfile")
+    log_level: str = option("info", "log level (debug shows libllama's own log)", flag="--log-level",
+                            choices=("debug", "info", "warning", "error"))
+    log_format: str = option("text", "text, or json for one JSON object per line", flag="--log-format",
+                             choices=("text", "json"))
+    log_prompts: bool = option(False, "add prompt text to the access log (off: prompts never reach "
+                               "the logs)", flag="--log-prompts")
+    max_memory: int = option(0, "memory budget of all engines, e.g. 8GiB (estimated weights + KV + "
+                             "buffers); a load that does not fit is refused (0 = no limit)",
+                             ge=0, flag="--max-memory", parse=parse_size)
+    evict_idle: bool = option(False, "make room under --max-memory by unloading the least recently "
+                              "used idle engines", flag="--evict-idle")
     engines: tuple[EngineConfig, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     @property
     def memory_policy(self) -> MemoryPolicy:
@@ -38,7 +55,6 @@ class ServerSettings:
 
 ENGINE_KEYS = {f.name for f in fields(EngineConfig)}
 SETTINGS_KEYS = {f.name for f in fields(ServerSettings)} - {"engines"}
-TUPLE_KEYS = {"api_keys", "admin_keys", "cors_origins", "models_dirs"}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -64,10 +80,18 @@ def engines_from(items: list[dict[str, Any]]) -> tuple[EngineConfig, ...]:
 
 
 def settings_from(values: dict[str, Any]) -> ServerSettings:
-    kwargs = {key: value for key, value in values.items() if key in SETTINGS_KEYS and value is not None}
-    for key in TUPLE_KEYS & kwargs.keys():
-        value = kwargs[key]
-        kwargs[key] = tuple(value.split(",") if isinstance(value, str) else value)
-    if "max_memory" in kwargs:
-        kwargs["max_memory"] = parse_size(kwargs["max_memory"])
+    """Settings from plain values (a config file's, or merged ones): text is parsed as a flag
+    would be (``port: "8080"``, ``max_memory: 8GiB``, ``api_keys: a,b``), None means unset."""
+    kwargs: dict[str, Any] = {}
+    for spec in option_fields(ServerSettings):
+        value = values.get(spec.name)
+        if value is None:
+            continue
+        if isinstance(value, str) and spec.base_type is not str:
+            value = spec.parse(value)
+        elif spec.option.parse is not None:  # e.g. a size given as a number
+            value = spec.option.parse(value)
+        elif spec.base_type is tuple:
+            value = tuple(value)
+        kwargs[spec.name] = value
     return ServerSettings(engines=engines_from(values.get("engines") or []), **kwargs)

@@ -1,36 +1,42 @@
-"""Engine configuration: one frozen value per loaded model."""
+"""Engine configuration: one frozen value per loaded model. Each tunable field says once how
+it is set (flag, environment, config file, POST /engines), its default and its bounds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..options import check_options, option
+
 MAX_AUTO_PARALLEL = 64
+DAY_S = 86400
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     engine_id: str
     model_path: str
-    n_ctx: int = 4096
-    n_gpu_layers: int = 100
-    main_gpu_id: int = 0
-    n_parallel: int = 0        # KV slots; 0 = sized from n_ctx
-    n_threads: int = 0         # 0 = all cores
-    n_batch: int = 512         # token budget of one step (decode rows + prompt chunks)
-    max_queue: int = 256       # waiting requests beyond this are refused (HTTP 503)
-    flash_attn: str = "auto"
-    use_mmap: bool = True
-    keep_alive_s: float = 0.0  # unload after this long idle (reload on the next request); 0 = never
-    pinned: bool = False       # never unloaded for idleness nor evicted for memory
+    n_ctx: int = option(4096, "context size: KV cells, one pool shared by all slots",
+                        ge=16, le=1 << 20, flag="--n-ctx")
+    n_gpu_layers: int = option(100, "layers offloaded when built with a GPU backend",
+                               ge=-1, le=100_000, flag="--n-gpu-layers")
+    main_gpu_id: int = option(0, "GPU that holds the model", ge=0, le=64)
+    n_parallel: int = option(0, f"slots: sequences decoded together (0 = n_ctx/128, at most "
+                             f"{MAX_AUTO_PARALLEL})", ge=0, le=256, flag="--parallel")
+    n_threads: int = option(0, "compute threads (0 = all cores)", ge=0, le=1024, flag="--threads")
+    n_batch: int = option(512, "token budget of one step (decode rows + prompt chunks)",
+                          ge=1, le=65536, flag="--n-batch")
+    max_queue: int = option(256, "waiting requests before 503 (engine_overloaded)",
+                            ge=0, le=1_000_000, flag="--max-queue")
+    flash_attn: str = option("auto", "flash attention", choices=("auto", "on", "off"), http=False)
+    use_mmap: bool = option(True, "map the model file instead of reading it", http=False)
+    keep_alive_s: float = option(0.0, "unload after this many idle seconds; it reloads on the next "
+                                 "request (0 = stay loaded)", ge=0, le=365 * DAY_S,
+                                 flag="--keep-alive", alias="keep_alive")
+    pinned: bool = option(False, "never unloaded for idleness nor evicted for memory", flag="--pin")
 
     def __post_init__(self) -> None:
         if not self.engine_id:
             raise ValueError("engine_id must be a non-empty string")
-        if self.n_ctx < 16:
-            raise ValueError("n_ctx must be at least 16")
-        if self.n_parallel < 0 or self.n_batch < 1 or self.max_queue < 0 or self.n_threads < 0:
-            raise ValueError("n_parallel, n_batch, max_queue and n_threads must be positive")
-        if self.keep_alive_s < 0:
-            raise ValueError("keep_alive_s must be >= 0 (0 keeps the engine loaded)")
+        check_options(self)
 
     @property
     def resolved_parallel(self) -> int:

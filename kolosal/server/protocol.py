@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from ..engine import SamplingParams
+from ..engine import EngineConfig, SamplingParams
+from ..options import option_fields
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
@@ -136,16 +137,23 @@ class CompletionRequest(SamplingFields):
         return list(prompt)
 
 
-class EngineCreateRequest(BaseModel):
+class EngineCreateBase(BaseModel):
+    """POST /engines. The identity fields are here; every tunable field (its name, type,
+    default and bounds) is generated from EngineConfig below, so they cannot drift."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     engine_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     model_path: str = Field(min_length=1)
-    n_ctx: Annotated[int, Field(ge=16, le=1 << 20)] = 4096
-    n_gpu_layers: Annotated[int, Field(ge=-1, le=100_000)] = 100
-    main_gpu_id: Annotated[int, Field(ge=0, le=64)] = 0
-    n_parallel: Annotated[int, Field(ge=0, le=256)] = 0
-    n_batch: Annotated[int, Field(ge=1, le=65536)] = 512
-    n_threads: Annotated[int, Field(ge=0, le=1024)] = 0
-    max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 256
-    keep_alive: Annotated[float, Field(ge=0, le=365 * 86400)] = 0.0  # idle seconds; 0 = stay loaded
-    pinned: bool = False
+
+    def engine_config(self, model_path: str) -> EngineConfig:
+        """The engine's config, with ``model_path`` as resolved by the caller."""
+        return EngineConfig(engine_id=self.engine_id, model_path=model_path,
+                            **{spec.name: getattr(self, spec.http_name) for spec in ENGINE_HTTP_OPTIONS})
+
+
+ENGINE_HTTP_OPTIONS = tuple(spec for spec in option_fields(EngineConfig) if spec.option.http)
+_ENGINE_FIELDS: dict[str, Any] = {
+    spec.http_name: (Annotated[spec.type, Field(ge=spec.option.ge, le=spec.option.le,
+                                                description=spec.option.help)], spec.default)
+    for spec in ENGINE_HTTP_OPTIONS}
+EngineCreateRequest = create_model("EngineCreateRequest", __base__=EngineCreateBase, **_ENGINE_FIELDS)

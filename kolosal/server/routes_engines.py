@@ -10,7 +10,6 @@ from typing import Any
 from quart import Blueprint, Response, current_app
 
 from ..engine import (
-    EngineConfig,
     EngineEntry,
     EngineExistsError,
     EngineNotFoundError,
@@ -73,13 +72,8 @@ async def create_engine() -> Response:
     except OSError as error:  # unreadable: permissions, I/O
         raise bad_request(f"cannot read the model file: {error.strerror or error}", param="model_path",
                           code="model_file_unreadable") from None
-    config = EngineConfig(engine_id=body.engine_id, model_path=str(path), n_ctx=body.n_ctx,
-                          n_gpu_layers=body.n_gpu_layers, main_gpu_id=body.main_gpu_id,
-                          n_parallel=body.n_parallel, n_batch=body.n_batch,
-                          n_threads=body.n_threads, max_queue=body.max_queue,
-                          keep_alive_s=body.keep_alive, pinned=body.pinned)
     try:
-        engine = await current_app.config["REGISTRY"].add(config)
+        engine = await current_app.config["REGISTRY"].add(body.engine_config(str(path)))
     except EngineExistsError as error:
         raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
     except InsufficientMemoryError as error:

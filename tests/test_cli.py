@@ -1,0 +1,104 @@
+"""The CLI without a server: reading the environment, merging it with flags and a config
+file, and the engine of --model. No model or library is loaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kolosal.cli import (
+    build_parser,
+    default_engine,
+    flag_values,
+    merge,
+    read_env,
+    settings_from_args,
+)
+from kolosal.config import ServerSettings
+
+DEFAULT_MODEL = Path("/cache/gemma-3-270m.gguf")
+
+
+def default_model() -> Path:
+    return DEFAULT_MODEL
+
+
+def settings(argv: list[str], environ: dict[str, str] | None = None) -> ServerSettings:
+    return settings_from_args(build_parser().parse_args(argv), environ or {}, default_model)
+
+
+def test_read_env_parses_like_the_flags() -> None:
+    values = read_env({"KOLOSAL_PORT": "9000", "KOLOSAL_API_KEY": "k1,k2", "KOLOSAL_PIN": "1",
+                       "KOLOSAL_EVICT_IDLE": "false", "KOLOSAL_N_CTX": "2048", "KOLOSAL_MODEL": "/m.gguf",
+                       "KOLOSAL_KEEP_ALIVE": "2.5", "KOLOSAL_HOST": "", "OTHER": "x"})
+    assert values == {"port": 9000, "api_keys": ("k1", "k2"), "pinned": True, "evict_idle": False,
+                      "n_ctx": 2048, "model": "/m.gguf", "keep_alive_s": 2.5}
+
+
+def test_read_env_names_the_bad_variable() -> None:
+    with pytest.raises(ValueError, match="KOLOSAL_PORT"):
+        read_env({"KOLOSAL_PORT": "eighty"})
+    with pytest.raises(ValueError, match="KOLOSAL_LOG_FORMAT: log_format must be one of text, json"):
+        read_env({"KOLOSAL_LOG_FORMAT": "xml"})
+
+
+def test_flag_values_are_only_the_given_flags() -> None:
+    args = build_parser().parse_args(["--port", "1234", "--api-key", "a", "--api-key", "b,c", "--pin"])
+    assert flag_values(args) == {"port": 1234, "api_keys": ("a", "b", "c"), "pinned": True}
+    assert flag_values(build_parser().parse_args([])) == {}
+
+
+def test_bad_flags_are_refused_by_argparse_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--max-memory", "lots"])
+    assert "not a size: 'lots'" in capsys.readouterr().err
+
+
+def test_merge_flags_over_env_over_file() -> None:
+    file_values = {"port": 1, "host": "file", "log_level": "debug", "engines": [{"engine_id": "x"}]}
+    env = {"port": 2, "host": "env", "n_ctx": 99}
+    flags = {"port": 3, "model": "/m.gguf"}
+    assert merge(file_values, env, flags) == {"port": 3, "host": "env", "log_level": "debug",
+                                              "engines": [{"engine_id": "x"}]}
+
+
+def test_default_engine() -> None:
+    given = {"model": "/models/qwen.gguf", "n_ctx": 8192, "pinned": True, "port": 1}
+    assert default_engine(given, True, default_model) == {
+        "engine_id": "qwen", "model_path": "/models/qwen.gguf", "n_ctx": 8192, "pinned": True}
+    assert default_engine({"model": "/m/x.gguf", "engine_id": "gemma"}, False, default_model) == {
+        "engine_id": "gemma", "model_path": "/m/x.gguf"}
+    # no --model: the default model, unless the config names engines or it is switched off
+    assert default_engine({}, False, default_model) == {"engine_id": DEFAULT_MODEL.stem,
+                                                        "model_path": str(DEFAULT_MODEL)}
+    assert default_engine({}, True, default_model) is None
+    assert default_engine({"no_default_model": True}, False, default_model) is None
+
+
+def test_settings_from_args_end_to_end(tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("port: 9000\nmax_memory: 2GiB\napi_keys: [file-key]\nengines:\n"
+                      "  - {engine_id: e1, model_path: /m/e1.gguf, n_ctx: 1024}\n")
+    result = settings(["--config", str(config), "--model", "/m/e2.gguf", "--parallel", "4"],
+                      {"KOLOSAL_PORT": "9100", "KOLOSAL_N_CTX": "2048"})
+    assert result.port == 9100 and result.max_memory == 2 << 30 and result.api_keys == ("file-key",)
+    assert [(e.engine_id, e.n_ctx, e.n_parallel) for e in result.engines] == [("e1", 1024, 0),
+                                                                              ("e2", 2048, 4)]
+
+
+def test_settings_defaults_without_any_input() -> None:
+    result = settings([])
+    assert (result.host, result.port, result.max_body_bytes) == ("127.0.0.1", 8080, 8 << 20)
+    [engine] = result.engines
+    assert engine.model_path == str(DEFAULT_MODEL) and engine.n_ctx == 4096
+
+
+def test_out_of_range_values_fail_wherever_they_come_from(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="n_ctx must be >= 16"):
+        settings(["--n-ctx", "8"])
+    with pytest.raises(ValueError, match="port must be >= 0 and <= 65535"):
+        settings([], {"KOLOSAL_PORT": "70000"})
+    config = tmp_path / "server.yaml"
+    config.write_text("engines:\n  - {engine_id: e, model_path: m, n_batch: 0}\n")
+    with pytest.raises(ValueError, match="n_batch must be >= 1"):
+        settings(["--config", str(config)])
