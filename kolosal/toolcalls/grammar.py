@@ -135,7 +135,8 @@ def _schema_problem(schema: Mapping[str, Any]) -> str:
 
 def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
     """The grammar for an OpenAI ``response_format``: None for ``text`` (no constraint),
-    any JSON object for ``json_object``, the schema for ``json_schema``. ``options`` are
+    any JSON object for ``json_object`` (or its ``schema``, as llama-server allows), the
+    schema for ``json_schema``. ``options`` are
     those of ``json_schema_grammar`` (reasoning, special_tokens, tokenizer)."""
     if response_format is None:
         return None
@@ -143,7 +144,10 @@ def response_format_grammar(response_format: Mapping[str, Any] | None, **options
     if kind == "text":
         return None
     if kind == "json_object":
-        return json_schema_grammar(None, **options)
+        schema = response_format.get("schema")  # llama-server's extension
+        if schema is not None and not isinstance(schema, Mapping):
+            raise GrammarError("response_format.schema must be an object")
+        return json_schema_grammar(schema, **options)
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, Mapping):

@@ -205,6 +205,9 @@ def test_json_object_and_text() -> None:
     assert grammar is not None
     assert accepts(grammar, '{"a": [1, 2.5, {"b": null}], "c": "d"}')
     assert not accepts(grammar, "[1, 2]") and not accepts(grammar, "Sure: {}")
+    with_schema = response_format_grammar({"type": "json_object", "schema": PERSON})  # llama-server
+    assert with_schema is not None and not accepts(with_schema, '{"a": 1}')
+    assert accepts(with_schema, json.dumps({"name": "Ann", "role": "admin", "age": 30}))
 
 
 def test_reasoning_before_json() -> None:

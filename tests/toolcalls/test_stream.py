@@ -136,7 +136,7 @@ def documents(draw: st.DrawFn) -> tuple[ToolFamily, str, list[int]]:
     return family, text, sorted(set(cuts))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(documents())
 def test_any_document_any_split_streams_like_the_whole(document: tuple[ToolFamily, str, list[int]]) -> None:
     family, text, cuts = document
@@ -182,3 +182,21 @@ def test_plain_format_passes_text_through() -> None:
     assert fmt.is_plain
     text = "<think>x</think> <tool_call>{}"
     assert parse_output(text, fmt) == ParsedOutput(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(documents(), st.sampled_from(["", "<think>", "  <think>\n", "<thi"]),
+       st.lists(st.sampled_from(["plan", " ", "\n", "</think>", "</thi", "<think>", "{"]), max_size=6),
+       st.booleans())
+def test_reasoning_then_calls_stream_like_the_whole(document: tuple[ToolFamily, str, list[int]],
+                                                    opening: str, thoughts: list[str],
+                                                    starts_open: bool) -> None:
+    family, body, cuts = document
+    text = opening + "".join(thoughts) + body
+    fmt = OutputFormat(family, TOOL_NAMES, reasoning=True, starts_in_reasoning=starts_open)
+    expected = parse_output(text, fmt, lambda: "call_x")
+    parser = OutputParser(fmt, lambda: "call_x")
+    events: list[StreamEvent] = []
+    for start, end in itertools.pairwise([0, *[c for c in cuts if c < len(text)], len(text)]):
+        events += parser.feed(text[start:end])
+    assert aggregate(events + parser.finish()) == expected
