@@ -181,15 +181,19 @@ def _parameters(tool: Mapping[str, Any]) -> dict[str, Any]:
 
 def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
                       function_name: str | None = None, parallel: bool = True,
-                      reasoning: ReasoningMode = "none",
+                      max_calls: int | None = None, reasoning: ReasoningMode = "none",
                       special_tokens: Mapping[str, int] | None = None,
                       tokenizer: llguidance.LLTokenizer | None = None) -> str:
-    """Output that is one call (or with ``parallel``, one or more calls) of ``tools`` in
-    ``family``'s format, arguments valid against each function's parameters schema.
+    """Output that is one call (or with ``parallel``, one or more calls, at most
+    ``max_calls`` if given) of ``tools`` in ``family``'s format, arguments valid against
+    each function's parameters schema.
 
     For ``tool_choice: "required"`` pass all tools; for a named function pass its name
     as ``function_name``. Raises GrammarError naming the tool whose schema is unusable.
     """
+    if max_calls is not None and max_calls < 1:
+        raise GrammarError("max_calls must be at least 1")
+    limit = 1 if not parallel else max_calls
     if function_name is not None:
         tools = [tool for tool in tools if tool["function"].get("name") == function_name]
         if not tools:
@@ -209,7 +213,7 @@ def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
                      f"{_call_tail(family)}")
         alternatives.append(f"call_{number}")
     rules.append("call: " + " | ".join(alternatives))
-    return _lark_grammar(_calls_body(family, special_tokens, parallel), rules, reasoning,
+    return _lark_grammar(_calls_body(family, special_tokens, limit), rules, reasoning,
                          special_tokens, tokenizer)
 
 
@@ -226,13 +230,16 @@ def _call_tail(family: ToolFamily) -> str:
     return "" if family is ToolFamily.MISTRAL_ARGS else ' "}"'
 
 
-def _calls_body(family: ToolFamily, special: Mapping[str, int] | None, parallel: bool) -> str:
-    """One call, or one or more, with the family's markers and separators (the same text
-    ``render.format_tool_calls`` writes)."""
+def _calls_body(family: ToolFamily, special: Mapping[str, int] | None, limit: int | None) -> str:
+    """Between one and ``limit`` (None: any number of) calls, with the family's markers and
+    separators (the same text ``render.format_tool_calls`` writes)."""
     def several(block: str, separator: str) -> str:
-        if not parallel:
+        if limit == 1:
             return block
-        return f"({block})+" if not separator else f"{block} ({json.dumps(separator)} {block})*"
+        more = "*" if limit is None else f"{{0,{limit - 1}}}"
+        if not separator:
+            return f"({block}) ({block}){more}"
+        return f"{block} ({json.dumps(separator)} {block}){more}"
 
     if family is ToolFamily.HERMES:
         return several(f'{_lit("<tool_call>", special)} "\\n" call "\\n" '

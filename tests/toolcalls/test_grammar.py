@@ -97,6 +97,15 @@ def test_only_the_family_format_is_accepted(family: ToolFamily, grammars: dict[A
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_max_calls(family: ToolFamily) -> None:
+    grammar = tool_call_grammar(family, TOOLS, max_calls=2)
+    assert accepts(grammar, calls_text(family, ("get_time", {}), ("get", {"n": 1})))
+    assert not accepts(grammar, calls_text(family, ("get_time", {}), ("get", {"n": 1}), ("get_time", {})))
+    with pytest.raises(GrammarError, match="max_calls"):
+        tool_call_grammar(family, TOOLS, max_calls=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_named_function_is_the_only_choice(family: ToolFamily) -> None:
     grammar = tool_call_grammar(family, TOOLS, function_name="get_time")
     assert accepts(grammar, calls_text(family, ("get_time", {})))
