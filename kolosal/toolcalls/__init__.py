@@ -13,6 +13,7 @@ from .families import (
     markers,
     mistral_call_id,
     new_call_id,
+    special_token_ids,
     starts_in_reasoning,
     template_has_reasoning,
 )
@@ -48,6 +49,6 @@ __all__ = [
     "aggregate", "builtin_tool_messages", "detect_tool_family", "format_tool_calls",
     "gbnf_grammar", "json_schema_grammar", "markers", "mistral_call_id", "new_call_id",
     "normalize_messages", "offered_tool_names", "parse_output", "parse_tool_calls",
-    "response_format_grammar", "split_reasoning", "starts_in_reasoning",
+    "response_format_grammar", "special_token_ids", "split_reasoning", "starts_in_reasoning",
     "template_has_reasoning", "tool_call_grammar", "tools_system_prompt", "validate",
 ]

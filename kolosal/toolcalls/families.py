@@ -11,6 +11,7 @@ import enum
 import hashlib
 import secrets
 import string
+from collections.abc import Callable, Iterable
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -45,6 +46,20 @@ def markers(family: ToolFamily | None, reasoning: bool) -> tuple[str, ...]:
     grammars' ``special_tokens`` and must be detokenized as text."""
     found = TOOL_MARKERS[family] if family is not None else ()
     return found + (REASONING_MARKERS if reasoning else ())
+
+
+def special_token_ids(texts: Iterable[str], tokenize: Callable[[str], list[int]],
+                      is_special: Callable[[int], bool]) -> dict[str, int]:
+    """Which marker texts are one special token of the model: ``tokenize`` must parse
+    special tokens (libllama's ``parse_special=True``) and ``is_special`` say whether the
+    grammar tokenizer marks a token special. The result is the grammars'
+    ``special_tokens``; the engine must render these ids as text."""
+    found: dict[str, int] = {}
+    for text in texts:
+        ids = tokenize(text)
+        if len(ids) == 1 and is_special(ids[0]):
+            found[text] = ids[0]
+    return found
 
 
 def detect_tool_family(template: str | None, architecture: str = "") -> ToolFamily:
