@@ -25,6 +25,7 @@ from .config import EngineConfig
 from .entry import EngineEntry, EngineState
 from .errors import EngineReloadError, EngineStoppedError, InsufficientMemoryError
 from .memory import MemoryEstimate, estimate_memory, format_size
+from .model_check import model_file_error
 
 logger = logging.getLogger(__name__)
 IDLE_CHECK_INTERVAL_S = 1.0
@@ -99,6 +100,9 @@ class EngineRegistry:
             task.exception()  # retrieved here: every waiter may have gone
 
     async def _load_now(self, engine: EngineEntry) -> None:
+        # a file that would crash libllama is refused by a child process, before the lock:
+        # a slow check never holds up other loads (cached: a reload costs one stat)
+        file_error = await model_file_error(engine.config)
         async with self._load_lock:
             if self._engines.get(engine.engine_id) is not engine:  # removed meanwhile
                 raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
@@ -108,6 +112,8 @@ class EngineRegistry:
                 raise EngineStoppedError(f"engine '{engine.engine_id}' is {engine.state.value}"
                                          + (f": {engine.error}" if engine.error else ""))
             try:
+                if file_error is not None:
+                    raise file_error
                 if engine.memory is None:
                     engine.memory = await asyncio.to_thread(estimate_memory, engine.config)
                 await self._make_room(engine, engine.memory)

@@ -25,6 +25,9 @@ class ModelParams:
     n_gpu_layers: int = 100
     main_gpu: int = 0
     use_mmap: bool = True
+    # read the hyper-parameters, vocabulary and tensor table, allocate and read no weights
+    # (what the isolated load check runs; see kolosal/llama/probe.py)
+    no_alloc: bool = False
 
 
 ProgressCallback = Callable[[float], bool]
@@ -45,8 +48,13 @@ class Model:
         c_params = self._lib.llama_model_default_params()
         c_params.n_gpu_layers = self.params.n_gpu_layers
         c_params.main_gpu = self.params.main_gpu
-        c_params.load_mode = (self._lib.LLAMA_LOAD_MODE_MMAP if self.params.use_mmap
-                              else self._lib.LLAMA_LOAD_MODE_NONE)
+        c_params.load_mode = (self._lib.LLAMA_LOAD_MODE_MMAP
+                              if self.params.use_mmap and not self.params.no_alloc
+                              else self._lib.LLAMA_LOAD_MODE_NONE)  # no_alloc asserts when mmap'd
+        c_params.no_alloc = self.params.no_alloc
+        if self.params.no_alloc:  # an empty device list: simulate on the CPU, touch no GPU
+            self._no_devices = self._ffi.new("ggml_backend_dev_t[1]")
+            c_params.devices = self._no_devices
         handle = None
         if progress is not None:
             handle = self._ffi.new_handle(progress)

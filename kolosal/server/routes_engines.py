@@ -2,6 +2,7 @@
 DELETE /engines/{id}, and GET /v1/health."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from ..engine import (
     EngineState,
     InsufficientMemoryError,
 )
-from ..gguf_header import InvalidModelFileError, read_gguf_header
+from ..engine.model_check import check_model_file
+from ..gguf_header import InvalidModelFileError
 from ..llama import ModelLoadError
 from .errors import APIError, bad_request, from_engine_error
 from .http import json_response, parse_body
@@ -47,11 +49,34 @@ def engine_body(engine: EngineEntry, with_stats: bool = False) -> dict[str, Any]
     return body
 
 
-def resolve_model_path(raw: str) -> Path:
-    """Expand and resolve (symlinks too); confine to --models-dir when one is configured."""
-    path = Path(os.path.expanduser(raw)).resolve()
+def _resolve(raw: str) -> Path:
+    """Expanded and resolved (symlinks too). A NUL byte or a symlink loop is the caller's
+    error (400), never a 500."""
+    if "\0" in raw:
+        raise bad_request("model_path contains a NUL byte", param="model_path", code="invalid_model_path")
+    try:
+        return Path(os.path.expanduser(raw)).resolve()
+    except (RuntimeError, OSError, ValueError) as error:  # RuntimeError: a symlink loop (< 3.13)
+        raise bad_request(f"model_path cannot be resolved: {error}", param="model_path",
+                          code="invalid_model_path") from None
+
+
+def _within(path: Path, allowed: list[str]) -> bool:
+    for directory in allowed:
+        try:
+            if path.is_relative_to(Path(directory).expanduser().resolve()):
+                return True
+        except (RuntimeError, OSError, ValueError):  # a models dir that cannot be resolved allows nothing
+            continue
+    return False
+
+
+async def resolve_model_path(raw: str) -> Path:
+    """Expand and resolve (symlinks too, off the event loop); confine to --models-dir when
+    one is configured."""
     allowed = current_app.config["SETTINGS"].models_dirs
-    if allowed and not any(path.is_relative_to(Path(d).expanduser().resolve()) for d in allowed):
+    path = await asyncio.to_thread(_resolve, raw)
+    if allowed and not await asyncio.to_thread(_within, path, allowed):
         raise APIError(403, "model_path is outside the configured models directories",
                        type="permission_error", param="model_path", code="model_path_forbidden")
     return path
@@ -61,9 +86,10 @@ def resolve_model_path(raw: str) -> Path:
 @blueprint.post("/v1/engines")
 async def create_engine() -> Response:
     body = await parse_body(EngineCreateRequest)
-    path = resolve_model_path(body.model_path)
-    try:
-        read_gguf_header(path)
+    path = await resolve_model_path(body.model_path)
+    config = body.engine_config(str(path))
+    try:  # bounded header check, then a load in a child process: a file that crashes libllama
+        await check_model_file(config)  # is refused here, outside the server (cached per file)
     except FileNotFoundError:
         raise APIError(404, f"model file not found: {body.model_path}", param="model_path",
                        code="model_file_not_found") from None
@@ -73,12 +99,14 @@ async def create_engine() -> Response:
         raise bad_request(f"cannot read the model file: {error.strerror or error}", param="model_path",
                           code="model_file_unreadable") from None
     try:
-        engine = await current_app.config["REGISTRY"].add(body.engine_config(str(path)))
+        engine = await current_app.config["REGISTRY"].add(config)
     except EngineExistsError as error:
         raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
     except InsufficientMemoryError as error:
         raise from_engine_error(error) from None
-    except (ModelLoadError, InvalidModelFileError, ValueError, OSError) as error:
+    except InvalidModelFileError as error:  # replaced since the check
+        raise bad_request(str(error), param="model_path", code="invalid_model_file") from None
+    except (ModelLoadError, ValueError, OSError) as error:
         raise bad_request(str(error), param="model_path", code="model_load_failed") from None
     except RuntimeError as error:  # e.g. the context could not be allocated
         raise APIError(500, str(error), type="server_error", code="engine_load_failed") from None

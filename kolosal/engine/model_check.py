@@ -1,0 +1,178 @@
+"""The isolated model-file check, run before a file is loaded into the server process.
+
+libllama aborts its process on some inconsistent files (a GGML_ASSERT on the hyper-
+parameters, e.g. ``block_count`` 0 or 100000), and an abort cannot be caught: loaded in the
+server, such a file would end every engine and every stream. So a file is checked first:
+
+1. in pure Python, bounded in memory and time (``kolosal.gguf_header``): regular files
+   only, every count and length capped, array payloads skipped unread;
+2. in a short-lived child process (``python -m kolosal.llama.probe``) that loads the
+   hyper-parameters, vocabulary and tensor table and builds a context of the engine's shape
+   without allocating or reading weights. A crash, abort, non-zero exit or timeout of the
+   child refuses the file (InvalidModelFileError, HTTP 400) and touches nothing else.
+
+Verdicts are remembered per file version (path, device, inode, size, mtime) and engine
+shape, so reloading the same file costs one ``stat``. About 1.5 s for the default model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..gguf_header import InvalidModelFileError, read_gguf_metadata
+from .config import EngineConfig
+
+logger = logging.getLogger(__name__)
+CHECK_TIMEOUT_S = 120.0
+MAX_VERDICTS = 256
+STDERR_TAIL_BYTES = 16 << 10
+PROBE_MODULE = "kolosal.llama.probe"
+REFUSED_PREFIX = "kolosal-probe: refused: "  # kolosal.llama.probe's refusal line (not imported:
+EXIT_REFUSED = 3                              # engine code never imports the native layer here)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_TIMED_OUT = "did not finish in time"
+
+
+@dataclass(frozen=True, slots=True)
+class _FileVersion:
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+
+
+class _Verdicts:
+    """file version -> None (loadable) or the reason it is refused; least recently used
+    dropped first. A memo of a pure function of the file's bytes, like functools.lru_cache."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[_FileVersion, str | None] = OrderedDict()
+
+    def get(self, key: _FileVersion) -> tuple[bool, str | None]:
+        if key not in self._entries:
+            return False, None
+        self._entries.move_to_end(key)
+        return True, self._entries[key]
+
+    def put(self, key: _FileVersion, reason: str | None) -> None:
+        self._entries[key] = reason
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+
+_verdicts = _Verdicts(MAX_VERDICTS)
+
+
+def _file_version(config: EngineConfig) -> _FileVersion:
+    info = os.stat(config.model_path)
+    return _FileVersion(config.model_path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+                        config.n_ctx, config.n_batch, config.resolved_parallel)
+
+
+async def check_model_file(config: EngineConfig) -> None:
+    """Return when ``config``'s file is safe to load into this process. Raises
+    FileNotFoundError, IsADirectoryError, InvalidModelFileError (not a regular file, over
+    the header bounds, refused by libllama, or crashing it) or OSError."""
+    key = await asyncio.to_thread(_file_version, config)
+    known, reason = _verdicts.get(key)
+    if not known:
+        reason = await _check(config)
+        if reason is not None and reason.endswith(_TIMED_OUT):
+            raise InvalidModelFileError(reason)  # perhaps a busy machine: not remembered
+        _verdicts.put(key, reason)
+    if reason is not None:
+        raise InvalidModelFileError(reason)
+
+
+async def model_file_error(config: EngineConfig) -> Exception | None:
+    """``check_model_file``'s error, returned rather than raised."""
+    try:
+        await check_model_file(config)
+    except Exception as error:
+        return error
+    return None
+
+
+async def _check(config: EngineConfig) -> str | None:
+    """None when loadable, else why not."""
+    name = Path(config.model_path).name
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(read_gguf_metadata, config.model_path)
+    except InvalidModelFileError as error:
+        return str(error)
+    status, stderr = await _run_probe(config)
+    logger.info("model file check of %s: exit status %s in %.2fs", name, status,
+                time.monotonic() - started)
+    if status == 0:
+        return None
+    if status is None:
+        return f"{name}: the isolated load check {_TIMED_OUT} ({CHECK_TIMEOUT_S:g}s)"
+    lines = stderr.decode("utf-8", "replace").splitlines()
+    if status == EXIT_REFUSED and lines and lines[-1].startswith(REFUSED_PREFIX):
+        return f"{name}: libllama cannot load it: {lines[-1][len(REFUSED_PREFIX):]}"
+    return f"{name}: loading it crashed libllama in the isolated load check ({_describe(status, lines)})"
+
+
+def _describe(status: int, lines: list[str]) -> str:
+    """The exit status or signal, and the assert that fired when there is one."""
+    how = f"exit status {status}"
+    if status < 0:
+        try:
+            how = signal.Signals(-status).name
+        except ValueError:
+            how = f"signal {-status}"
+    failed = [line for line in lines if "GGML_ASSERT" in line or "GGML_ABORT" in line]
+    detail = failed[-1] if failed else (lines[-1] if lines else "")
+    detail = re.sub(r"\S*/", "", detail.strip())[:300]  # source paths: file names only
+    return f"{how}: {detail}" if detail else how
+
+
+async def _run_probe(config: EngineConfig) -> tuple[int | None, bytes]:
+    """The child's exit status (negative: killed by that signal; None: timed out) and the
+    tail of its stderr."""
+    env = {**os.environ, "GGML_NO_BACKTRACE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", PROBE_MODULE, config.model_path, str(config.n_ctx),
+            str(config.n_batch), str(config.resolved_parallel),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env=env)
+    except OSError as error:
+        raise RuntimeError(f"could not start the model file check: {error}") from error
+    async def finish() -> tuple[int | None, bytes]:
+        assert process.stderr is not None
+        stderr = await _tail(process.stderr)
+        return await process.wait(), stderr
+
+    try:
+        return await asyncio.wait_for(finish(), CHECK_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return None, b""
+    finally:
+        if process.returncode is None:  # timed out, or the caller was cancelled
+            process.kill()
+            await asyncio.shield(process.wait())
+
+
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    """Read to EOF, keeping only the last STDERR_TAIL_BYTES."""
+    kept = b""
+    while chunk := await stream.read(1 << 16):
+        kept = (kept + chunk)[-STDERR_TAIL_BYTES:]
+    return kept
