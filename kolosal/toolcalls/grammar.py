@@ -114,11 +114,7 @@ def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
     if problem:
         raise GrammarError(f"invalid JSON schema: {problem}")
     if reasoning == "none":
-        try:
-            grammar = _compile_json(schema)
-        except ValueError as error:
-            raise GrammarError(f"invalid JSON schema: {error}") from None
-        return validate(grammar, tokenizer)
+        return validate(_compile_json(schema), tokenizer)
     return _lark_grammar("answer", [f"answer: {_json_rule(schema)}"], reasoning, special_tokens,
                          tokenizer)
 
@@ -136,8 +132,8 @@ def _schema_problem(schema: Mapping[str, Any]) -> str:
 def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
     """The grammar for an OpenAI ``response_format``: None for ``text`` (no constraint),
     any JSON object for ``json_object`` (or its ``schema``, as llama-server allows), the
-    schema for ``json_schema``. ``options`` are
-    those of ``json_schema_grammar`` (reasoning, special_tokens, tokenizer)."""
+    schema for ``json_schema``. ``options`` are those of ``json_schema_grammar``
+    (reasoning, special_tokens, tokenizer)."""
     if response_format is None:
         return None
     kind = response_format.get("type")

@@ -68,7 +68,12 @@ def normalize_arguments(value: Any) -> str | None:
             return None
     if not isinstance(value, dict):
         return None
-    return json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") must stay escaped
+        return json.dumps(value)
+    return text
 
 
 def call_from_object(obj: Any, arg_keys: tuple[str, ...],

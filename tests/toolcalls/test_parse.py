@@ -80,3 +80,10 @@ def test_llama_object_of_another_type_is_content() -> None:
 def test_mistral_name_must_be_an_offered_tool() -> None:
     text = '[TOOL_CALLS]rm_rf[ARGS]{"path": "/"}'
     assert parse_tool_calls(text, ToolFamily.MISTRAL_ARGS, {"search"}) == ParsedOutput(text)
+
+
+def test_arguments_stay_encodable() -> None:
+    text = '<tool_call>\n{"name": "f", "arguments": {"s": "\\ud800 é"}}\n</tool_call>'
+    (call,) = parse_tool_calls(text, ToolFamily.HERMES).tool_calls
+    call.arguments.encode("utf-8")
+    assert json.loads(call.arguments) == {"s": "\ud800 é"}
