@@ -56,7 +56,7 @@ class MemoryEstimate:
 
 def _int(value: object, default: int = 0) -> int:
     if isinstance(value, ArrayInfo):  # per-layer values (e.g. head_count_kv): the largest
-        return int(value.maximum or default)  # type: ignore[call-overload]
+        value = value.maximum or default
     return int(value) if isinstance(value, (int, float)) else default
 
 

@@ -12,6 +12,7 @@ from kolosal.engine import (
     EngineConfig,
     EngineOverloadedError,
     EngineRegistry,
+    FinishEvent,
     SamplingParams,
     TokenEvent,
 )
@@ -78,6 +79,7 @@ async def chunked_prefill_beside_streams(engine: AsyncEngine, long_ids: list[int
         async for _, event in engine.generate(long_ids, greedy(8), "long"):
             if not long_done.is_set():
                 long_done.set()
+            assert isinstance(event, (TokenEvent, FinishEvent)), event
             chunks.append(event.text)
         return "".join(chunks)
 

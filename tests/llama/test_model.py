@@ -90,7 +90,10 @@ def test_one_batch_of_four_sequences_matches_each_alone(llama_model: Model) -> N
             alone.append(greedy(context, batch, prompt, steps, logits_seen=logits_alone[-1]))
             context.seq_remove(0)
         # Now all four together: prefills of different lengths, then shared decode steps.
-        tokens, positions, seqs, logits = [], [], [], []
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        logits: list[int] = []
         for seq, prompt in enumerate(prompts):
             tokens += prompt
             positions += range(len(prompt))

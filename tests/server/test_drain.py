@@ -8,6 +8,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -60,7 +61,8 @@ async def start_streams(url: str, count: int, max_tokens: int,
     tasks = [asyncio.create_task(stream_completion(client, url, max_tokens, r)) for r in results]
     started = asyncio.ensure_future(asyncio.gather(*(r.started.wait() for r in results)))
     # every stream is generating (or one already failed: say why)
-    await asyncio.wait([started, *tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    waiting: list[asyncio.Future[Any]] = [started, *tasks]
+    await asyncio.wait(waiting, timeout=120, return_when=asyncio.FIRST_COMPLETED)
     for task in tasks:
         if task.done():
             raise AssertionError(f"a stream ended before the signal: {task.result()}")

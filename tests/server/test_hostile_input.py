@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -118,7 +119,8 @@ def gauge(metrics_text: str, name: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def short_keep_alive_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def short_keep_alive_server(model_path: Path,
+                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Its own server: idle connections of vanished clients close after 1 s (Hypercorn keeps a
     connection's tasks until its keep-alive timeout), so leftover tasks are measurable."""
     running = start_server(model_path, tmp_path_factory.mktemp("hangups") / "server.log",

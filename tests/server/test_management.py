@@ -3,6 +3,7 @@ transparent reload, idle unload, and memory returned after DELETE."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,9 +13,11 @@ from kolosal.engine import EngineConfig, estimate_memory
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 
+Spawn = Callable[..., ServerProcess]
+
 
 @pytest.fixture
-def spawn(model_path: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+def spawn(model_path: Path, tmp_path: Path) -> Iterator[Spawn]:
     servers: list[ServerProcess] = []
 
     def start(*flags: str) -> ServerProcess:
@@ -43,7 +46,7 @@ def status_of(server: ServerProcess, engine_id: str, key: str | None = None) -> 
     return httpx.get(f"{server.base_url}/engines/{engine_id}/status", headers=headers).json()
 
 
-def test_admin_key_guards_engine_management(spawn, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_admin_key_guards_engine_management(spawn: Spawn, model_path: Path) -> None:
     server = spawn("--api-key", "user-key", "--admin-key", "admin-key")
     url = server.base_url
     body = {"engine_id": "second", "model_path": str(model_path), "n_ctx": 512}
@@ -64,7 +67,7 @@ def test_admin_key_guards_engine_management(spawn, model_path: Path) -> None:  #
     assert httpx.delete(f"{url}/engines/second", headers={"X-API-Key": "admin-key"}).status_code == 200
 
 
-def test_memory_budget_refuses_then_evicts_and_reloads(spawn, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_memory_budget_refuses_then_evicts_and_reloads(spawn: Spawn, model_path: Path) -> None:
     preloaded = estimate_memory(EngineConfig(ENGINE, str(model_path), n_ctx=4096, n_parallel=8)).total
     second = estimate_memory(EngineConfig("second", str(model_path), n_ctx=512)).total
     budget = str(preloaded + second // 2)  # room for one of them at a time
@@ -91,7 +94,7 @@ def test_memory_budget_refuses_then_evicts_and_reloads(spawn, model_path: Path) 
     assert status_of(evicting, "second")["state"] == "unloaded"
 
 
-def test_keep_alive_unloads_an_idle_engine_and_reloads_it(spawn, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_keep_alive_unloads_an_idle_engine_and_reloads_it(spawn: Spawn, model_path: Path) -> None:
     server = spawn()
     created = httpx.post(f"{server.base_url}/engines", timeout=120, json={
         "engine_id": "napper", "model_path": str(model_path), "n_ctx": 512, "keep_alive": 1})
@@ -107,7 +110,7 @@ def test_keep_alive_unloads_an_idle_engine_and_reloads_it(spawn, model_path: Pat
     assert status_of(server, "napper")["state"] == "ready"
 
 
-def test_delete_returns_memory(spawn, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_delete_returns_memory(spawn: Spawn, model_path: Path) -> None:
     server = spawn()
     body = {"engine_id": "big-kv", "model_path": str(model_path), "n_ctx": 32768}
     before = rss_of(server)
