@@ -127,7 +127,7 @@ class EngineRegistry:
             except Exception as error:
                 engine.load_failed(error)
                 logger.warning("engine '%s' failed to load: %s", engine.engine_id, engine.error)
-                if engine.state == EngineState.FAILED:
+                if not engine.has_loaded:  # FAILED: listed with its error
                     raise
                 raise EngineReloadError(f"engine '{engine.engine_id}' could not be reloaded: "
                                         f"{engine.error}") from error

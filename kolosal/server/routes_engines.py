@@ -14,6 +14,7 @@ from ..engine import (
     EngineEntry,
     EngineExistsError,
     EngineNotFoundError,
+    EngineRegistry,
     EngineState,
     InsufficientMemoryError,
 )
@@ -25,6 +26,11 @@ from .http import json_response, parse_body
 from .protocol import EngineCreateRequest
 
 blueprint = Blueprint("engines", __name__)
+
+
+def current_registry() -> EngineRegistry:
+    registry: EngineRegistry = current_app.config["REGISTRY"]
+    return registry
 
 
 def engine_body(engine: EngineEntry, with_stats: bool = False) -> dict[str, Any]:
@@ -99,7 +105,7 @@ async def create_engine() -> Response:
         raise bad_request(f"cannot read the model file: {error.strerror or error}", param="model_path",
                           code="model_file_unreadable") from None
     try:
-        engine = await current_app.config["REGISTRY"].add(config)
+        engine = await current_registry().add(config)
     except EngineExistsError as error:
         raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
     except InsufficientMemoryError as error:
@@ -116,13 +122,13 @@ async def create_engine() -> Response:
 @blueprint.get("/engines")
 @blueprint.get("/v1/engines")
 async def list_engines() -> Response:
-    engines = current_app.config["REGISTRY"].list()
+    engines = current_registry().list()
     return json_response({"object": "list", "data": [engine_body(e) for e in engines]})
 
 
 def find_engine(engine_id: str) -> EngineEntry:
     try:
-        return current_app.config["REGISTRY"].get(engine_id)
+        return current_registry().get(engine_id)
     except EngineNotFoundError:
         raise APIError(404, f"engine '{engine_id}' not found", param="engine_id",
                        code="model_not_found") from None
@@ -141,7 +147,7 @@ async def engine_status(engine_id: str) -> Response:
 async def delete_engine(engine_id: str) -> Response:
     find_engine(engine_id)
     try:
-        await current_app.config["REGISTRY"].remove(engine_id)
+        await current_registry().remove(engine_id)
     except EngineNotFoundError:
         raise APIError(404, f"engine '{engine_id}' not found", param="engine_id",
                        code="model_not_found") from None
@@ -151,7 +157,7 @@ async def delete_engine(engine_id: str) -> Response:
 @blueprint.get("/health")
 @blueprint.get("/v1/health")
 async def health() -> Response:
-    registry = current_app.config["REGISTRY"]
+    registry = current_registry()
     engines = registry.list()
     ready = sum(1 for e in engines if e.state == EngineState.READY)
     return json_response({"status": "ok", "engines": {"total": len(engines), "ready": ready},
