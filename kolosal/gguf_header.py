@@ -171,10 +171,15 @@ class _Reader:
         return fmt.unpack_from(self._window, start)
 
     def u32(self) -> int:
-        return int(self.unpack(_U32)[0])  # type: ignore[call-overload]
+        return self.integer(_U32)
 
     def u64(self) -> int:
-        return int(self.unpack(_U64)[0])  # type: ignore[call-overload]
+        return self.integer(_U64)
+
+    def integer(self, fmt: struct.Struct) -> int:
+        value = self.unpack(fmt)[0]
+        assert isinstance(value, int)
+        return value
 
     def skip(self, size: int) -> None:
         if self.offset + size > self.file_size:
