@@ -35,8 +35,11 @@ class VocabLike(Protocol):
 class RunnerLike(Protocol):
     """What the thread needs of a ModelRunner (a fake one drives it in tests)."""
 
-    context: ContextLike
-    vocab: VocabLike
+    @property
+    def context(self) -> ContextLike: ...
+
+    @property
+    def vocab(self) -> VocabLike: ...
 
     def make_sampler(self, params: SamplingParams) -> SamplerLike | None: ...
 
@@ -96,6 +99,7 @@ class EngineThread:
         self._num_in_inbox = 0  # requests submitted, not yet taken in by the thread
         self._stopped = False
         self._has_deadlines = False  # skip the deadline scan until a request brings one
+        self._plan: StepPlan | None = None  # the step in progress, to fail it whole if it breaks
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
 
     # -- called from the event loop -------------------------------------------------------
@@ -138,12 +142,15 @@ class EngineThread:
         while True:
             if not self._handle_commands(block=not self.scheduler.has_work):
                 return
+            self._plan = None
             try:
                 self._step()
             except Exception as error:  # never let one bad step kill the engine
                 logger.exception("engine step failed")
-                self._emit(self.scheduler.fail(list(self.scheduler.running),
-                                               InferenceError(f"inference failed: {error}")))
+                failure = InferenceError(f"inference failed: {error}")
+                if self._plan is not None:
+                    self._emit(self.scheduler.fail_step(self._plan, failure))
+                self._emit(self.scheduler.fail(list(self.scheduler.running), failure))
 
     def _handle_commands(self, block: bool) -> bool:
         while True:
@@ -184,7 +191,7 @@ class EngineThread:
         started = time.perf_counter()
         if self._has_deadlines:
             self._emit(self.scheduler.expire())
-        plan = self.scheduler.schedule()
+        plan = self._plan = self.scheduler.schedule()
         if plan is None:
             self.stats.record_idle(self.scheduler)
             return

@@ -33,6 +33,7 @@ class SamplingParams:
     logprobs: int | None = None          # None: off; k: the sampled token's logprob + k best
     prompt_logprobs: bool = False        # also each prompt token's logprob (completions echo)
     grammar: str | None = None           # an llguidance grammar the output must match
+    special_as_text: bool = False        # control tokens (tool-call / reasoning markers) as text
 
     def for_choice(self, index: int) -> SamplingParams:
         """The params of choice ``index`` of an n > 1 request: its own seed."""

@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..llama import Batch, Context, ContextParams, DecodeStatus, Model, ModelParams, Sampler, SamplerSettings
-from ..llama.grammar import build_lltokenizer
+from ..llama.grammar import build_lltokenizer, is_grammar_special
 from ..llama.model import ProgressCallback
+from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
 from .request import Request, SamplingParams, TokenLogprob
@@ -73,6 +75,12 @@ class ModelRunner:
                 self._grammar = GrammarEngine(build_lltokenizer(self.vocab, eog), self.num_slots)
             return self._grammar
 
+    def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
+        """Which marker texts are one special token of this model."""
+        vocab = self.vocab
+        return special_token_ids(texts, lambda text: vocab.tokenize(text, False, True),
+                                 lambda token: is_grammar_special(vocab, token))
+
     def make_sampler(self, params: SamplingParams) -> Sampler | None:
         """None means greedy: argmax in numpy over all greedy rows, no sampler chain."""
         settings = SamplerSettings(
@@ -94,7 +102,7 @@ class ModelRunner:
             return StepResult(status, decode_s=decoded - started)
         output = StepOutput(np.empty(len(plan.sampled), dtype=np.int32))
         if plan.prompt_rows:
-            output.prompt_logprobs = [self._prompt_logprobs(request, first_row, start, plan)
+            output.prompt_logprobs = [(request, self._prompt_logprobs(request, first_row, start, plan))
                                       for request, first_row, start in plan.prompt_rows]
         self._sample(plan.sampled, plan.output_rows, output)
         return StepResult(status, output, decoded - started, time.perf_counter() - decoded)

@@ -127,7 +127,7 @@ class _PlanBuilder:
 
 class Scheduler:
     def __init__(self, num_slots: int, n_ctx: int, n_batch: int, memory: KVMemory,
-                 piece_of: Callable[[int], bytes], is_eog: Callable[[int], bool],
+                 piece_of: Callable[[int, bool], bytes], is_eog: Callable[[int], bool],
                  clock: Callable[[], float]) -> None:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
@@ -180,6 +180,22 @@ class Scheduler:
             self.memory.seq_remove(request.seq_id)
             request.num_computed = 0
             self._retire(request, RequestStatus.FAILED)
+            emissions.append(Emission(request, ErrorEvent(error)))
+        return emissions
+
+    def fail_step(self, plan: StepPlan, error: EngineError) -> list[Emission]:
+        """A step broke half-way (a bug, not a decode error): every request in it gets the
+        error, including one this step had already finished (its finish was never sent)."""
+        members = list(dict.fromkeys([*(r for r, _ in plan.scheduled), *plan.sampled]))
+        emissions = []
+        for request in members:
+            if request.status == RequestStatus.CANCELLED:
+                continue
+            if request in self.running:
+                self.memory.seq_remove(request.seq_id)
+                request.num_computed = 0
+                self._retire(request, RequestStatus.FAILED)
+            request.status = RequestStatus.FAILED
             emissions.append(Emission(request, ErrorEvent(error)))
         return emissions
 
@@ -361,14 +377,14 @@ class Scheduler:
         self.counters.steps += 1
         self._budget_cap = self.n_batch
         emissions: list[Emission] = []
+        for request, logprobs in output.prompt_logprobs:
+            request.prompt_logprobs.extend(logprobs)
         for request, count in plan.scheduled:
             request.num_computed += count
             prompt_done = request.num_computed == request.num_prompt
             group = [request, *self._fork(request)] if prompt_done else [request]
             if prompt_done and request.params.max_tokens == 0:  # echo-only: prompt logprobs
                 emissions.extend(self._finish(member, "", FinishReason.LENGTH) for member in group)
-        for request, logprobs in output.prompt_logprobs:
-            request.prompt_logprobs.extend(logprobs)
         now = self.clock()
         logprobs_of = output.logprobs or [None] * len(plan.sampled)
         for request, token, logprob in zip(plan.sampled, output.tokens.tolist(), logprobs_of,
@@ -407,7 +423,7 @@ class Scheduler:
         if constraint is not None and not constraint.consume(token):
             return self._fail(request, InferenceError(
                 f"the sampled token {token} broke the request's grammar: {constraint.error}"))
-        output = detokenizer.feed(self.piece_of(token))
+        output = detokenizer.feed(self.piece_of(token, params.special_as_text))
         if output.stopped or (constraint is not None and constraint.is_stopped):
             return self._finish(request, output.text + detokenizer.flush(), FinishReason.STOP)
         if request.num_generated >= params.max_tokens or len(request.token_ids) >= self.n_ctx:

@@ -21,10 +21,22 @@ def token_bytes_for_grammar(vocab: Vocab) -> list[bytes]:
         size = native_lib.llama_token_to_piece(vocab._ptr, token, buffer, 1024, 0, True)
         piece = bytes(ffi.buffer(buffer, max(size, 0)))
         attr = int(native_lib.llama_vocab_get_attr(vocab._ptr, token))
-        if attr & control or (attr & user_defined and piece.startswith(b"<") and piece.endswith(b">")):
+        if _is_special(attr, piece, control, user_defined):
             piece = CONTROL_PREFIX + piece
         tokens.append(piece)
     return tokens
+
+
+def _is_special(attr: int, piece: bytes, control: int, user_defined: int) -> bool:
+    return bool(attr & control or (attr & user_defined and piece.startswith(b"<") and piece.endswith(b">")))
+
+
+def is_grammar_special(vocab: Vocab, token: int) -> bool:
+    """Whether the grammar tokenizer marks this token special (grammars name it by id)."""
+    native_lib = vocab._lib
+    attr = int(native_lib.llama_vocab_get_attr(vocab._ptr, token))
+    return _is_special(attr, vocab.token_to_piece(token, special=True),
+                       native_lib.LLAMA_TOKEN_ATTR_CONTROL, native_lib.LLAMA_TOKEN_ATTR_USER_DEFINED)
 
 
 def build_lltokenizer(vocab: Vocab, eog_tokens: list[int]) -> Any:

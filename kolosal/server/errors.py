@@ -1,4 +1,5 @@
-"""OpenAI-style error objects and the mapping from every failure to its HTTP status."""
+"""OpenAI-style error objects, and the one table that maps every engine failure to its
+HTTP status, error type, code and headers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,11 +13,15 @@ from ..engine import (
     EngineError,
     EngineNotFoundError,
     EngineOverloadedError,
+    EngineReloadError,
     EngineStoppedError,
+    InferenceError,
     InsufficientMemoryError,
+    InvalidRequestError,
 )
 
 RETRY_AFTER_S = 1
+RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 
 
 @dataclass(slots=True)
@@ -31,6 +36,30 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRule:
+    status: int
+    type: str
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# Engine error class -> HTTP meaning; the first matching class wins (subclasses first).
+# The code is the error class's own ``code``.
+ERROR_TABLE: tuple[tuple[type[BaseException], ErrorRule], ...] = (
+    (EngineNotFoundError, ErrorRule(404, "invalid_request_error", param="model")),
+    (ContextLengthExceededError, ErrorRule(400, "invalid_request_error", param="messages")),
+    (InvalidRequestError, ErrorRule(400, "invalid_request_error")),
+    (EngineOverloadedError, ErrorRule(503, "server_error", headers={**RETRY, "x-should-retry": "true"})),
+    (EngineStoppedError, ErrorRule(503, "server_error", headers=RETRY)),
+    (InsufficientMemoryError, ErrorRule(503, "server_error", headers=RETRY)),
+    (DeadlineExceededError, ErrorRule(504, "server_error")),
+    (EngineReloadError, ErrorRule(500, "server_error")),
+    (InferenceError, ErrorRule(500, "server_error")),
+    (EngineError, ErrorRule(500, "server_error")),
+)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -51,27 +80,16 @@ def from_validation_error(error: ValidationError) -> APIError:
     return bad_request(message, param=location or None)
 
 
-def from_engine_error(error: Exception) -> APIError:
-    """Map engine-side failures to their HTTP meaning."""
-    if isinstance(error, EngineNotFoundError):
-        return APIError(404, str(error), param="model", code="model_not_found")
-    if isinstance(error, ContextLengthExceededError):
-        return bad_request(str(error), param="messages", code="context_length_exceeded")
-    if isinstance(error, EngineOverloadedError):
-        return APIError(503, str(error), type="server_error", code="engine_overloaded",
-                        headers={"Retry-After": str(RETRY_AFTER_S), "x-should-retry": "true"})
-    if isinstance(error, EngineStoppedError):
-        return APIError(503, str(error), type="server_error", code="engine_stopped",
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
-    if isinstance(error, InsufficientMemoryError):
-        if not error.fits_alone:  # no amount of waiting helps
-            return bad_request(str(error), param="n_ctx", code=error.code)
-        return APIError(503, str(error), type="server_error", code=error.code,
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
-    if isinstance(error, DeadlineExceededError):
-        return APIError(504, str(error), type="server_error", code="deadline_exceeded")
-    if isinstance(error, EngineError):
-        return APIError(500, str(error), type="server_error", code=error.code)
-    if isinstance(error, ValueError):
-        return bad_request(str(error))
+def from_engine_error(error: BaseException) -> APIError:
+    """The HTTP meaning of an engine-side failure (anything else is a 500)."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, InsufficientMemoryError) and not error.fits_alone:
+        return bad_request(str(error), param="n_ctx", code=error.code)  # waiting never helps
+    for kind, rule in ERROR_TABLE:
+        if isinstance(error, kind):
+            param = getattr(error, "param", None) or rule.param
+            code = "model_not_found" if kind is EngineNotFoundError else getattr(error, "code", None)
+            return APIError(rule.status, str(error), type=rule.type, param=param, code=code,
+                            headers=dict(rule.headers))
     return APIError(500, "internal server error", type="server_error", code="internal_error")

@@ -1,72 +1,69 @@
-"""Run one engine request per prompt and merge their events: the bridge between a
-handler and AsyncEngine.generate()."""
+"""Run one engine request per prompt (each with ``n`` choices) and merge their events: the
+bridge between a handler and AsyncEngine.generate()."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
-from ..engine import AsyncEngine, ErrorEvent, Event, FinishEvent, SamplingParams, TokenEvent, Usage
+from ..engine import AsyncEngine, Event, FinishEvent, SamplingParams, TokenEvent, Usage
+from .guards import raise_if_client_gone
+
+Choices = AsyncGenerator[tuple[int, Event], None]
+
+
+def total_usage(finishes: list[FinishEvent], choices_per_prompt: int = 1) -> Usage:
+    """Usage of a whole response: each prompt counted once however many choices shared it."""
+    return Usage(sum(f.usage.prompt_tokens for f in finishes) // choices_per_prompt,
+                 sum(f.usage.completion_tokens for f in finishes),
+                 sum(f.usage.cached_tokens for f in finishes) // choices_per_prompt)
 
 
 @dataclass(slots=True)
-class ChoiceResult:
-    index: int
-    parts: list[str] = field(default_factory=list)
-    finish: FinishEvent | None = None
-    error: ErrorEvent | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-def total_usage(finishes: list[FinishEvent]) -> Usage:
-    return Usage(sum(f.usage.prompt_tokens for f in finishes),
-                 sum(f.usage.completion_tokens for f in finishes),
-                 sum(f.usage.cached_tokens for f in finishes))
+class _Prompt:
+    generator: Choices
+    first: tuple[int, Event] | None = None
 
 
 class MultiStream:
     """``await start()`` submits every prompt at once and waits for each first event, so
     refusals (queue full, context too long) raise before any response is sent. Then
-    ``events()`` yields ``(index, event)`` as they come. ``close()`` aborts what is left."""
+    ``events()`` yields ``(choice index, event)`` as they come; prompt ``p``'s choice ``i``
+    is index ``p * n + i``. ``close()`` aborts what is left."""
 
     def __init__(self, engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams,
-                 request_id: str, timeout_s: float | None = None) -> None:
-        self._generators = [engine.generate(ids, params, f"{request_id}-{i}", timeout_s)
-                            for i, ids in enumerate(prompts)]
-        self._firsts: list[Event] = []
+                 request_id: str, timeout_s: float | None = None, n: int = 1) -> None:
+        self.n = n
+        self.num_choices = len(prompts) * n
+        self._prompts = [_Prompt(engine.generate(ids, params, f"{request_id}-{p}" if len(prompts) > 1
+                                                 else request_id, timeout_s, n))
+                         for p, ids in enumerate(prompts)]
         self._tasks: list[asyncio.Task[None]] = []
 
-    @property
-    def num_choices(self) -> int:
-        return len(self._generators)
-
     async def start(self) -> None:
-        results = await asyncio.gather(*(g.__anext__() for g in self._generators),
+        raise_if_client_gone()  # nothing is queued for a client that already left
+        results = await asyncio.gather(*(p.generator.__anext__() for p in self._prompts),
                                        return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await self.close()
             raise errors[0]
-        self._firsts = list(results)  # type: ignore[arg-type]
+        for prompt, first in zip(self._prompts, results, strict=True):
+            prompt.first = first  # type: ignore[assignment]
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
-        if len(self._generators) == 1:  # one prompt: no merging, no extra task per token
-            yield 0, self._firsts[0]
-            if isinstance(self._firsts[0], TokenEvent):
-                async for event in self._generators[0]:
-                    yield 0, event
+        if len(self._prompts) == 1:  # one prompt: no merging, no extra task per token
+            prompt = self._prompts[0]
+            assert prompt.first is not None
+            yield prompt.first
+            async for choice_event in prompt.generator:
+                yield choice_event
             return
         queue: asyncio.Queue[tuple[int, Event] | None] = asyncio.Queue()
-        pending = 0
-        for index, first in enumerate(self._firsts):
-            yield index, first
-            if isinstance(first, TokenEvent):
-                pending += 1
-                self._tasks.append(asyncio.create_task(self._pump(index, queue)))
+        for index, prompt in enumerate(self._prompts):
+            self._tasks.append(asyncio.create_task(self._pump(index, prompt, queue)))
+        pending = len(self._prompts)
         while pending:
             item = await queue.get()
             if item is None:
@@ -74,25 +71,16 @@ class MultiStream:
                 continue
             yield item
 
-    async def _pump(self, index: int, queue: asyncio.Queue[tuple[int, Event] | None]) -> None:
+    async def _pump(self, index: int, prompt: _Prompt,
+                    queue: asyncio.Queue[tuple[int, Event] | None]) -> None:
+        offset = index * self.n
         try:
-            async for event in self._generators[index]:
-                queue.put_nowait((index, event))
+            assert prompt.first is not None
+            queue.put_nowait((offset + prompt.first[0], prompt.first[1]))
+            async for choice, event in prompt.generator:
+                queue.put_nowait((offset + choice, event))
         finally:
             queue.put_nowait(None)
-
-    async def collect(self) -> list[ChoiceResult]:
-        choices = [ChoiceResult(index) for index in range(len(self._generators))]
-        async for index, event in self.events():
-            choice = choices[index]
-            if isinstance(event, TokenEvent):
-                choice.parts.append(event.text)
-            elif isinstance(event, FinishEvent):
-                choice.parts.append(event.text)
-                choice.finish = event
-            else:
-                choice.error = event
-        return choices
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -100,6 +88,9 @@ class MultiStream:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        for generator in self._generators:
+        for prompt in self._prompts:
             with contextlib.suppress(BaseException):
-                await generator.aclose()
+                await prompt.generator.aclose()
+
+
+__all__ = ["MultiStream", "TokenEvent", "total_usage"]

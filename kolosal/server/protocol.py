@@ -1,35 +1,65 @@
-"""OpenAI request bodies (pydantic) and their translation to engine SamplingParams."""
+"""OpenAI request bodies (pydantic) and their translation to engine SamplingParams.
+
+Strict where a field would change the output in a way we do not implement (400), lenient
+where a field is a no-op that real clients send (``null`` for any optional field means its
+default; ``store``, ``metadata``, ``response_format: {"type": "text"}``, ``tools: []``)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from ..engine import EngineConfig, SamplingParams
+from ..engine import EngineConfig, InvalidRequestError, SamplingParams
+from ..engine.request import MAX_TOP_LOGPROBS
 from ..options import option_fields
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
+MAX_CHOICES = 128
+MAX_LEGACY_LOGPROBS = 5
+INT32_MAX = 2**31 - 1
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not a number, "yes" not a bool
+
+
+class Lenient(BaseModel):
+    """Shapes clients fill with extra keys we have no use for (names, ids, cache hints)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(strict=True)
+class TextPart(Lenient):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. "name" is harmless
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+class FunctionCall(Lenient):
+    name: str
+    arguments: str  # a JSON object, as a string (OpenAI's shape)
+
+
+class ToolCall(Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None   # assistant turns that called tools
+    tool_call_id: str | None = None            # tool results
+    reasoning_content: str | None = None       # earlier thinking, when a client echoes it back
 
     def text(self) -> str:
         if self.content is None:
@@ -38,19 +68,72 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def template_message(self) -> dict[str, Any]:
+        """The message as chat templates see it (Hugging Face's conventions)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                                   "content": self.text()}
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
-class SamplingFields(BaseModel):
+
+class JsonSchemaFormat(Lenient):
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # llama-server's json_object
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
+
+
+class FunctionDefinition(Lenient):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class Tool(Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Lenient):
+    name: str
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class SamplingFields(Strict):
     """Fields shared by chat and text completions. Fields that would change the output in a
     way we do not implement are refused (400) instead of silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not a number, "yes" not a bool
 
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Unit = 1.0
-    top_k: Annotated[int, Field(ge=0)] = 0
+    top_k: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     min_p: Unit = 0.0
     seed: int | None = None
     presence_penalty: Penalty = 0.0
@@ -58,12 +141,26 @@ class SamplingFields(BaseModel):
     repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     stop: str | list[str] | None = None
-    n: Literal[1] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     user: str | None = None          # accepted, unused
     ignore_eos: bool = False         # non-standard, as in llama-server: fixed-length outputs
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # non-standard: seconds, whole request
-    logprobs: Literal[False, None] = None
-    echo: Literal[False] = False
+    response_format: ResponseFormat | None = None
+    grammar: str | None = Field(default=None, max_length=100_000)   # llama-server: GBNF
+    json_schema: dict[str, Any] | None = None                       # llama-server: a bare schema
+    store: bool | None = None        # no-ops that SDKs and frameworks send
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """``"temperature": null`` (what many clients send for "unset") means the default."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -87,13 +184,33 @@ class SamplingFields(BaseModel):
             raise ValueError("seed must fit in 64 bits")
         return value
 
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingFields:
+        given = [name for name, value in (("response_format", self.structured_format()),
+                                          ("grammar", self.grammar), ("json_schema", self.json_schema))
+                 if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} cannot be combined: send one constraint")
+        return self
+
+    def structured_format(self) -> ResponseFormat | None:
+        """The response_format that constrains the output ({"type": "text"} does not)."""
+        if self.response_format is None or self.response_format.type == "text":
+            return None
+        return self.response_format
+
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int, n_vocab: int) -> SamplingParams:
+    def logprobs_count(self) -> int | None:
+        """None: no logprobs; k: the sampled token's logprob and the k best alternatives."""
+        return None
+
+    def sampling_params(self, max_tokens: int, n_vocab: int, grammar: str | None = None) -> SamplingParams:
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         if any(token >= n_vocab for token in bias):
-            raise ValueError(f"logit_bias token ids must be below the vocabulary size {n_vocab}")
+            raise InvalidRequestError(f"logit_bias token ids must be below the vocabulary size {n_vocab}",
+                                      param="logit_bias")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -101,22 +218,57 @@ class SamplingFields(BaseModel):
             seed=None if self.seed is None else self.seed & 0xFFFFFFFF,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repeat_penalty=self.repeat_penalty, logit_bias=bias,
-            stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos)
+            stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos,
+            logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
+            grammar=grammar)
+
+    def wants_prompt_logprobs(self) -> bool:
+        return False
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    reasoning_format: Literal["auto", "deepseek", "none"] = "auto"  # llama-server's; "none": inline
+    modalities: list[Literal["text"]] | None = None
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+                tool.function.name for tool in self.tools or []}:
+            raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
+        if self.active_tools() and (self.structured_format() or self.grammar or self.json_schema):
+            raise ValueError("tools cannot be combined with response_format, grammar or json_schema")
+        return self
 
     def resolved_max_tokens(self, limit: int) -> int:
         return min(self.max_completion_tokens or self.max_tokens or 128, limit)
 
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def active_tools(self) -> list[Tool]:
+        """The tools the model may call (none when tool_choice is "none")."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: Annotated[int, Field(ge=1)] = 16
+    max_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 16
     suffix: None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LEGACY_LOGPROBS)] | None = None
+    echo: bool = False
 
     @model_validator(mode="after")
     def _check_prompt(self) -> CompletionRequest:
@@ -125,10 +277,20 @@ class CompletionRequest(SamplingFields):
                 raise ValueError("prompt must not be an empty list")
             if len(self.prompt) > MAX_PROMPTS and not isinstance(self.prompt[0], int):
                 raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 is only meaningful with echo: true")
+        if self.n > 1 and self.max_tokens == 0:
+            raise ValueError("n > 1 needs max_tokens > 0")
         return self
 
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
+
+    def wants_prompt_logprobs(self) -> bool:
+        return self.echo and self.logprobs is not None
+
     def prompts(self) -> list[str | list[int]]:
-        """One entry per choice: text, or token ids."""
+        """One entry per prompt: text, or token ids."""
         prompt: Any = self.prompt
         if isinstance(prompt, str):
             return [prompt]

@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions, POST /v1/completions, GET /v1/models."""
+"""POST /v1/chat/completions, POST /v1/completions, GET /v1/models (and the aliases
+without /v1 that llama-server's clients use)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,27 +7,23 @@ import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import replace
 
 from quart import Blueprint, Response, current_app, g
 
 from .. import __version__
 from ..chat_template import ChatTemplate, ChatTemplateError
-from ..engine import AsyncEngine, EngineNotFoundError, ErrorEvent, FinishEvent, TokenEvent, Usage
+from ..engine import AsyncEngine, EngineNotFoundError, SamplingParams
+from ..toolcalls.output import OutputFormat
+from .constraints import OutputShape, output_grammar, tool_call_grammar
 from .errors import bad_request, from_engine_error, model_not_found
-from .generation import MultiStream, total_usage
+from .generation import MultiStream
 from .http import json_response, parse_body
-from .observe import RequestRecord
-from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from .sse import DONE, ContentChunkEncoder, event
+from .protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields
+from .shapes import Envelope
+from .writers import ChatWriter, CompletionWriter, Writer, stream_response, whole_response
 
 blueprint = Blueprint("openai", __name__)
-
-
-def usage_body(usage: Usage) -> dict[str, Any]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 def fingerprint(engine: AsyncEngine) -> str:
@@ -49,170 +46,107 @@ async def held_engine(model: str) -> AsyncIterator[AsyncEngine]:
         yield engine
 
 
-def context_size(engine: AsyncEngine) -> int:
-    assert engine.info is not None  # held_engine() yields loaded engines only
-    return engine.info.n_ctx
-
-
 def log_prompt(text: str) -> None:
     """Prompts reach the access log only when the operator asked (--log-prompts)."""
     if current_app.config["SETTINGS"].log_prompts:
         g.record.prompt = text if g.record.prompt is None else f"{g.record.prompt}\n{text}"
 
 
-async def tokenize_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> list[int]:
-    info = engine.info
-    assert info is not None
-    template = ChatTemplate.for_model(info.chat_template, info.architecture, info.bos_token,
-                                      info.eos_token)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in body.messages]
-    try:
-        prompt = template.render(messages)
-    except ChatTemplateError as error:
-        raise bad_request(str(error), param="messages") from None
-    log_prompt(prompt)
-    # Templates usually write the BOS text themselves: never add a second BOS.
-    add_special = not (info.bos_token and prompt.startswith(info.bos_token))
-    return await engine.tokenize(prompt, add_special=add_special, parse_special=True)
+def new_envelope(prefix: str, body: SamplingFields, engine: AsyncEngine) -> Envelope:
+    return Envelope(f"{prefix}-{secrets.token_urlsafe(18)}", int(time.time()), body.model,
+                    fingerprint(engine))
 
 
 async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFields,
-                max_tokens: int, prefix: str) -> tuple[MultiStream, str]:
-    request_id = f"{prefix}-{secrets.token_urlsafe(18)}"
+                params: SamplingParams, request_id: str) -> MultiStream:
+    """Submit every prompt (n choices each); refusals raise here, before any response."""
     try:
-        params = body.sampling_params(max_tokens, engine.info.n_vocab if engine.info else 0)
         for ids in prompts:
             engine.check_prompt(ids, params)
-        streams = MultiStream(engine, prompts, params, request_id, body.timeout)
+        streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n)
         await streams.start()
     except Exception as error:
         raise from_engine_error(error) from error
     g.record.token()  # every prompt has produced its first event
-    return streams, request_id
+    return streams
 
 
-async def collect_choices(streams: MultiStream) -> list[Any]:
-    """Run every prompt of a non-streaming request to its end; the first failed prompt fails
-    the whole request (OpenAI returns no partial choices)."""
-    try:
-        choices = await streams.collect()
-    finally:
-        await streams.close()
-    for choice in choices:
-        if choice.error is not None:
-            raise from_engine_error(choice.error.error)
-    return choices
+async def respond(streams: MultiStream, writer: Writer, envelope: Envelope, body: SamplingFields) -> Response:
+    if body.stream:
+        return sse_response(stream_response(streams, writer, envelope, body.include_usage(), g.record))
+    return json_response(await whole_response(streams, writer, g.record))
 
 
+# -- chat -------------------------------------------------------------------------------------------
 @blueprint.post("/v1/chat/completions")
+@blueprint.post("/chat/completions")
 async def chat_completions() -> Response:
     body = await parse_body(ChatCompletionRequest)
     g.record.model = body.model
     async with held_engine(body.model) as engine:
-        prompt_ids = await tokenize_chat(engine, body)
-        streams, request_id = await start(engine, [prompt_ids], body,
-                                          body.resolved_max_tokens(context_size(engine)), "chatcmpl")
-    envelope = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": body.model, "system_fingerprint": fingerprint(engine)}
-    if body.stream:
-        return sse_response(stream_chat(streams, envelope, body.include_usage(), g.record))
-    choices = await collect_choices(streams)
-    finish = choices[0].finish
-    assert finish is not None
-    g.record.usage = finish.usage
-    return json_response({
-        **envelope, "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": choices[0].text},
-                     "finish_reason": finish.finish_reason.value, "logprobs": None}],
-        "usage": usage_body(finish.usage)})
+        template = ChatTemplate.for_model(engine.info.chat_template, engine.info.architecture,
+                                          engine.info.bos_token, engine.info.eos_token)
+        prompt, prompt_ids, output = await tokenize_chat(engine, template, body)
+        special = engine.special_tokens(output.markers)
+        shape = OutputShape(template.tool_family, template.reasoning_mode(prompt), special)
+        grammar = output_grammar(body, shape) or tool_call_grammar(body, shape)
+        params = replace(body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx),
+                                              engine.info.n_vocab, grammar),
+                         special_as_text=bool(special))
+        envelope = new_envelope("chatcmpl", body, engine)
+        streams = await start(engine, [prompt_ids], body, params, envelope.id)
+    writer = ChatWriter(envelope, streams.num_choices, output, engine.token_piece, body.stream,
+                        body.logprobs)
+    return await respond(streams, writer, envelope, body)
 
 
-async def stream_chat(streams: MultiStream, envelope: dict[str, Any], include_usage: bool,
-                      record: RequestRecord) -> AsyncIterator[bytes]:
-    encoder = ContentChunkEncoder(envelope, chat=True)
-    status = 499  # unless the stream runs to its end: the client went away
+async def tokenize_chat(engine: AsyncEngine, template: ChatTemplate,
+                        body: ChatCompletionRequest) -> tuple[str, list[int], OutputFormat]:
+    """The prompt, its tokens, and what the output may hold besides content (tool calls in
+    the model family's format, a reasoning block)."""
+    tools = [tool.model_dump() for tool in body.active_tools()]
+    messages = [message.template_message() for message in body.messages]
     try:
-        yield event({**envelope, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "finish_reason": None, "logprobs": None}]})
-        async for _, item in streams.events():
-            if isinstance(item, TokenEvent):
-                yield encoder.encode(0, item.text)
-            elif isinstance(item, FinishEvent):
-                record.usage = item.usage
-                if item.text:
-                    yield encoder.encode(0, item.text)
-                yield event({**envelope, "choices": [{"index": 0, "delta": {"content": ""},
-                                                      "finish_reason": item.finish_reason.value,
-                                                      "logprobs": None}]})
-                if include_usage:
-                    yield event({**envelope, "choices": [], "usage": usage_body(item.usage)})
-            else:
-                yield event(from_engine_error(item.error).body())
-        yield DONE
-        status = 200
-    finally:
-        await streams.close()
-        record.finish(status)
+        prompt = template.render(messages, tools=tools or None,
+                                 parallel_tool_calls=body.parallel_tool_calls)
+    except ChatTemplateError as error:
+        raise bad_request(str(error), param="messages") from None
+    log_prompt(prompt)
+    choice = body.tool_choice
+    output = template.output_format(prompt, tools, choice.model_dump() if isinstance(choice, NamedToolChoice)
+                                    else choice or "auto", reasoning_inline=body.reasoning_format == "none")
+    # Templates usually write the BOS text themselves: never add a second BOS.
+    info = engine.info
+    add_special = not (info.bos_token and prompt.startswith(info.bos_token))
+    return prompt, await engine.tokenize(prompt, add_special=add_special, parse_special=True), output
 
 
+# -- text completions -----------------------------------------------------------------------------
 @blueprint.post("/v1/completions")
+@blueprint.post("/completions")
 async def completions() -> Response:
     body = await parse_body(CompletionRequest)
     g.record.model = body.model
     async with held_engine(body.model) as engine:
         prompts: list[list[int]] = []
+        echoes: list[str] = []
         for prompt in body.prompts():
             if isinstance(prompt, str):
                 if not prompt:
                     raise bad_request("prompt must not be empty", param="prompt")
                 log_prompt(prompt)
                 prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
+                echoes.extend([prompt] * body.n if body.echo else [""] * body.n)
             else:
                 prompts.append(prompt)
-        streams, request_id = await start(engine, prompts, body,
-                                          min(body.max_tokens, context_size(engine)), "cmpl")
-    envelope = {"id": request_id, "object": "text_completion", "created": int(time.time()),
-                "model": body.model, "system_fingerprint": fingerprint(engine)}
-    if body.stream:
-        return sse_response(stream_completion(streams, envelope, body.include_usage(), g.record))
-    choices = await collect_choices(streams)
-    finishes = [c.finish for c in choices if c.finish is not None]
-    g.record.usage = total_usage(finishes)
-    return json_response({
-        **envelope,
-        "choices": [{"index": c.index, "text": c.text, "logprobs": None,
-                     "finish_reason": c.finish.finish_reason.value if c.finish else None}
-                    for c in choices],
-        "usage": usage_body(total_usage(finishes))})
-
-
-async def stream_completion(streams: MultiStream, envelope: dict[str, Any], include_usage: bool,
-                            record: RequestRecord) -> AsyncIterator[bytes]:
-    encoder = ContentChunkEncoder(envelope, chat=False)
-    finishes: list[FinishEvent] = []
-    status = 499
-    try:
-        for index in range(streams.num_choices):
-            yield encoder.encode(index, "")
-        async for index, item in streams.events():
-            if isinstance(item, TokenEvent):
-                yield encoder.encode(index, item.text)
-            elif isinstance(item, FinishEvent):
-                finishes.append(item)
-                yield event({**envelope, "choices": [{"index": index, "text": item.text,
-                                                      "finish_reason": item.finish_reason.value,
-                                                      "logprobs": None}]})
-            elif isinstance(item, ErrorEvent):
-                yield event(from_engine_error(item.error).body())
-        if include_usage:
-            yield event({**envelope, "choices": [], "usage": usage_body(total_usage(finishes))})
-        yield DONE
-        status = 200
-    finally:
-        await streams.close()
-        record.usage = total_usage(finishes)
-        record.finish(status)
+                text = b"".join(engine.token_piece(t) for t in prompt).decode("utf-8", "replace")
+                echoes.extend([text if body.echo else ""] * body.n)
+        params = body.sampling_params(min(body.max_tokens, engine.info.n_ctx), engine.info.n_vocab,
+                                      output_grammar(body))
+        envelope = new_envelope("cmpl", body, engine)
+        streams = await start(engine, prompts, body, params, envelope.id)
+    writer = CompletionWriter(envelope, echoes, engine.token_piece, body.stream, body.logprobs is not None)
+    return await respond(streams, writer, envelope, body)
 
 
 def sse_response(body: AsyncIterator[bytes]) -> Response:
@@ -223,7 +157,9 @@ def sse_response(body: AsyncIterator[bytes]) -> Response:
     return response
 
 
+# -- models -----------------------------------------------------------------------------------------
 @blueprint.get("/v1/models")
+@blueprint.get("/models")
 async def list_models() -> Response:
     engines = current_app.config["REGISTRY"].list()
     return json_response({"object": "list", "data": [

@@ -18,7 +18,8 @@ class ContentChunkEncoder:
 
     def __init__(self, envelope: dict[str, Any], chat: bool) -> None:
         marker = "\x00KOLOSAL\x00"
-        choice: dict[str, Any] = ({"index": 0, "delta": {"content": marker}, "finish_reason": None}
+        choice: dict[str, Any] = ({"index": 0, "delta": {"content": marker}, "finish_reason": None,
+                                   "logprobs": None}
                                   if chat else
                                   {"index": 0, "text": marker, "finish_reason": None, "logprobs": None})
         body = event({**envelope, "choices": [choice]})

@@ -1,6 +1,7 @@
 """The engine thread's bookkeeping, driven step by step with a fake runner (no library)."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from kolosal.engine.engine_thread import EngineThread
 from kolosal.engine.errors import EngineOverloadedError
-from kolosal.engine.request import Request, SamplingParams
+from kolosal.engine.request import ErrorEvent, Event, EventSink, Request, SamplingParams
 from kolosal.engine.scheduler import StepOutput, StepPlan
 
 
@@ -88,3 +89,29 @@ def test_a_refused_group_takes_no_queue_room() -> None:
     with pytest.raises(EngineOverloadedError):
         thread.submit(leader)
     assert thread.num_queued == 0
+
+
+
+class BrokenRunner(FakeRunner):
+    """Returns a malformed output: the step breaks inside update(), after it finished the
+    one-token request."""
+
+    def run(self, plan: StepPlan) -> FakeResult:
+        return FakeResult(StepOutput(np.full(len(plan.sampled), 5, dtype=np.int32),
+                                     prompt_logprobs=[("not", "a pair", "!")]))  # type: ignore[list-item]
+
+
+async def test_a_step_that_breaks_after_finishing_a_request_still_answers_it() -> None:
+    thread = EngineThread(BrokenRunner(), n_parallel=2, n_batch=16, max_queue=4, name="broken")
+    events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    done = Request("one-token", [1, 2, 3], SamplingParams(max_tokens=1, temperature=0.0), 0.0,
+                   sink=EventSink(asyncio.get_running_loop(), events))
+    thread.start()
+    try:
+        thread.submit(done)
+        _, event = await asyncio.wait_for(events.get(), timeout=30)
+        assert isinstance(event, ErrorEvent)
+        assert thread.scheduler.slots.num_free == 2
+    finally:
+        thread.shutdown()
+        await asyncio.to_thread(thread.join)

@@ -21,7 +21,7 @@ class FakeMemory:
 
 
 def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8) -> Scheduler:
-    return Scheduler(num_slots, n_ctx, n_batch, FakeMemory(), piece_of=lambda t: f"<{t}>".encode(),
+    return Scheduler(num_slots, n_ctx, n_batch, FakeMemory(), piece_of=lambda t, special: f"<{t}>".encode(),
                      is_eog=lambda t: t == 0, clock=lambda: 0.0)
 
 
