@@ -11,6 +11,7 @@ from hypercorn.config import Config
 
 from ..config import ServerSettings
 from ..engine import EngineRegistry
+from . import connections
 from .app import create_app
 from .health import Drain
 
@@ -27,6 +28,7 @@ def hypercorn_config(settings: ServerSettings) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = settings.http_keep_alive_s
     config.graceful_timeout = 10
+    connections.configure(config)  # header sizes, streams and resets per connection
     if settings.ssl_certfile:
         config.certfile = settings.ssl_certfile
         config.keyfile = settings.ssl_keyfile

@@ -1,0 +1,193 @@
+"""Connection-level protections, as small subclasses of Hypercorn's protocol classes.
+
+* **HTTP/1.1: a hang-up is seen while the response is being made.** Hypercorn stops
+  reading a connection from the moment a request is complete until its response has been
+  sent (h11 is PAUSED), so a client that closed its connection was only noticed when a
+  write failed: a request sent and closed at once ran its whole generation for nobody.
+  Here the connection is read on; what a client sends ahead (pipelining) is kept up to
+  ``h11_max_incomplete_size`` bytes, then reading stops as before. End of input is a
+  disconnect, as in nginx and uvicorn (a client that half-closes is taken as gone).
+* **HTTP/2: rapid reset (CVE-2023-44487).** A client may reset streams at a sustained
+  ``RESET_RATE_PER_S`` (bursts of ``RESET_BURST``); beyond that the connection gets GOAWAY
+  (ENHANCE_YOUR_CALM) and is closed, and nothing after the offending frame is processed.
+  Handlers still running for a connection's streams, reset ones included, are capped at
+  twice ``h2_max_concurrent_streams``: a new stream beyond that is refused (REFUSED_STREAM,
+  which clients may retry), so resets cannot pile up work behind the advertised limit.
+
+``configure()`` sets the limits below on Hypercorn's config and puts the subclasses where
+its ``ProtocolWrapper`` looks them up (written against Hypercorn 0.17-0.18; the tests in
+tests/server/test_hardening_http.py fail if a Hypercorn release changes what they rely on).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import h11
+import hypercorn.protocol
+from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.events import Body, EndBody
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+
+MAX_HEADER_BYTES = 16 * 1024           # request line + headers (HTTP/1.1), header list (HTTP/2)
+MAX_STREAMS_PER_CONNECTION = 100       # HTTP/2 concurrent streams, and live handlers
+# No cap on requests per connection: Hypercorn's (1000 by default) answers the next request
+# on an HTTP/2 connection with GOAWAY and moves h2 to CLOSED, so the streams still in flight
+# can no longer send, and the client's next frame gets the socket closed (a broken pipe
+# for a client busy with hundreds of streams). Resets and live handlers are bounded instead.
+REQUESTS_PER_CONNECTION = 2**62
+HANDLERS_PER_STREAM_SLOT = 2          # live handlers per connection: 2 x the stream limit
+RESET_BURST = 200        # client stream resets a connection may send at once...
+RESET_RATE_PER_S = 20.0  # ...and per second after that
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    capacity: float
+    per_second: float
+    tokens: float = -1.0
+    updated: float = field(default_factory=time.monotonic)
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        if self.tokens < 0:
+            self.tokens = self.capacity
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.per_second)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class HangupAwareH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, reading on while a response is in progress."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paused = False  # the events loop stopped at h11.PAUSED until the response ends
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, RawData) and self._paused:
+            self.connection.receive_data(event.data)  # kept for the next request cycle
+            if len(self.connection.trailing_data[0]) > self.config.h11_max_incomplete_size:
+                await self.can_read.wait()  # too much sent ahead: stop reading until then
+            return
+        await super().handle(event)
+
+    async def _maybe_recycle(self) -> None:
+        await super()._maybe_recycle()
+        if self._paused and self.connection.our_state is h11.IDLE:
+            self._paused = False  # the next cycle began: handle what was sent ahead
+            await self._handle_events()
+
+    async def _handle_events(self) -> None:
+        # Hypercorn 0.18's loop, except at PAUSED: there it returns to the reader
+        # instead of waiting (the reader then keeps the bytes, see handle()).
+        while True:
+            if self.connection.they_are_waiting_for_100_continue:
+                await self._send_h11_event(h11.InformationalResponse(
+                    status_code=100, headers=self.config.response_headers("h11")))
+            try:
+                event = self.connection.next_event()
+            except h11.RemoteProtocolError as error:
+                if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                    await self._send_error_response(error.error_status_hint)
+                await self.send(Closed())
+                break
+            if isinstance(event, h11.Request):
+                await self.send(Updated(idle=False))
+                await self._check_protocol(event)
+                await self._create_stream(event)
+            elif event is h11.PAUSED:
+                await self.can_read.clear()
+                self._paused = True
+                break
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.NEED_DATA:
+                break
+            elif self.stream is None:
+                break
+            elif isinstance(event, h11.Data):
+                await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self.stream.handle(EndBody(stream_id=STREAM_ID))
+
+
+class CountedApp:
+    """The ASGI app as one connection's streams call it: counts the handlers that exist,
+    from their stream's creation until they return (a reset stream's handler included)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.active = 0
+
+    async def __call__(self, *args: Any) -> None:
+        try:
+            await self.app(*args)
+        finally:
+            self.active -= 1
+
+
+class GuardedH2Protocol(H2Protocol):
+    """Hypercorn's HTTP/2 protocol with a reset budget and a cap on live handlers."""
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        self.handlers = CountedApp(app)
+        super().__init__(self.handlers, *args, **kwargs)  # type: ignore[arg-type]
+        self.resets = TokenBucket(RESET_BURST, RESET_RATE_PER_S)
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        # One event at a time, so each check sees the streams the previous ones created.
+        for event in events:
+            if isinstance(event, h2.events.StreamReset) and event.remote_reset and not self.resets.take():
+                await super()._handle_events([event])
+                await self._calm_down()
+                return
+            if isinstance(event, h2.events.RequestReceived) and self._at_capacity():
+                with contextlib.suppress(h2.exceptions.StreamClosedError):  # reset already
+                    self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                continue
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                # body of a refused or already answered stream (Hypercorn would raise a
+                # KeyError and drop the connection): hand its flow-control window back
+                self.connection.acknowledge_received_data(event.flow_controlled_length,
+                                                          event.stream_id)
+                continue
+            await super()._handle_events([event])
+
+    async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+        self.handlers.active += 1  # its handler task may start later: count it now
+        await super()._create_stream(request)
+
+    def _at_capacity(self) -> bool:
+        # Twice the stream limit: a handler ends a moment after its stream's last frame
+        # went out, and a client that honours the limit opens the next stream at once.
+        return self.handlers.active >= HANDLERS_PER_STREAM_SLOT * self.config.h2_max_concurrent_streams
+
+    async def _calm_down(self) -> None:
+        self.connection.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                                         additional_data=b"too many stream resets")
+        await self._flush()
+        await self.send(Closed())
+
+
+def configure(config: Config) -> None:
+    """Set the limits above on a Hypercorn config and install the protocols."""
+    config.h11_max_incomplete_size = MAX_HEADER_BYTES
+    config.h2_max_header_list_size = MAX_HEADER_BYTES
+    config.h2_max_concurrent_streams = MAX_STREAMS_PER_CONNECTION
+    config.keep_alive_max_requests = REQUESTS_PER_CONNECTION
+    install()
+
+
+def install() -> None:
+    """Make Hypercorn build these protocols for every new connection."""
+    hypercorn.protocol.H11Protocol = HangupAwareH11Protocol  # type: ignore[misc]
+    hypercorn.protocol.H2Protocol = GuardedH2Protocol  # type: ignore[misc]
