@@ -14,4 +14,14 @@ if ! command -v chromium >/dev/null; then
     exit 1
   fi
 fi
+# The deployment test puts Debian's haproxy in front of two replicas (it skips itself
+# where haproxy cannot be installed).
+if ! command -v haproxy >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "[test] installing haproxy with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+  else
+    echo "[test] note: haproxy is missing, the HAProxy deployment test will be skipped" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"
