@@ -10,8 +10,18 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from .config import EngineConfig
 from .constraint import Constraint
+from .embedding import (
+    EmbeddingLoop,
+    EmbeddingOnlyError,
+    EmbeddingRunner,
+    EmbeddingSpec,
+    NotAnEmbeddingEngineError,
+    make_runner,
+)
 from .engine_thread import EngineThread
 from .entry import Holders
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError
@@ -72,7 +82,8 @@ class AsyncEngine:
     """One loaded model: its runner (model, context, vocab) and its scheduler thread, from
     ``load()`` until ``close()``. Nothing here is ever missing; a closed engine refuses work."""
 
-    def __init__(self, config: EngineConfig, runner: ModelRunner, holders: Holders) -> None:
+    def __init__(self, config: EngineConfig, runner: ModelRunner | EmbeddingRunner,
+                 holders: Holders) -> None:
         self.engine_id = config.engine_id
         self.config = config
         self.holders = holders                # the registry entry's: streams hold it too
@@ -87,8 +98,15 @@ class AsyncEngine:
             chat_template=model.chat_template, bos_token=runner.vocab.token_text(runner.vocab.bos),
             eos_token=runner.vocab.token_text(runner.vocab.eos), add_bos=runner.vocab.add_bos,
             description=model.description, size_bytes=model.size_bytes, n_params=model.n_params)
-        self._thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
-                                    config.max_queue, self.engine_id)
+        # An embedding engine runs the embedding batcher instead of the generation scheduler.
+        self.embedding: EmbeddingSpec | None = None
+        self._thread: EngineThread | EmbeddingLoop
+        if isinstance(runner, EmbeddingRunner):
+            self.embedding = runner.spec
+            self._thread = EmbeddingLoop(runner, config.max_queue, self.engine_id)
+        else:
+            self._thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
+                                        config.max_queue, self.engine_id)
         self._thread.start()
 
     @classmethod
@@ -96,7 +114,7 @@ class AsyncEngine:
                    on_progress: Callable[[float], bool]) -> AsyncEngine:
         """Load the model off the event loop and start the engine thread. A failure after
         the model loaded frees it again."""
-        runner = await asyncio.to_thread(ModelRunner, config, on_progress)
+        runner = await asyncio.to_thread(make_runner, config, on_progress)
         try:
             return cls(config, runner, holders)
         except BaseException:
@@ -120,15 +138,47 @@ class AsyncEngine:
         trim_heap()  # otherwise glibc keeps the freed model/KV memory in its arenas
 
     # -- requests -------------------------------------------------------------------------------
-    def _require_ready(self) -> tuple[ModelRunner, EngineThread]:
+    def _open_runner(self) -> ModelRunner | EmbeddingRunner:
         if self._closed:
             raise EngineStoppedError(f"engine '{self.engine_id}' was stopped")
-        return self._runner, self._thread
+        return self._runner
+
+    def _require_ready(self) -> tuple[ModelRunner, EngineThread]:
+        """The generation runner and thread (an embedding engine refuses with a 400)."""
+        runner, thread = self._open_runner(), self._thread
+        if not isinstance(runner, ModelRunner) or not isinstance(thread, EngineThread):
+            raise EmbeddingOnlyError(self.engine_id)
+        return runner, thread
+
+    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+        """One unit vector per input (rows of a float32 array), computed in steps shared
+        with other requests' inputs. InvalidRequestError (400) on a generation engine or
+        for an input that cannot be embedded."""
+        self._open_runner()
+        thread = self._thread
+        if not isinstance(thread, EmbeddingLoop):
+            raise NotAnEmbeddingEngineError(self.engine_id)
+        thread.spec.check(inputs, self.info.n_vocab)
+        return await thread.embed(inputs)
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes with control tokens rendered (llama-server's /tokenize
+        pieces and /detokenize); long lists off the event loop."""
+        vocab = self._open_runner().vocab
+        n_vocab = self.info.n_vocab
+        if any(not 0 <= token < n_vocab for token in tokens):
+            raise InvalidRequestError(f"token ids must be in [0, {n_vocab})", param="tokens")
+
+        def pieces() -> list[bytes]:
+            return [vocab.token_to_piece(token, special=True) for token in tokens]
+        if len(tokens) <= INLINE_TOKENIZE_CHARS:
+            return pieces()
+        return await self._worker_calls.run(pieces)
 
     async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Short texts tokenize inline (microseconds: a thread hop would cost more);
         long ones off the event loop."""
-        runner, _ = self._require_ready()
+        runner = self._open_runner()
         if len(text) <= INLINE_TOKENIZE_CHARS:
             return runner.vocab.tokenize(text, add_special, parse_special)
         return await self._worker_calls.run(runner.vocab.tokenize, text, add_special, parse_special)

@@ -3,11 +3,19 @@ it is set (flag, environment, config file, POST /engines), its default and its b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..options import check_options, option
 
 MAX_AUTO_PARALLEL = 64
 DAY_S = 86400
+POOLINGS = ("mean", "cls", "last")
+
+
+def _pooling(text: str) -> str:
+    if text not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {text!r}")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +40,18 @@ class EngineConfig:
                                  "request (0 = stay loaded)", ge=0, le=365 * DAY_S,
                                  flag="--keep-alive", alias="keep_alive")
     pinned: bool = option(False, "never unloaded for idleness nor evicted for memory", flag="--pin")
+    embedding: bool | None = option(None, "serve /v1/embeddings instead of completions (default: "
+                                    "when the GGUF is an embedding model)", flag="--embedding")
+    pooling: Literal["mean", "cls", "last"] | None = option(
+        None, "how an embedding engine pools token vectors (default: the GGUF's, else mean); "
+        "setting it makes an embedding engine", flag="--pooling", parse=_pooling)
 
     def __post_init__(self) -> None:
         if not self.engine_id:
             raise ValueError("engine_id must be a non-empty string")
         check_options(self)
+        if self.pooling is not None:
+            _pooling(self.pooling)
 
     @property
     def resolved_parallel(self) -> int:

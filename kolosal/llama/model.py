@@ -99,6 +99,12 @@ class Model:
         return int(self._lib.llama_model_n_embd(self.ptr))
 
     @property
+    def n_embd_out(self) -> int:
+        """Width of the vectors an embedding context returns (n_embd unless the model
+        projects its output)."""
+        return int(self._lib.llama_model_n_embd_out(self.ptr))
+
+    @property
     def n_layer(self) -> int:
         return int(self._lib.llama_model_n_layer(self.ptr))
 

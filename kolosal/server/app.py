@@ -17,16 +17,19 @@ from . import (
     guards,
     health,
     records,
+    routes_embeddings,
     routes_engines,
     routes_openai,
     routes_site,
+    routes_tokenize,
 )
 from .errors import APIError
 from .http import json_response
 from .observe import Metrics
 
 logger = logging.getLogger(__name__)
-BLUEPRINTS = (routes_openai.blueprint, routes_engines.blueprint, routes_site.blueprint)
+BLUEPRINTS = (routes_openai.blueprint, routes_engines.blueprint, routes_embeddings.blueprint,
+              routes_tokenize.blueprint, routes_site.blueprint)
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key, X-Request-Id"
 
 

@@ -1,0 +1,434 @@
+"""Embedding engines: a batcher thread that packs whole inputs from many requests into one
+llama_batch per step (one seq_id per input), reads each sequence's pooled vector after the
+decode and L2-normalises it. Kept apart from the generation scheduler: an embedding step
+has no slots to keep, no sampling and no KV that outlives it.
+
+Batch invariance (an input's vector does not depend on what else is in the step) is kept
+on CPU by two choices measured on libllama's kernels: flash attention is off (its tiled
+path for larger batches keeps Q in f32, the one-row path rounds it to f16) and every batch
+is padded to a multiple of ``ROW_GROUP`` rows with a padding sequence (the repacked
+quantised matmuls compute rows in groups of four and the leftover rows by a different
+kernel). With both, one input alone and the same input among others agree to ~1e-7.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..gguf_header import read_gguf_metadata
+from ..llama import Batch, Context, ContextParams, DecodeStatus, Model, ModelParams
+from ..llama.model import ProgressCallback
+from .config import EngineConfig
+from .errors import EngineOverloadedError, EngineStoppedError, InferenceError, InvalidRequestError
+from .runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+_GGUF_POOLING = {1: "mean", 2: "cls", 3: "last"}  # llama_pooling_type values in GGUF metadata
+ROW_GROUP = 4                # pad every batch to a multiple of this many rows (see above)
+DEFAULT_INPUTS_PER_STEP = 64
+MAX_SEQUENCES = 256          # libllama's LLAMA_MAX_SEQ
+RATE_WINDOW_S = 5.0
+
+
+class EmbeddingOnlyError(InvalidRequestError):
+    """A generation request reached an engine that serves embeddings only (HTTP 400)."""
+
+    code = "embedding_engine"
+
+    def __init__(self, engine_id: str) -> None:
+        super().__init__(f"engine '{engine_id}' serves embeddings only (POST /v1/embeddings); load "
+                         "the model again without \"embedding\" for chat and completions", param="model")
+
+
+class NotAnEmbeddingEngineError(InvalidRequestError):
+    """An embeddings request reached a generation engine (HTTP 400)."""
+
+    code = "embeddings_not_supported"
+
+    def __init__(self, engine_id: str) -> None:
+        super().__init__(f"engine '{engine_id}' does not serve embeddings; load an embedding engine "
+                         "with POST /engines {\"engine_id\": ..., \"model_path\": ..., \"embedding\": "
+                         "true} (optionally \"pooling\": mean, cls or last)", param="model")
+
+
+def gguf_pooling(model_path: str) -> str | None:
+    """The GGUF's own pooling (``<arch>.pooling_type``) when it is an embedding model."""
+    metadata = read_gguf_metadata(model_path)
+    value = metadata.get(f"{metadata.get('general.architecture', '')}.pooling_type")
+    return _GGUF_POOLING.get(value) if isinstance(value, int) else None
+
+
+def resolve_pooling(config: EngineConfig) -> str | None:
+    """How this engine pools, or None when it is a generation engine. ``embedding: true``
+    or a ``pooling`` makes an embedding engine, an embedding GGUF is one unless
+    ``embedding: false``; the pooling defaults to the GGUF's, else mean."""
+    if config.embedding is False:
+        return None
+    native = gguf_pooling(config.model_path)
+    if config.pooling is not None:
+        return config.pooling
+    if config.embedding:
+        return native or "mean"
+    return native
+
+
+def step_shape(config: EngineConfig) -> tuple[int, int]:
+    """(tokens per step, sequences per step including the padding one). Tokens: n_batch
+    (at most n_ctx) rounded down to whole row groups. Sequences: the most that divide the
+    token count, up to n_parallel + 1 (64 inputs by default): libllama reserves its
+    pooling graph for n_ubatch / n_seq_max tokens per sequence and fails an assertion
+    when that division is not exact."""
+    budget = min(config.n_batch, config.n_ctx)
+    budget = max(ROW_GROUP, budget - budget % ROW_GROUP)
+    wanted = min(config.n_parallel or DEFAULT_INPUTS_PER_STEP, MAX_SEQUENCES - 1) + 1
+    n_seq_max = max(d for d in range(2, min(wanted, budget) + 1) if budget % d == 0)
+    return budget, n_seq_max
+
+
+def make_runner(config: EngineConfig, progress: ProgressCallback | None = None
+                ) -> ModelRunner | EmbeddingRunner:
+    """The runner this config asks for: an embedding runner or a generation one."""
+    pooling = resolve_pooling(config)
+    if pooling is None:
+        return ModelRunner(config, progress)
+    return EmbeddingRunner(config, pooling, progress)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSpec:
+    """What an embedding engine serves, for validation and the status page."""
+
+    pooling: str
+    dimensions: int          # length of every vector
+    max_input_tokens: int    # one input must fit one step
+    inputs_per_step: int
+
+    def check(self, inputs: list[list[int]], n_vocab: int) -> None:
+        """400s before anything is queued: an empty input, a token id outside the
+        vocabulary, an input longer than one step (each named by its index)."""
+        if not inputs:
+            raise InvalidRequestError("input must not be empty", param="input")
+        for index, ids in enumerate(inputs):
+            if not ids:
+                raise InvalidRequestError(f"input[{index}] is empty", param="input")
+            if len(ids) > self.max_input_tokens:
+                raise InvalidRequestError(
+                    f"input[{index}] has {len(ids)} tokens, more than the {self.max_input_tokens} "
+                    "tokens this engine embeds in one step; shorten it or load the engine with a "
+                    "larger n_batch (and n_ctx)", param="input")
+            if min(ids) < 0 or max(ids) >= n_vocab:
+                raise InvalidRequestError(f"input[{index}]: token ids must be in [0, {n_vocab})",
+                                          param="input")
+
+
+class EmbeddingRunner:
+    """The model and an embedding context. The only part of this module touching libllama
+    objects; used by the batcher thread alone once loaded."""
+
+    def __init__(self, config: EngineConfig, pooling: str,
+                 progress: ProgressCallback | None = None) -> None:
+        self.model = Model(config.model_path,
+                           ModelParams(n_gpu_layers=config.n_gpu_layers, main_gpu=config.main_gpu_id,
+                                       use_mmap=config.use_mmap), progress=progress)
+        budget, n_seq_max = step_shape(config)
+        try:
+            # Pooling needs each sequence whole in one micro-batch: n_ubatch = n_batch.
+            self.context = Context(self.model, ContextParams(
+                n_ctx=config.n_ctx, n_batch=budget, n_ubatch=budget, n_seq_max=n_seq_max,
+                n_threads=config.n_threads, flash_attn="off", embeddings=True, pooling=pooling))
+        except Exception:
+            self.model.close()
+            raise
+        self.vocab = self.model.vocab
+        inputs_per_step = n_seq_max - 1
+        self.spec = EmbeddingSpec(pooling=self.context.pooling, dimensions=self.model.n_embd_out,
+                                  max_input_tokens=budget, inputs_per_step=inputs_per_step)
+        self.pad_seq_id = inputs_per_step  # the padding rows' own sequence
+        self.batch = Batch(budget)
+
+    def close(self) -> None:
+        self.batch.close()
+        self.context.close()
+        self.model.close()
+
+    def run(self, inputs: list[list[int]]) -> np.ndarray:
+        """Embed up to ``inputs_per_step`` inputs in one decode: a (len(inputs), dimensions)
+        float32 array of unit vectors. Raises InferenceError when the decode fails."""
+        lengths = np.fromiter((len(ids) for ids in inputs), dtype=np.int64, count=len(inputs))
+        used = int(lengths.sum())
+        pad = -used % ROW_GROUP
+        tokens = np.empty(used + pad, dtype=np.int32)
+        tokens[:used] = np.fromiter((t for ids in inputs for t in ids), dtype=np.int32, count=used)
+        tokens[used:] = self.vocab.bos if self.vocab.bos >= 0 else 0
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        positions = np.concatenate([np.arange(used, dtype=np.int64) - starts,
+                                    np.arange(pad, dtype=np.int64)])
+        seq_ids = np.concatenate([np.repeat(np.arange(len(inputs)), lengths),
+                                  np.full(pad, self.pad_seq_id)])
+        self.batch.fill(tokens, positions, seq_ids, np.ones(used + pad, dtype=np.int8))
+        try:
+            status = self.context.decode(self.batch)
+            if status != DecodeStatus.OK:
+                raise InferenceError(f"llama_decode returned {status.name} for an embedding batch")
+            vectors = np.stack([self.context.sequence_embedding(seq_id, self.spec.dimensions)
+                                for seq_id in range(len(inputs))])
+        finally:
+            self.context.clear_memory(data=False)  # nothing outlives a step
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0.0, norms, 1.0)
+
+
+@dataclass(eq=False, slots=True)
+class EmbeddingJob:
+    """One request's inputs. The thread fills ``vectors`` row by row and resolves
+    ``future`` on ``loop`` when the last row is in; ``cancelled`` (set by the awaiting
+    coroutine when its client goes away) makes the thread skip the rest."""
+
+    inputs: list[list[int]]
+    future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop
+    vectors: np.ndarray | None = None
+    remaining: int = 0
+    cancelled: bool = False   # written by the event loop, read by the thread
+    done: bool = False        # the thread has answered it or counted it out
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingStats:
+    """Lock-free snapshot, replaced after every step (same contract as EngineStats)."""
+
+    slots_total: int               # inputs one step can take
+    queue_depth: int = 0           # inputs waiting
+    slots_busy: int = 0
+    steps: int = 0
+    last_step_ms: float = 0.0
+    last_batch_tokens: int = 0
+    last_batch_inputs: int = 0
+    prefill_tokens_per_s: float = 0.0
+    inputs_per_s: float = 0.0
+    prompt_tokens_total: int = 0
+    inputs_total: int = 0
+    padding_tokens_total: int = 0
+    requests_finished: int = 0
+    requests_failed: int = 0
+    requests_cancelled: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shutdown:
+    reason: str
+
+
+@dataclass(slots=True)
+class StepPlan:
+    entries: list[tuple[EmbeddingJob, int]] = field(default_factory=list)  # (job, input index)
+    tokens: int = 0
+    cancelled: list[EmbeddingJob] = field(default_factory=list)  # counted out by this plan
+
+
+def plan_step(pending: deque[tuple[EmbeddingJob, int]], token_budget: int, max_inputs: int,
+              scan_limit: int = 1024) -> StepPlan:
+    """Take inputs for one step, oldest first: each that still fits the token budget (a
+    later short input may pass a long one that does not fit; the oldest input always goes
+    first, so nothing starves). Inputs of cancelled or answered jobs are dropped."""
+    plan, kept = StepPlan(), []
+    scanned = 0
+    while pending and len(plan.entries) < max_inputs and scanned < scan_limit:
+        job, index = pending.popleft()
+        scanned += 1
+        if job.cancelled or job.done:
+            if not job.done:
+                job.done = True
+                plan.cancelled.append(job)
+            continue
+        size = len(job.inputs[index])
+        if plan.tokens + size <= token_budget:
+            plan.entries.append((job, index))
+            plan.tokens += size
+        else:
+            kept.append((job, index))
+    pending.extendleft(reversed(kept))
+    return plan
+
+
+def _resolve(items: list[tuple[asyncio.Future[np.ndarray], np.ndarray | BaseException]]) -> None:
+    for future, outcome in items:
+        if future.done():  # the awaiting request was cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+class EmbeddingLoop:
+    """The embedding engine's thread: owns the runner; blocks on its inbox only when idle."""
+
+    def __init__(self, runner: EmbeddingRunner, max_queue: int, name: str) -> None:
+        self.runner = runner
+        self.spec = runner.spec
+        self.max_queue = max_queue
+        self.stats = EmbeddingStats(slots_total=self.spec.inputs_per_step)
+        self._inbox: queue.SimpleQueue[EmbeddingJob | _Shutdown] = queue.SimpleQueue()
+        self._pending: deque[tuple[EmbeddingJob, int]] = deque()
+        self._lock = threading.Lock()
+        self._jobs_waiting = 0      # submitted jobs not yet finished
+        self._stopped = False
+        self._window: deque[tuple[float, int, int]] = deque()  # (time, tokens, inputs)
+        self._thread = threading.Thread(target=self._run, name=f"embedding-{name}", daemon=True)
+
+    # -- called from the event loop -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: EmbeddingJob) -> None:
+        with self._lock:
+            if self._stopped:
+                raise EngineStoppedError("the engine is shutting down")
+            if self._jobs_waiting >= self.max_queue:
+                raise EngineOverloadedError(
+                    f"the engine queue is full ({self.max_queue} waiting requests); retry later")
+            self._jobs_waiting += 1
+        self._inbox.put(job)
+
+    def shutdown(self, reason: str = "the engine was stopped") -> None:
+        with self._lock:
+            self._stopped = True
+        self._inbox.put(_Shutdown(reason))
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def snapshot(self) -> EmbeddingStats:
+        return self.stats
+
+    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+        """Queue the inputs and wait for their unit vectors (one row each). Cancelling the
+        caller drops its inputs that have not been computed yet."""
+        loop = asyncio.get_running_loop()
+        job = EmbeddingJob(inputs, loop.create_future(), loop)
+        self.submit(job)
+        try:
+            return await job.future
+        finally:
+            job.cancelled = True  # read by the thread; harmless once answered
+
+    # -- the thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            stop = self._take_commands(block=not self._pending)
+            if stop is not None:
+                self._fail_everything(EngineStoppedError(stop.reason))
+                return
+            plan = plan_step(self._pending, self.spec.max_input_tokens, self.spec.inputs_per_step)
+            if plan.cancelled:
+                self._count_out(len(plan.cancelled))
+                self.stats = replace(self.stats, requests_cancelled=self.stats.requests_cancelled
+                                     + len(plan.cancelled), queue_depth=len(self._pending))
+            if plan.entries:
+                self._step(plan)
+
+    def _take_commands(self, block: bool) -> _Shutdown | None:
+        while True:
+            try:
+                command = self._inbox.get(block=block)
+            except queue.Empty:
+                return None
+            block = False
+            if isinstance(command, _Shutdown):
+                return command
+            self._pending.extend((command, index) for index in range(len(command.inputs)))
+
+    def _step(self, plan: StepPlan) -> None:
+        started = time.perf_counter()
+        try:
+            vectors = self.runner.run([job.inputs[index] for job, index in plan.entries])
+        except Exception as error:  # never let one bad step kill the engine
+            if not isinstance(error, InferenceError):
+                logger.exception("embedding step failed")
+                error = InferenceError(f"embedding failed: {error}")
+            self._fail({job for job, _ in plan.entries}, error)
+            return
+        finished: list[EmbeddingJob] = []
+        for row, (job, index) in enumerate(plan.entries):
+            if job.vectors is None:
+                job.vectors = np.empty((len(job.inputs), vectors.shape[1]), dtype=np.float32)
+            job.vectors[index] = vectors[row]
+            job.remaining -= 1
+            if job.remaining == 0 and not job.done:
+                finished.append(job)
+        self._deliver([(job, job.vectors) for job in finished if job.vectors is not None])
+        self._record(plan, time.perf_counter() - started, len(finished))
+
+    def _fail(self, jobs: set[EmbeddingJob], error: Exception) -> None:
+        jobs = {job for job in jobs if not job.done}
+        self._deliver([(job, error) for job in jobs])
+        self.stats = replace(self.stats, requests_failed=self.stats.requests_failed + len(jobs))
+
+    def _fail_everything(self, error: Exception) -> None:
+        jobs = {job for job, _ in self._pending if not job.done}
+        while True:  # jobs that raced the shutdown still get an answer
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, EmbeddingJob):
+                jobs.add(command)
+        self._pending.clear()
+        self._deliver([(job, error) for job in jobs])
+
+    def _deliver(self, outcomes: list[tuple[EmbeddingJob, np.ndarray | BaseException]]) -> None:
+        if not outcomes:
+            return
+        self._count_out(len(outcomes))
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = defaultdict(list)
+        for job, outcome in outcomes:
+            job.done = True
+            by_loop[job.loop].append((job.future, outcome))
+        for event_loop, items in by_loop.items():
+            try:
+                event_loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening
+                pass
+
+    def _count_out(self, jobs: int) -> None:
+        with self._lock:
+            self._jobs_waiting -= jobs
+
+    def _record(self, plan: StepPlan, seconds: float, finished: int) -> None:
+        now = time.monotonic()
+        self._window.append((now, plan.tokens, len(plan.entries)))
+        while self._window and now - self._window[0][0] > RATE_WINDOW_S:
+            self._window.popleft()
+        span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else RATE_WINDOW_S
+        old = self.stats
+        self.stats = replace(
+            old, queue_depth=len(self._pending), steps=old.steps + 1,
+            last_step_ms=seconds * 1000.0, last_batch_tokens=plan.tokens,
+            last_batch_inputs=len(plan.entries),
+            prefill_tokens_per_s=sum(item[1] for item in self._window) / span,
+            inputs_per_s=sum(item[2] for item in self._window) / span,
+            prompt_tokens_total=old.prompt_tokens_total + plan.tokens,
+            inputs_total=old.inputs_total + len(plan.entries),
+            padding_tokens_total=old.padding_tokens_total + (-plan.tokens % ROW_GROUP),
+            requests_finished=old.requests_finished + finished)
+
+
+__all__ = ["EmbeddingJob", "EmbeddingLoop", "EmbeddingOnlyError", "EmbeddingRunner",
+           "EmbeddingSpec", "EmbeddingStats", "NotAnEmbeddingEngineError", "make_runner",
+           "plan_step", "resolve_pooling"]

@@ -1,0 +1,178 @@
+"""Embedding engines: the step planner without the library, then the batcher thread with
+the real model loaded as an embedding engine (mean pooling: Gemma 3 has no pooling of its
+own)."""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kolosal.engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineRegistry,
+    InvalidRequestError,
+    SamplingParams,
+)
+from kolosal.engine.embedding import (
+    EmbeddingJob,
+    EmbeddingOnlyError,
+    NotAnEmbeddingEngineError,
+    plan_step,
+    resolve_pooling,
+    step_shape,
+)
+
+from .helpers import loaded
+
+QUERY = "The cat sat on the mat."
+PARAPHRASE = "A cat was sitting on the rug."
+UNRELATED = "Quarterly tax filings are due at the end of April."
+OTHERS = [f"Sentence {i}: {topic}" for i, topic in enumerate(
+    ["rockets reach orbit", "bread needs yeast", "rivers flow to the sea", "chess openings",
+     "the stock market fell", "violins have four strings", "glaciers are melting", "a red bicycle",
+     "photosynthesis in leaves", "the history of Rome", "quantum computers", "how to tie a knot",
+     "volcanoes erupt lava", "jazz improvisation", "a cup of green tea", "penguins in Antarctica"])]
+TOLERANCE = 1e-5
+
+
+# -- the planner (no library) ------------------------------------------------------------------
+def job(*lengths: int) -> EmbeddingJob:
+    loop = asyncio.new_event_loop()
+    try:
+        return EmbeddingJob([[1] * n for n in lengths], loop.create_future(), loop)
+    finally:
+        loop.close()
+
+
+def pending_of(*jobs: EmbeddingJob) -> deque[tuple[EmbeddingJob, int]]:
+    return deque((j, index) for j in jobs for index in range(len(j.inputs)))
+
+
+def test_plan_takes_oldest_first_and_lets_short_inputs_pass_a_long_one() -> None:
+    first, second = job(30, 50), job(10, 5)
+    pending = pending_of(first, second)
+    plan = plan_step(pending, token_budget=64, max_inputs=8)
+    assert [(j is first, i) for j, i in plan.entries] == [(True, 0), (False, 0), (False, 1)]
+    assert plan.tokens == 45
+    assert list(pending) == [(first, 1)]  # the long one waits, first in line for the next step
+
+
+def test_plan_respects_the_input_limit_and_drops_cancelled_jobs_once() -> None:
+    gone, kept = job(4, 4, 4), job(4, 4, 4)
+    gone.cancelled = True
+    pending = pending_of(gone, kept)
+    plan = plan_step(pending, token_budget=512, max_inputs=2)
+    assert plan.cancelled == [gone] and gone.done
+    assert [i for _, i in plan.entries] == [0, 1] and len(pending) == 1
+    assert plan_step(pending, 512, 2).cancelled == []  # counted out once
+
+
+def test_step_shape_divides_the_batch_into_whole_sequences() -> None:
+    for n_batch, n_ctx, n_parallel in [(512, 4096, 0), (509, 4096, 0), (100, 4096, 3), (2048, 1024, 8)]:
+        budget, n_seq = step_shape(EngineConfig("e", "x", n_ctx=n_ctx, n_batch=n_batch,
+                                                n_parallel=n_parallel))
+        assert budget % 4 == 0 and budget <= min(n_batch, n_ctx)
+        assert budget % n_seq == 0 and 2 <= n_seq <= (n_parallel or 64) + 1
+
+
+def test_pooling_choice(model_path: Path) -> None:
+    path = str(model_path)
+    assert resolve_pooling(EngineConfig("g", path)) is None  # a generation model stays one
+    assert resolve_pooling(EngineConfig("e", path, embedding=True)) == "mean"
+    assert resolve_pooling(EngineConfig("e", path, pooling="last")) == "last"
+    assert resolve_pooling(EngineConfig("e", path, embedding=False, pooling="cls")) is None
+    with pytest.raises(ValueError, match="pooling"):
+        EngineConfig("e", path, pooling="max")  # type: ignore[arg-type]
+
+
+# -- the real model -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+async def embedder(registry: EngineRegistry, model_path: Path) -> AsyncIterator[AsyncEngine]:
+    config = EngineConfig("embed", str(model_path), n_ctx=1024, embedding=True)
+    async with loaded(registry, config) as engine:
+        yield engine
+
+
+async def embed_texts(engine: AsyncEngine, texts: list[str]) -> np.ndarray:
+    ids = [await engine.tokenize(text, add_special=True, parse_special=True) for text in texts]
+    return await engine.embed(ids)
+
+
+async def test_vectors_are_unit_norm_and_a_paraphrase_is_closer(embedder: AsyncEngine) -> None:
+    spec = embedder.embedding
+    assert spec is not None and spec.pooling == "mean" and spec.dimensions == 640
+    vectors = await embed_texts(embedder, [QUERY, PARAPHRASE, UNRELATED])
+    assert vectors.shape == (3, 640) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
+async def test_an_input_gets_the_same_vector_whatever_else_is_in_its_step(embedder: AsyncEngine) -> None:
+    alone = (await embed_texts(embedder, [QUERY]))[0]
+    # inside one request of 17 inputs (one step: they arrive together), at every position
+    for position in (0, 16):
+        texts = OTHERS[:position] + [QUERY] + OTHERS[position:]
+        inside = (await embed_texts(embedder, texts))[position]
+        assert np.abs(inside - alone).max() <= TOLERANCE
+    # beside 16 concurrent requests
+    steps_before = embedder.stats()["steps"]
+    results = await asyncio.gather(*(embed_texts(embedder, [text]) for text in OTHERS + [QUERY]))
+    assert np.abs(results[-1][0] - alone).max() <= TOLERANCE
+    assert embedder.stats()["steps"] - steps_before < len(results)  # steps were shared
+
+
+async def test_token_ids_embed_like_their_text(embedder: AsyncEngine) -> None:
+    ids = await embedder.tokenize(PARAPHRASE, add_special=True, parse_special=True)
+    from_ids, from_text = await embedder.embed([ids]), await embed_texts(embedder, [PARAPHRASE])
+    assert np.abs(from_ids - from_text).max() <= TOLERANCE
+
+
+async def test_refusals_name_the_input(registry: EngineRegistry, model_path: Path) -> None:
+    config = EngineConfig("embed-small", str(model_path), n_ctx=256, n_batch=64, embedding=True)
+    async with loaded(registry, config) as engine:
+        assert engine.embedding is not None and engine.embedding.max_input_tokens == 64
+        with pytest.raises(InvalidRequestError, match=r"input\[1\] has 65 tokens") as raised:
+            await engine.embed([[2, 3], [2] * 65])
+        assert raised.value.param == "input"
+        with pytest.raises(InvalidRequestError, match=r"input\[0\]: token ids"):
+            await engine.embed([[10**7]])
+        with pytest.raises(InvalidRequestError, match=r"input\[0\] is empty"):
+            await engine.embed([[]])
+        with pytest.raises(EmbeddingOnlyError):
+            engine.check_prompt([2, 3], SamplingParams())
+        with pytest.raises(EmbeddingOnlyError, match="serves embeddings only"):
+            await engine.generate([2, 3], SamplingParams(), "r").__anext__()
+        assert len((await engine.embed([[2] * 64]))[0]) == 640  # exactly one step still fits
+
+
+async def test_a_generation_engine_refuses_embeddings(engine: AsyncEngine) -> None:
+    assert engine.embedding is None
+    with pytest.raises(NotAnEmbeddingEngineError, match='"embedding": true'):
+        await engine.embed([[2, 3]])
+
+
+async def test_a_cancelled_request_leaves_the_queue(registry: EngineRegistry, model_path: Path) -> None:
+    config = EngineConfig("embed-cancel", str(model_path), n_ctx=256, n_batch=64, embedding=True)
+    async with loaded(registry, config) as engine:
+        long_inputs = [[2] + [1000 + i] * 63 for i in range(8)]  # one step each
+        task = asyncio.create_task(engine.embed(long_inputs))
+        for _ in range(600):  # wait for its first step to start, then hang up
+            if engine.stats()["steps"] >= 1:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(600):
+            if engine.stats()["requests_cancelled"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        stats = engine.stats()
+        assert stats["requests_cancelled"] == 1 and stats["inputs_total"] < len(long_inputs)
+        vectors = await engine.embed([[2, 3, 4]])  # and it still serves
+        assert vectors.shape == (1, 640)
