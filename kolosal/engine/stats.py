@@ -59,6 +59,8 @@ class EngineStats:
     # prefix cache: counted together at the end, so hits <= queries at every scrape.
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    prefill_tokens_total: int = 0   # prompt tokens computed (cached and shared ones are not)
+    forked_choices: int = 0         # n > 1 choices that reused their group's computed prompt
     profile: StepProfile = StepProfile()
 
     @property
@@ -92,7 +94,8 @@ class StatsRecorder:
                 "kv_cells_cached": scheduler.kv_cells_cached(),
                 "cache_hits": scheduler.counters.cache_hits,
                 "cached_tokens": scheduler.counters.cached_tokens,
-                "preemptions": scheduler.counters.preemptions}
+                "preemptions": scheduler.counters.preemptions,
+                "forked_choices": scheduler.counters.forks}
 
     def record_idle(self, scheduler: Scheduler) -> None:
         prefill, decode = self._rates(time.monotonic())
@@ -116,6 +119,8 @@ class StatsRecorder:
             old, prefill_tokens_per_s=prefill, decode_tokens_per_s=decode,
             last_step_ms=(schedule_s + run_s + update_s + deliver_s) * 1000.0,
             last_batch_tokens=plan.num_tokens, steps=old.steps + 1, profile=profile,
+            prefill_tokens_total=old.prefill_tokens_total
+            + (plan.num_tokens - plan.num_decode_rows if ok else 0),
             **self._occupancy(scheduler))
 
     def record_finish(self, request: Request, event: FinishEvent | ErrorEvent) -> None:
