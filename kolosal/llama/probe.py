@@ -5,7 +5,7 @@ libllama aborts the whole process (GGML_ASSERT, SIGABRT) on some inconsistent fi
 ``block_count`` of 0 or 100000, and an abort cannot be caught. So before a server loads a
 file, this short-lived child loads it the way libllama's own memory-fit pass does: the
 hyper-parameters, vocabulary and tensor table, with no weight allocated or read (no_alloc,
-on the CPU), then a context of the engine's shape, which builds its compute graphs. If that
+on the CPU), then a context of the given shape, which builds its compute graphs. If that
 kills anything, it kills only this child, and the server refuses the file.
 
 Exit status: 0 loadable; 3 libllama refused the file (the last stderr line, after

@@ -94,8 +94,8 @@ async def create_engine() -> Response:
     body = await parse_body(EngineCreateRequest)
     path = await resolve_model_path(body.model_path)
     config = body.engine_config(str(path))
-    try:  # bounded header check, then a load in a child process: a file that crashes libllama
-        await check_model_file(config)  # is refused here, outside the server (cached per file)
+    try:  # bounded header check, then a load in a child process (cached per file version):
+        await check_model_file(config.model_path)  # a file that crashes libllama is refused here
     except FileNotFoundError:
         raise APIError(404, f"model file not found: {body.model_path}", param="model_path",
                        code="model_file_not_found") from None
