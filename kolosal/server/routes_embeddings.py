@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 from quart import Blueprint, Response, g
 
-from ..engine import Usage
+from ..engine import EngineError, Usage
 from ..engine.embedding import NotAnEmbeddingEngineError
 from .errors import bad_request, from_engine_error
 from .http import parse_body
@@ -54,8 +54,8 @@ async def embeddings() -> Response:
                 inputs.append(item)
         try:
             vectors = await engine.embed(inputs)
-        except Exception as error:
-            raise from_engine_error(error) from error
+        except EngineError as error:  # refusals (400), a full queue (503), a failed step (500)
+            raise from_engine_error(error) from None
     prompt_tokens = sum(len(ids) for ids in inputs)
     g.record.usage = Usage(prompt_tokens, 0)
     payload = {"object": "list", "data": encode_vectors(vectors, body.encoding_format),

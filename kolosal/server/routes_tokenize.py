@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app
 
-from ..engine import EngineNotFoundError, EngineState
-from .errors import APIError
+from ..engine import AsyncEngine, EngineError, EngineNotFoundError, EngineState
+from .errors import APIError, from_engine_error
 from .http import json_response, parse_body
 from .protocol_embeddings import DetokenizeRequest, TokenizeRequest
 from .routes_openai import held_engine
@@ -34,6 +34,13 @@ def piece_json(piece: bytes) -> str | list[int]:
         return list(piece)
 
 
+async def token_pieces(engine: AsyncEngine, tokens: list[int]) -> list[bytes]:
+    try:
+        return await engine.token_pieces(tokens)
+    except EngineError as error:  # a token id outside the vocabulary: 400
+        raise from_engine_error(error) from None
+
+
 @blueprint.post("/tokenize")
 async def tokenize() -> Response:
     body = await parse_body(TokenizeRequest)
@@ -42,7 +49,7 @@ async def tokenize() -> Response:
                                        parse_special=body.parse_special)
         if not body.with_pieces:
             return json_response({"tokens": tokens})
-        pieces = await engine.token_pieces(tokens)
+        pieces = await token_pieces(engine, tokens)
     return json_response({"tokens": [{"id": token, "piece": piece_json(piece)}
                                      for token, piece in zip(tokens, pieces, strict=True)]})
 
@@ -51,7 +58,7 @@ async def tokenize() -> Response:
 async def detokenize() -> Response:
     body = await parse_body(DetokenizeRequest)
     async with held_engine(body.model or default_model()) as engine:
-        pieces = await engine.token_pieces(body.tokens)
+        pieces = await token_pieces(engine, body.tokens)
     return json_response({"content": b"".join(pieces).decode("utf-8", "replace")})
 
 
