@@ -30,7 +30,8 @@ pytestmark = pytest.mark.haproxy
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 REPLICA_FLAGS = ("--engine-id", ENGINE, "--n-ctx", "1024", "--parallel", "4", "--threads", "1",
                  "--drain-timeout", "120")
-REQUEST_TIMEOUT = httpx.Timeout(180.0, connect=30.0)  # a request past this counts as hung
+REQUEST_TIMEOUT_S = 180.0  # a request that takes longer counts as hung
+REQUEST_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -186,7 +187,7 @@ class Load:
     def stop(self) -> list[Outcome]:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=REQUEST_TIMEOUT.read + 30)
+            thread.join(timeout=REQUEST_TIMEOUT_S + 30)
             assert not thread.is_alive(), "a client hung"
         return list(self.outcomes)
 
