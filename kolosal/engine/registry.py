@@ -102,24 +102,14 @@ class EngineRegistry:
     async def _load_now(self, engine: EngineEntry) -> None:
         # a file that would crash libllama is refused by a child process, before the lock:
         # a slow check never holds up other loads (cached: a reload costs one stat)
-        file_error = await model_file_error(engine.config.model_path)
+        file_error = await model_file_error(engine.config)
         async with self._load_lock:
-            if self._engines.get(engine.engine_id) is not engine:  # removed meanwhile
-                raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
-            if engine.state == EngineState.READY:
+            if not self._needs_load(engine):
                 return
-            if engine.state not in (EngineState.LOADING, EngineState.UNLOADED):
-                raise EngineStoppedError(f"engine '{engine.engine_id}' is {engine.state.value}"
-                                         + (f": {engine.error}" if engine.error else ""))
             try:
                 if file_error is not None:
                     raise file_error
-                if engine.memory is None:
-                    engine.memory = await asyncio.to_thread(estimate_memory, engine.config)
-                await self._make_room(engine, engine.memory)
-                engine.begin_load()
-                started = time.monotonic()
-                loaded = await AsyncEngine.load(engine.config, engine.holders, engine.on_progress)
+                loaded, seconds = await self._load_within_budget(engine)
             except InsufficientMemoryError:
                 if not engine.has_loaded:  # a new engine: it never existed
                     self._forget(engine)
@@ -131,9 +121,30 @@ class EngineRegistry:
                     raise
                 raise EngineReloadError(f"engine '{engine.engine_id}' could not be reloaded: "
                                         f"{engine.error}") from error
-            engine.loaded(loaded, time.monotonic() - started)
+            engine.loaded(loaded, seconds)
         logger.info("engine '%s' ready (%s, %.1fs, ~%s)", engine.engine_id, engine.config.model_path,
-                    engine.load_seconds, format_size(engine.memory.total))
+                    engine.load_seconds, format_size(engine.memory.total if engine.memory else 0))
+
+    def _needs_load(self, engine: EngineEntry) -> bool:
+        """False when it is ready already; raises when it was removed or cannot be loaded."""
+        if self._engines.get(engine.engine_id) is not engine:  # removed meanwhile
+            raise EngineNotFoundError(f"engine '{engine.engine_id}' not found")
+        if engine.state == EngineState.READY:
+            return False
+        if engine.state not in (EngineState.LOADING, EngineState.UNLOADED):
+            raise EngineStoppedError(f"engine '{engine.engine_id}' is {engine.state.value}"
+                                     + (f": {engine.error}" if engine.error else ""))
+        return True
+
+    async def _load_within_budget(self, engine: EngineEntry) -> tuple[AsyncEngine, float]:
+        """Estimate, make room, load: the loaded engine and the seconds its load took."""
+        if engine.memory is None:
+            engine.memory = await asyncio.to_thread(estimate_memory, engine.config)
+        await self._make_room(engine, engine.memory)
+        engine.begin_load()
+        started = time.monotonic()
+        loaded = await AsyncEngine.load(engine.config, engine.holders, engine.on_progress)
+        return loaded, time.monotonic() - started
 
     # -- memory budget ----------------------------------------------------------------------
     def memory_in_use(self, excluding: EngineEntry | None = None) -> int:
@@ -149,6 +160,8 @@ class EngineRegistry:
         return sorted(idle, key=lambda e: e.holders.last_used)
 
     async def _make_room(self, engine: EngineEntry, need: MemoryEstimate) -> None:
+        """Return when ``need`` fits the budget beside the other engines, evicting idle ones
+        if allowed; raise InsufficientMemoryError when it cannot fit."""
         budget = self.policy.max_memory
         if not budget:
             return
@@ -158,25 +171,34 @@ class EngineRegistry:
                 f"{format_size(need.weights)}, KV cache {format_size(need.kv_cache)}), more than "
                 f"the whole memory budget of {format_size(budget)}; lower n_ctx or raise --max-memory",
                 fits_alone=False)
-        victims = self._evictable(engine) if self.policy.evict_idle else []
+        if self.policy.evict_idle:
+            await self._evict_for(engine, need.total, budget)
+        if self.memory_in_use(excluding=engine) + need.total > budget:
+            raise self._no_room(engine, need.total, budget)
+
+    async def _evict_for(self, engine: EngineEntry, need: int, budget: int) -> None:
+        """Unload idle engines, least recently used first, until ``need`` fits; none at all
+        when unloading every one of them would still not make enough room."""
+        victims = self._evictable(engine)
         reclaimable = sum(v.memory.total for v in victims if v.memory is not None)
         in_use = self.memory_in_use(excluding=engine)
-        if in_use + need.total > budget and in_use - reclaimable + need.total <= budget:
-            for victim in victims:  # evict only when it makes enough room, LRU first
-                if self.memory_in_use(excluding=engine) + need.total <= budget:
-                    break
-                await self._unload(victim, f"evicted to make room for '{engine.engine_id}'")
-        if self.memory_in_use(excluding=engine) + need.total > budget:
-            loaded = ", ".join(f"'{e.engine_id}' ({format_size(e.memory.total)})"
-                               for e in self._engines.values() if e is not engine and e.memory
-                               and e.state in (EngineState.READY, EngineState.LOADING))
-            hint = ("unloading the idle, unpinned engines would not free enough"
-                    if self.policy.evict_idle
-                    else "start with --evict-idle to unload idle engines automatically")
-            raise InsufficientMemoryError(
-                f"engine '{engine.engine_id}' needs about {format_size(need.total)} but only "
-                f"{format_size(budget - self.memory_in_use(excluding=engine))} of the "
-                f"{format_size(budget)} budget is free (loaded: {loaded}); {hint}")
+        if in_use + need <= budget or in_use - reclaimable + need > budget:
+            return
+        for victim in victims:
+            if self.memory_in_use(excluding=engine) + need <= budget:
+                break
+            await self._unload(victim, f"evicted to make room for '{engine.engine_id}'")
+
+    def _no_room(self, engine: EngineEntry, need: int, budget: int) -> InsufficientMemoryError:
+        loaded = ", ".join(f"'{e.engine_id}' ({format_size(e.memory.total)})"
+                           for e in self._engines.values() if e is not engine and e.memory
+                           and e.state in (EngineState.READY, EngineState.LOADING))
+        hint = ("unloading the idle, unpinned engines would not free enough" if self.policy.evict_idle
+                else "start with --evict-idle to unload idle engines automatically")
+        return InsufficientMemoryError(
+            f"engine '{engine.engine_id}' needs about {format_size(need)} but only "
+            f"{format_size(budget - self.memory_in_use(excluding=engine))} of the "
+            f"{format_size(budget)} budget is free (loaded: {loaded}); {hint}")
 
     # -- unloading ---------------------------------------------------------------------------
     @staticmethod
