@@ -43,7 +43,9 @@ async def test_models_dir_confinement_and_sigterm(model_path: Path, tmp_path: Pa
     config = tmp_path / "server.yaml"
     config.write_text(f"models_dirs: [{models}]\nengines:\n"
                       f"  - {{engine_id: cfg, model_path: {models / 'gemma.gguf'}, n_ctx: 1024}}\n")
-    server = start_server(model_path, tmp_path / "log.txt", "--config", str(config))
+    # a short drain: the stream below outlives it and must end with the error event
+    server = start_server(model_path, tmp_path / "log.txt", "--config", str(config),
+                          "--drain-timeout", "0.5")
     try:
         engines = {e["engine_id"] for e in httpx.get(server.base_url + "/v1/engines").json()["data"]}
         assert "cfg" in engines
