@@ -181,12 +181,15 @@ class ChatTemplate:
         """How to parse what the model generates after ``prompt`` (the text ``render``
         returned): tool calls in this model's format when tools are offered (and
         ``tool_choice`` is not "none"), ``<think>`` split off for reasoning templates
-        unless ``reasoning_inline``."""
+        unless ``reasoning_inline``. ``tool_choice`` "required" or a named function means
+        a grammar enforces calls: the output is calls only (a cut-off call is dropped)."""
         names = offered_tool_names(tools, tool_choice)
         reasoning = self.has_reasoning and not reasoning_inline
+        enforced = tool_choice == "required" or isinstance(tool_choice, Mapping)
         return OutputFormat(tool_family=self.tool_family if names is not None else None,
                             tool_names=names, reasoning=reasoning,
-                            starts_in_reasoning=reasoning and starts_in_reasoning(prompt))
+                            starts_in_reasoning=reasoning and starts_in_reasoning(prompt),
+                            calls_only=names is not None and enforced)
 
     def reasoning_mode(self, prompt: str) -> ReasoningMode:
         """What an enforced-output grammar must allow before the constrained part: nothing

@@ -25,12 +25,17 @@ class OutputFormat:
     e.g. no tools offered or ``tool_choice: "none"``). ``tool_names``: the offered
     functions; a call of anything else stays content (None: any name). ``reasoning``:
     split a leading ``<think>`` block into reasoning (False keeps it inline in content).
-    ``starts_in_reasoning``: the prompt already opened that block.
+    ``starts_in_reasoning``: the prompt already opened that block. ``calls_only``: a
+    grammar makes the output tool calls (``tool_choice`` "required" or a named function),
+    so any text that is not a complete call — a call cut off by ``max_tokens``, the
+    separator before it — is dropped, never content: OpenAI never returns half a call.
+    Free ("auto") output keeps such text as content, since it may be prose.
     """
     tool_family: ToolFamily | None = None
     tool_names: frozenset[str] | None = None
     reasoning: bool = False
     starts_in_reasoning: bool = False
+    calls_only: bool = False
 
     @property
     def is_plain(self) -> bool:
@@ -63,6 +68,7 @@ class OutputParser:
         self._splitter = (ReasoningSplitter(fmt.starts_in_reasoning) if fmt.reasoning else None)
         self._tools = (ToolCallStreamParser(fmt.tool_family, fmt.tool_names, id_factory)
                        if fmt.tool_family is not None else None)
+        self._calls_only = fmt.calls_only and self._tools is not None
 
     def feed(self, text: str) -> list[StreamEvent]:
         if self._splitter is None:
@@ -84,7 +90,10 @@ class OutputParser:
         if self._tools is None:
             return [ContentDelta(text)] if text else []
         events = self._tools.feed(text) if text else []
-        return events + self._tools.finish() if final else events
+        events = events + self._tools.finish() if final else events
+        if self._calls_only:  # only an unfinished call's text can be content here
+            return [event for event in events if not isinstance(event, ContentDelta)]
+        return events
 
 
 def parse_output(text: str, fmt: OutputFormat, id_factory: IdFactory | None = None) -> ParsedOutput:
