@@ -15,6 +15,7 @@ from kolosal.engine import (
     AsyncEngine,
     EngineConfig,
     EngineRegistry,
+    EngineStoppedError,
     InvalidRequestError,
     SamplingParams,
 )
@@ -176,3 +177,20 @@ async def test_a_cancelled_request_leaves_the_queue(registry: EngineRegistry, mo
         assert stats["requests_cancelled"] == 1 and stats["inputs_total"] < len(long_inputs)
         vectors = await engine.embed([[2, 3, 4]])  # and it still serves
         assert vectors.shape == (1, 640)
+
+
+async def test_removing_the_engine_answers_its_waiting_requests(registry: EngineRegistry,
+                                                                 model_path: Path) -> None:
+    await registry.add(EngineConfig("embed-removed", str(model_path), n_ctx=256, n_batch=64,
+                                    embedding=True))
+    async with registry.lease("embed-removed") as engine:
+        task = asyncio.create_task(engine.embed([[2] + [2000 + i] * 63 for i in range(8)]))
+        for _ in range(600):
+            if engine.stats()["steps"] >= 1:
+                break
+            await asyncio.sleep(0.05)
+        await registry.remove("embed-removed")
+        with pytest.raises(EngineStoppedError):
+            await task
+        with pytest.raises(EngineStoppedError):
+            await engine.embed([[2, 3]])
