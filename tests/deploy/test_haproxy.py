@@ -41,20 +41,22 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def start_replica(model_path: Path, port: int, log_path: Path) -> ServerProcess:
+def spawn_replica(model_path: Path, port: int, log_path: Path) -> ServerProcess:
     log = log_path.open("ab")
     process = subprocess.Popen([sys.executable, "-m", "kolosal", "--port", str(port), "--model",
                                 str(model_path), *REPLICA_FLAGS], stdout=log,
                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    replica = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    return ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
 
+
+def wait_ready(replica: ServerProcess) -> ServerProcess:
     def ready() -> bool:
-        assert process.poll() is None, f"replica exited: {replica.log()[-3000:]}"
+        assert replica.process.poll() is None, f"replica exited: {replica.log()[-3000:]}"
         try:
             return httpx.get(f"{replica.base_url}/health/ready", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
-    wait_for(ready, 180, f"replica on port {port}")
+    wait_for(ready, 180, f"replica {replica.base_url}")
     return replica
 
 
@@ -205,8 +207,10 @@ def test_haproxy_drain_failover_return_and_session_affinity(
     port1, port2 = free_port(), free_port()
     replicas: dict[str, ServerProcess] = {}
     try:
-        replicas["replica1"] = start_replica(model_path, port1, tmp_path / "replica1.log")
-        replicas["replica2"] = start_replica(model_path, port2, tmp_path / "replica2.log")
+        replicas["replica1"] = spawn_replica(model_path, port1, tmp_path / "replica1.log")
+        replicas["replica2"] = spawn_replica(model_path, port2, tmp_path / "replica2.log")
+        for replica in replicas.values():  # both load their model at once
+            wait_ready(replica)
         proxy = balancer(port1, port2)
         check_http2_to_clients(proxy)
 
@@ -229,7 +233,7 @@ def test_haproxy_drain_failover_return_and_session_affinity(
                      "requests served while replica1 is away")
             # Restart it on the same port: traffic returns.
             restart_at = time.monotonic()
-            replicas["replica1"] = start_replica(model_path, port1, tmp_path / "replica1.log")
+            replicas["replica1"] = wait_ready(spawn_replica(model_path, port1, tmp_path / "replica1.log"))
             wait_for(lambda: proxy.server_status("replica1") == "UP", 30, "replica1 back up")
             back_at = time.monotonic()
             wait_for(lambda: load.served("replica1", since=back_at) >= 3, 240,
