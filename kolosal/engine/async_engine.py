@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -201,6 +201,14 @@ class AsyncEngine:
         call also builds the model's grammar tokenizer). InvalidGrammarError when it fails."""
         runner, _ = self._require_ready()
         return await self._worker_calls.run(lambda: runner.grammar().compile(grammar))
+
+    def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
+        """Which of these marker texts are one special token of the model (grammars name
+        them by id, and outputs must render them as text)."""
+        runner = self._open_runner()
+        if not isinstance(runner, ModelRunner):  # an embedding engine: refused at submission (400)
+            return {}
+        return runner.special_tokens(texts)
 
     def token_piece(self, token: int) -> bytes:
         """The bytes of one token (for logprobs in responses)."""
