@@ -20,6 +20,7 @@ from . import (
     routes_embeddings,
     routes_engines,
     routes_openai,
+    routes_responses,
     routes_site,
     routes_tokenize,
 )
@@ -28,8 +29,8 @@ from .http import json_response
 from .observe import Metrics
 
 logger = logging.getLogger(__name__)
-BLUEPRINTS = (routes_openai.blueprint, routes_engines.blueprint, routes_embeddings.blueprint,
-              routes_tokenize.blueprint, routes_site.blueprint)
+BLUEPRINTS = (routes_openai.blueprint, routes_responses.blueprint, routes_engines.blueprint,
+              routes_embeddings.blueprint, routes_tokenize.blueprint, routes_site.blueprint)
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key, X-Request-Id"
 
 

@@ -84,20 +84,29 @@ async def chat_completions() -> Response:
     body = await parse_body(ChatCompletionRequest)
     g.record.model = body.model
     async with held_engine(body.model) as engine:
-        template = ChatTemplate.for_model(engine.info.chat_template, engine.info.architecture,
-                                          engine.info.bos_token, engine.info.eos_token)
-        prompt, prompt_ids, output = await tokenize_chat(engine, template, body)
-        special = engine.special_tokens(output.markers)
-        shape = OutputShape(template.tool_family, template.reasoning_mode(prompt), special)
-        grammar = output_grammar(body, shape) or tool_call_grammar(body, shape)
-        params = replace(body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx),
-                                              engine.info.n_vocab, grammar),
-                         special_as_text=bool(special))
+        prompt_ids, params, output = await prepare_chat(engine, body)
         envelope = new_envelope("chatcmpl", body, engine)
         streams = await start(engine, [prompt_ids], body, params, envelope.id)
     writer = ChatWriter(envelope, streams.num_choices, output, engine.token_piece, body.stream,
                         body.logprobs)
     return await respond(streams, writer, envelope, body)
+
+
+async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest
+                       ) -> tuple[list[int], SamplingParams, OutputFormat]:
+    """Everything a chat generation needs before it is submitted: the rendered prompt's
+    tokens, the sampling parameters (with the grammar of response_format or enforced tool
+    calls) and what the output may hold (shared by /v1/chat/completions and /v1/responses)."""
+    template = ChatTemplate.for_model(engine.info.chat_template, engine.info.architecture,
+                                      engine.info.bos_token, engine.info.eos_token)
+    prompt, prompt_ids, output = await tokenize_chat(engine, template, body)
+    special = engine.special_tokens(output.markers)
+    shape = OutputShape(template.tool_family, template.reasoning_mode(prompt), special)
+    grammar = output_grammar(body, shape) or tool_call_grammar(body, shape)
+    params = replace(body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx),
+                                          engine.info.n_vocab, grammar),
+                     special_as_text=bool(special))
+    return prompt_ids, params, output
 
 
 async def tokenize_chat(engine: AsyncEngine, template: ChatTemplate,

@@ -15,7 +15,7 @@ from ..engine import ErrorEvent, FinishEvent, TokenEvent, TokenLogprob, Usage
 from ..toolcalls.output import OutputFormat, OutputParser
 from ..toolcalls.types import ContentDelta, StreamEvent, ToolCallStart, aggregate
 from . import shapes
-from .errors import from_engine_error
+from .errors import APIError, from_engine_error
 from .generation import MultiStream, total_usage
 from .observe import RequestRecord
 from .shapes import Envelope, PieceOf
@@ -26,12 +26,15 @@ Chunk = dict[str, Any] | bytes
 
 class Writer(Protocol):
     object_name: str  # of the stream's chunks
+    end: bytes  # what closes a stream that ran to its end (``data: [DONE]``, or nothing)
 
     def opening(self) -> list[Chunk]: ...
 
     def on_token(self, index: int, item: TokenEvent) -> list[Chunk]: ...
 
     def on_finish(self, index: int, item: FinishEvent) -> list[Chunk]: ...
+
+    def on_error(self, index: int, error: APIError) -> list[Chunk]: ...
 
     def body(self, usage: Usage) -> dict[str, Any]: ...
 
@@ -51,13 +54,14 @@ async def stream_response(streams: MultiStream, writer: Writer, envelope: Envelo
                 finishes.append(item)
                 chunks = writer.on_finish(index, item)
             else:
-                chunks = [from_engine_error(item.error).body()]
+                chunks = writer.on_error(index, from_engine_error(item.error))
             for chunk in chunks:
                 yield _encode(chunk)
         if include_usage:
             yield event(shapes.usage_chunk(envelope, writer.object_name,
                                            total_usage(finishes, streams.n)))
-        yield DONE
+        if writer.end:
+            yield writer.end
         status = 200
     finally:
         await streams.close()
@@ -89,6 +93,16 @@ def _encode(chunk: Chunk) -> bytes:
     return chunk if isinstance(chunk, bytes) else event(chunk)
 
 
+class _ChunkStream:
+    """Chat and text completions end with ``data: [DONE]``; a failure after the start is an
+    ``{"error": {...}}`` chunk."""
+
+    end = DONE
+
+    def on_error(self, index: int, error: APIError) -> list[Chunk]:
+        return [error.body()]
+
+
 # -- chat -----------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _ChatChoice:
@@ -99,7 +113,7 @@ class _ChatChoice:
     finish_reason: str | None = None
 
 
-class ChatWriter:
+class ChatWriter(_ChunkStream):
     object_name = "chat.completion.chunk"
 
     def __init__(self, envelope: Envelope, num_choices: int, output: OutputFormat,
@@ -180,7 +194,7 @@ class _TextChoice:
     finish_reason: str | None = None
 
 
-class CompletionWriter:
+class CompletionWriter(_ChunkStream):
     object_name = "text_completion"
 
     def __init__(self, envelope: Envelope, echoes: list[str], piece_of: PieceOf, streaming: bool,

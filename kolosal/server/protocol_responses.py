@@ -1,0 +1,296 @@
+"""POST /v1/responses bodies (OpenAI's Responses API) and their translation to a chat
+completion request: input items become chat messages, ``text.format`` a response_format,
+Responses-shaped function tools chat tools. Everything after that is the chat path's.
+
+The sampling fields and extensions (``top_k``, ``seed``, ``stop``, ...) are the chat
+endpoints' (inherited from ``SamplingFields``); fields of the chat shape that the Responses
+API spells differently (``response_format``, ``n``, llama-server's ``grammar``) are refused.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
+
+from .protocol import INT32_MAX, ChatCompletionRequest, Lenient, SamplingFields, Strict
+
+MAX_METADATA_KEYS = 16
+
+
+# -- input items ----------------------------------------------------------------------------------
+class TextContent(Lenient):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class RefusalContent(Lenient):
+    type: Literal["refusal"]
+    refusal: str
+
+
+Content = Annotated[TextContent | RefusalContent, Field(discriminator="type")]
+
+
+def _parts(value: Any) -> Any:
+    """A string is one text part (so a bad part is reported as such, not as "not a string")."""
+    return [{"type": "input_text", "text": value}] if isinstance(value, str) else value
+
+
+def _text(content: list[Content] | list[TextContent]) -> str:
+    return "".join(part.text if isinstance(part, TextContent) else part.refusal for part in content)
+
+
+class MessageItem(Lenient):
+    """``{"role", "content"}`` (EasyInputMessage), or a ``message`` item (an earlier
+    response's output message included). ``id``, ``status`` and ``phase`` are ignored."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Annotated[list[Content], BeforeValidator(_parts, json_schema_input_type=str | list[Content])]
+
+
+class FunctionCallItem(Lenient):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class FunctionCallOutputItem(Lenient):
+    type: Literal["function_call_output"]
+    call_id: str | None = None
+    name: str | None = None
+    output: Annotated[list[TextContent],
+                      BeforeValidator(_parts, json_schema_input_type=str | list[TextContent])]
+
+
+class ReasoningText(Lenient):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningItem(Lenient):
+    """An earlier response's reasoning, sent back: accepted and left out of the prompt
+    (chat templates drop earlier thinking too)."""
+
+    type: Literal["reasoning"]
+    summary: list[ReasoningText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+
+
+def _item_type(value: Any) -> str:
+    found = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    return found if isinstance(found, str) else "message"
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")] | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
+    Discriminator(_item_type, custom_error_type="invalid_input_item",
+                  custom_error_message="input items are messages, function_call, "
+                                       "function_call_output or reasoning items")]
+INPUT_ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
+
+
+def chat_messages(items: list[InputItem]) -> list[dict[str, Any]]:
+    """Input items as chat messages: function calls join the assistant turn before them
+    (or open one), their outputs become tool messages."""
+    messages: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, MessageItem):
+            messages.append({"role": item.role, "content": _text(item.content)})
+        elif isinstance(item, FunctionCallItem):
+            call = {"id": item.call_id, "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutputItem):
+            message: dict[str, Any] = {"role": "tool", "content": _text(item.output)}
+            if item.call_id is not None:
+                message["tool_call_id"] = item.call_id
+            if item.name is not None:
+                message["name"] = item.name
+            messages.append(message)
+    return messages
+
+
+# -- text.format, tools ---------------------------------------------------------------------------
+class TextFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TextFormat:
+        if self.type == "json_schema" and self.schema_ is None:
+            raise ValueError("text.format of type json_schema needs a schema")
+        if self.type != "json_schema" and (self.schema_ is not None or self.name is not None):
+            raise ValueError(f"text.format of type {self.type} takes no name or schema")
+        return self
+
+    def response_format(self) -> dict[str, Any] | None:
+        """The chat endpoint's response_format for this format (None: free text)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {
+            "name": self.name or "response", "schema": self.schema_, "strict": self.strict,
+            "description": self.description}}
+
+    def echo(self) -> dict[str, Any]:
+        shape: dict[str, Any] = {"type": self.type}
+        if self.type == "json_schema":
+            shape.update(name=self.name or "response", schema=self.schema_, strict=self.strict,
+                         description=self.description)
+        return shape
+
+
+class TextConfig(Strict):
+    format: TextFormat | None = None
+    verbosity: Literal["medium"] | None = None  # the only verbosity a model without the knob has
+
+
+class FunctionTool(Strict):
+    """A function tool in the Responses shape (name and parameters at the top level)."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def chat_tool(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": self.name}
+        if self.description is not None:
+            function["description"] = self.description
+        if self.parameters is not None:
+            function["parameters"] = self.parameters
+        if self.strict is not None:
+            function["strict"] = self.strict
+        return {"type": "function", "function": function}
+
+    def echo(self) -> dict[str, Any]:
+        return {"type": "function", "name": self.name, "description": self.description,
+                "parameters": self.parameters, "strict": self.strict}
+
+
+class FunctionChoice(Strict):
+    type: Literal["function"]
+    name: str
+
+
+class ReasoningConfig(Strict):
+    """Accepted for clients that always send it; effort and summaries are knobs of models
+    we do not serve, so only their absence is accepted."""
+
+    effort: None = None
+    summary: None = None
+
+
+# -- the request ----------------------------------------------------------------------------------
+def _user_message(value: Any) -> Any:
+    return [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else value
+
+
+class ResponsesRequest(SamplingFields):
+    input: Annotated[list[InputItem], BeforeValidator(_user_message,  # a string: one user message
+                                                      json_schema_input_type=str | list[InputItem])]
+    instructions: str | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1)
+    store: bool = True
+    max_output_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    text: TextConfig | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: bool = True
+    reasoning: ReasoningConfig | None = None
+    include: list[str] | None = None             # nothing extra to include: must be empty
+    truncation: Literal["disabled"] | None = None  # "auto" would drop input: refused
+    background: Literal[False] | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None  # counts built-in tools: none here
+    top_logprobs: Literal[0] | None = None
+    # The chat shape's spellings are refused here (the Responses API has its own or none).
+    stream_options: None = None
+    response_format: None = None
+    grammar: None = None
+    json_schema: None = None
+    n: Literal[1] = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stream_options(cls, data: Any) -> Any:
+        """``stream_options.include_obfuscation`` pads events against side channels; our
+        events are not padded, so the option has nothing to turn off."""
+        if isinstance(data, dict) and isinstance(data.get("stream_options"), dict) and set(
+                data["stream_options"]) <= {"include_obfuscation"}:
+            return {key: value for key, value in data.items() if key != "stream_options"}
+        return data
+
+    @field_validator("include")
+    @classmethod
+    def _check_include(cls, value: list[str] | None) -> list[str] | None:
+        if value:
+            raise ValueError(f"{value[0]!r} cannot be included: this server has no extra output data")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponsesRequest:
+        if not self.input and self.previous_response_id is None:
+            raise ValueError("input must not be empty")
+        metadata = self.metadata or {}
+        if len(metadata) > MAX_METADATA_KEYS or any(
+                len(key) > 64 or len(value) > 512 for key, value in metadata.items()):
+            raise ValueError(f"metadata has at most {MAX_METADATA_KEYS} keys of at most 64 "
+                             "characters, values of at most 512")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, FunctionChoice) and choice.name not in {t.name for t in self.tools or []}:
+            raise ValueError(f"tool_choice names '{choice.name}', which is not in tools")
+        if self.tools and choice != "none" and self.format().type != "text":
+            raise ValueError("tools cannot be combined with a text.format other than text")
+        return self
+
+    def format(self) -> TextFormat:
+        return self.text.format if self.text and self.text.format else TextFormat(type="text")
+
+    def chat_request(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
+        """The chat completion this response runs: instructions as the system message, then
+        ``conversation`` (the previous response's conversation and this input as messages)."""
+        shared = self.model_dump(include=set(SamplingFields.model_fields) - set(_REFUSED),
+                                 exclude_none=True)
+        messages = ([{"role": "system", "content": self.instructions}] if self.instructions else [])
+        messages += conversation
+        choice = self.tool_choice
+        return ChatCompletionRequest.model_validate({
+            **shared, "messages": messages, "max_completion_tokens": self.max_output_tokens,
+            "response_format": self.format().response_format(),
+            "tools": [tool.chat_tool() for tool in self.tools] if self.tools else None,
+            "tool_choice": ({"type": "function", "function": {"name": choice.name}}
+                            if isinstance(choice, FunctionChoice) else choice),
+            "parallel_tool_calls": self.parallel_tool_calls})
+
+    def echo(self) -> dict[str, Any]:
+        """The request's settings as every response object repeats them."""
+        choice = self.tool_choice
+        return {
+            "instructions": self.instructions, "max_output_tokens": self.max_output_tokens,
+            "metadata": self.metadata or {}, "model": self.model,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "previous_response_id": self.previous_response_id,
+            "reasoning": {"effort": None, "summary": None}, "store": self.store,
+            "temperature": self.temperature, "text": {"format": self.format().echo(), "verbosity": "medium"},
+            "tool_choice": choice.model_dump() if isinstance(choice, FunctionChoice) else choice or "auto",
+            "tools": [tool.echo() for tool in self.tools or []], "top_p": self.top_p,
+            "truncation": "disabled", "user": self.user, "background": False,
+            "service_tier": "default", "top_logprobs": 0, "max_tool_calls": self.max_tool_calls}
+
+
+_REFUSED = ("stream_options", "response_format", "grammar", "json_schema", "n", "store")
