@@ -21,6 +21,9 @@ UNMATCHED_ROUTE = "unmatched"   # endpoint label of requests no route matched (4
 OTHER_MODEL = "other"           # model label of names that are not a known engine
 NO_MODEL = "-"
 LOGGED_TEXT_LIMIT = 256         # characters of a client-chosen path/model kept in the log
+# Balancers probe every second and Prometheus scrapes every few: their successful calls are
+# logged at DEBUG, so they do not drown the requests (a failing probe stays at INFO).
+QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/health", "/v1/health", "/metrics"})
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -184,8 +187,9 @@ class RequestRecord:
                 if self.usage.completion_tokens > 1:
                     gap = (duration - ttft) / (self.usage.completion_tokens - 1)
                     metrics.inter_token.labels(model).observe(gap)
-        access_log.info(  # the formatter escapes control characters in every field
-            "%s %s %d", self.method, clip(self.path), status,
+        quiet = self.route in QUIET_ROUTES and status < 400
+        access_log.log(  # the formatter escapes control characters in every field
+            logging.DEBUG if quiet else logging.INFO, "%s %s %d", self.method, clip(self.path), status,
             extra={"request_id": self.request_id, "status": status,
                    "model": clip(self.model) if self.model else NO_MODEL,
                    "duration_ms": round(duration * 1000, 1),
