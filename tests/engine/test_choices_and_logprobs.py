@@ -26,7 +26,8 @@ async def collect(engine: AsyncEngine, ids: list[int], params: SamplingParams, n
 
 
 async def test_n_choices_prefill_the_prompt_once(engine: AsyncEngine) -> None:
-    prompt = " ".join(f"Item {i} of the inventory is a {['red', 'blue', 'green'][i % 3]} box." for i in range(45))
+    colours = ["red", "blue", "green"]
+    prompt = " ".join(f"Item {i} of the inventory is a {colours[i % 3]} box." for i in range(45))
     ids = await engine.tokenize("Unique n=4 test. " + prompt + " Now a short poem about anything:")
     assert len(ids) > 450
     before = engine.stats()
@@ -106,7 +107,8 @@ async def test_constrained_and_free_requests_share_steps_without_cross_talk(engi
     constrained_ids = await engine.tokenize("Is the sky blue? Answer:")
 
     async def constrained(index: int) -> str:
-        texts, _, _ = await collect(engine, constrained_ids, greedy(5, grammar=grammar), request_id=f"c{index}")
+        texts, _, _ = await collect(engine, constrained_ids, greedy(5, grammar=grammar),
+                                    request_id=f"c{index}")
         return texts[0]
 
     results = await asyncio.gather(*(constrained(i) for i in range(4)),

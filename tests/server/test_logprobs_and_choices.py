@@ -63,7 +63,8 @@ def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
     assert logprobs is not None
     assert logprobs.tokens is not None and logprobs.token_logprobs is not None
     assert "".join(logprobs.tokens) == completion.choices[0].text
-    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    starts = [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    assert logprobs.text_offset == starts
     assert logprobs.top_logprobs is not None and all(len(top) == 2 for top in logprobs.top_logprobs)
 
 
