@@ -24,6 +24,7 @@ import re
 import signal
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,13 @@ from ..gguf_header import InvalidModelFileError, read_gguf_metadata
 
 logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 120.0
+MAX_CONCURRENT_CHECKS = 2   # children at once (~90 MB each); more checks wait their turn
 MAX_VERDICTS = 256
 STDERR_TAIL_BYTES = 16 << 10
 PROBE_MODULE = "kolosal.llama.probe"
 REFUSED_PREFIX = "kolosal-probe: refused: "  # kolosal.llama.probe's refusal line (not imported:
 EXIT_REFUSED = 3                              # engine code never imports the native layer here)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-_TIMED_OUT = "did not finish in time"
 # The context the child builds: the default engine's. What a file can break there (its
 # compute graph) does not depend on the shape; the shape only scales the simulated sizes.
 CHECK_N_CTX, CHECK_N_BATCH, CHECK_N_SEQ_MAX = 4096, 512, 8
@@ -75,6 +76,16 @@ class _Verdicts:
 
 
 _verdicts = _Verdicts(MAX_VERDICTS)
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _check_turn() -> asyncio.Semaphore:
+    """The running loop's limit on concurrent checks (a semaphore belongs to one loop)."""
+    loop = asyncio.get_running_loop()
+    turn = _turns.get(loop)
+    if turn is None:
+        turn = _turns[loop] = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
+    return turn
 
 
 def _file_version(path: str) -> _FileVersion:
@@ -89,10 +100,12 @@ async def check_model_file(path: str) -> None:
     key = await asyncio.to_thread(_file_version, path)
     known, reason = _verdicts.get(key)
     if not known:
-        reason = await _check(path)
-        if reason is not None and reason.endswith(_TIMED_OUT):
-            raise InvalidModelFileError(reason)  # perhaps a busy machine: not remembered
-        _verdicts.put(key, reason)
+        async with _check_turn():
+            known, reason = _verdicts.get(key)  # checked while this one waited its turn
+            if not known:
+                reason, final = await _check(path)
+                if final:  # a timeout may be a busy machine: not remembered
+                    _verdicts.put(key, reason)
     if reason is not None:
         raise InvalidModelFileError(reason)
 
@@ -106,25 +119,26 @@ async def model_file_error(path: str) -> Exception | None:
     return None
 
 
-async def _check(path: str) -> str | None:
-    """None when loadable, else why not."""
+async def _check(path: str) -> tuple[str | None, bool]:
+    """(None when loadable, else why not; whether that is final)."""
     name = Path(path).name
     started = time.monotonic()
     try:
         await asyncio.to_thread(read_gguf_metadata, path)
     except InvalidModelFileError as error:
-        return str(error)
+        return str(error), True
     status, stderr = await _run_probe(path)
     logger.info("model file check of %s: exit status %s in %.2fs", name, status,
                 time.monotonic() - started)
     if status == 0:
-        return None
+        return None, True
     if status is None:
-        return f"{name}: the isolated load check {_TIMED_OUT} ({CHECK_TIMEOUT_S:g}s)"
+        return f"{name}: the isolated load check did not finish in {CHECK_TIMEOUT_S:g}s", False
     lines = stderr.decode("utf-8", "replace").splitlines()
     if status == EXIT_REFUSED and lines and lines[-1].startswith(REFUSED_PREFIX):
-        return f"{name}: libllama cannot load it: {lines[-1][len(REFUSED_PREFIX):]}"
-    return f"{name}: loading it crashed libllama in the isolated load check ({_describe(status, lines)})"
+        return f"{name}: libllama cannot load it: {lines[-1][len(REFUSED_PREFIX):]}", True
+    return (f"{name}: loading it crashed libllama in the isolated load check "
+            f"({_describe(status, lines)})"), True
 
 
 def _describe(status: int, lines: list[str]) -> str:
