@@ -46,9 +46,15 @@ def test_invalid_json(server: ServerProcess) -> None:
     ({"presence_penalty": 3}, "presence_penalty"), ({"frequency_penalty": -2.5}, "frequency_penalty"),
     ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": -5}, "max_tokens"),
     ({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "x"}]}, None),
-    ({"top_p": 1.5}, "top_p"), ({"n": 2}, "n"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"top_p": 1.5}, "top_p"), ({"n": 0}, "n"), ({"n": 1000}, "n"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"max_tokens": "many"}, "max_tokens"), ({"stream": "yes"}, "stream"),
     ({"logit_bias": {"abc": 1}}, "logit_bias"), ({"tools": [{"type": "function"}]}, "tools"),
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"), ({"top_k": 2**31}, "top_k"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, None),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
+     "response_format"),
+    ({"grammar": "root ::= ("}, "grammar"),
 ])
 def test_bad_fields(server: ServerProcess, overrides: dict, param: str | None) -> None:
     error = assert_error(post(server, "/v1/chat/completions", json=chat_body(**overrides)), 400)
