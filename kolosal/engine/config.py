@@ -32,6 +32,12 @@ class EngineConfig:
     n_threads: int = option(0, "compute threads (0 = all cores)", ge=0, le=1024, flag="--threads")
     n_batch: int = option(512, "token budget of one step (decode rows + prompt chunks)",
                           ge=1, le=65536, flag="--n-batch")
+    prefill_budget: int = option(256, "prompt tokens one step may carry while sequences decode "
+                                 "(steps with nothing decoding take the whole n_batch); 0 = no bound",
+                                 ge=0, le=65536, flag="--prefill-budget")
+    spec_draft_max: int = option(8, "speculative decoding: most draft tokens a sequence adds to a "
+                                 "step, looked up in its own prompt and output; 0 = off (a request "
+                                 "may still ask)", ge=0, le=64, flag="--spec-draft-max")
     max_queue: int = option(256, "waiting requests before 503 (engine_overloaded)",
                             ge=0, le=1_000_000, flag="--max-queue")
     flash_attn: str = option("auto", "flash attention", choices=("auto", "on", "off"), http=False)

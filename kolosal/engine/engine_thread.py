@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .errors import EngineOverloadedError, EngineStoppedError, InferenceError
 from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplerLike, SamplingParams
-from .scheduler import Emission, KVMemory, Scheduler, StepOutput, StepPlan
+from .scheduler import Emission, KVMemory, Scheduler, SchedulerPolicy, StepOutput, StepPlan
 from .stats import EngineStats, StatsRecorder
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ class RunnerLike(Protocol):
 
     @property
     def vocab(self) -> VocabLike: ...
+
+    @property
+    def policy(self) -> SchedulerPolicy: ...
 
     def make_sampler(self, params: SamplingParams) -> SamplerLike | None: ...
 
@@ -92,7 +95,8 @@ class EngineThread:
         context = runner.context
         self.scheduler = Scheduler(num_slots=n_parallel, n_ctx=context.n_ctx, n_batch=n_batch,
                                    memory=context, piece_of=runner.vocab.token_to_piece,
-                                   is_eog=runner.vocab.is_eog, clock=time.monotonic)
+                                   is_eog=runner.vocab.is_eog, clock=time.monotonic,
+                                   policy=runner.policy)
         self.stats = StatsRecorder(slots_total=n_parallel, kv_cells_total=context.n_ctx)
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._queue_lock = threading.Lock()
@@ -200,6 +204,7 @@ class EngineThread:
         ran_at = time.perf_counter()
         if result.ok:
             emissions = self.scheduler.update(plan, result.output)
+            self.scheduler.observe_step(plan, result.decode_s)
         elif result.no_kv_slot:
             logger.warning("no KV slot for a %d-token batch: shrinking and retrying", plan.num_tokens)
             self.scheduler.on_no_kv_slot(plan)

@@ -12,8 +12,11 @@ from .errors import EngineError
 if TYPE_CHECKING:
     from .constraint import Constraint
     from .detokenizer import Detokenizer
+    from .speculative import Drafter
 
 MAX_TOP_LOGPROBS = 20
+SPECULATE_ON = -1        # SamplingParams.speculative: speculate, at the engine's draft length
+DEFAULT_DRAFT_MAX = 8    # ... or this many when the engine has speculation off
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,8 @@ class SamplingParams:
     prompt_logprobs: bool = False        # also each prompt token's logprob (completions echo)
     grammar: str | None = None           # an llguidance grammar the output must match
     special_as_text: bool = False        # control tokens (tool-call / reasoning markers) as text
+    speculative: int | None = None       # draft tokens per step: None = the engine's setting,
+    # 0 = off, k = at most k, SPECULATE_ON = on at the engine's length (DEFAULT_DRAFT_MAX if off)
 
     def for_choice(self, index: int) -> SamplingParams:
         """The params of choice ``index`` of an n > 1 request: its own seed."""
@@ -146,6 +151,7 @@ class Request:
     sampler: SamplerLike | None = None  # None: greedy (argmax in numpy, no chain)
     constraint: Constraint | None = None
     detokenizer: Detokenizer | None = None
+    drafter: Drafter | None = None       # set when this sequence drafts (speculative decoding)
     fork_of: Request | None = None       # n > 1: the group's first request, until forked
     forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted

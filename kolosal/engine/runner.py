@@ -18,7 +18,7 @@ from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
 from .request import Request, SamplingParams, TokenLogprob
-from .scheduler import StepOutput, StepPlan
+from .scheduler import SchedulerPolicy, StepOutput, StepPlan
 
 
 @dataclass(slots=True)
@@ -57,6 +57,8 @@ class ModelRunner:
         self.batch = Batch(self.context.n_batch)
         self.vocab = self.model.vocab
         self.num_slots = config.resolved_parallel
+        self.policy = SchedulerPolicy(prefill_budget=config.prefill_budget,
+                                      draft_max=config.spec_draft_max, swa_window=self.model.n_swa)
         self._grammar: GrammarEngine | None = None
         self._grammar_lock = threading.Lock()
 
@@ -105,7 +107,34 @@ class ModelRunner:
             output.prompt_logprobs = [(request, self._prompt_logprobs(request, first_row, start, plan))
                                       for request, first_row, start in plan.prompt_rows]
         self._sample(plan.sampled, plan.output_rows, output)
+        if plan.drafts:
+            output.drafted = [self._verify(plan, index, first, count, int(output.tokens[index]))
+                              for index, first, count in plan.drafts]
         return StepResult(status, output, decoded - started, time.perf_counter() - decoded)
+
+    def _verify(self, plan: StepPlan, index: int, first: int, count: int, token: int) -> list[int]:
+        """Walk a sequence's draft rows: while the token sampled so far equals the next
+        draft token, that draft token is accepted and the token after it is sampled from
+        its row. Returns the tokens sampled after the first (one per accepted draft token).
+
+        Greedy rows take the argmax. Sampled rows draw with the request's own sampler chain
+        (temperature, top-k/p, min-p, penalties, bias; it also records each token for the
+        penalties). For a deterministic draft (q = 1 on the drafted token) that is exactly
+        the speculative acceptance rule: the draft is accepted with probability p(draft),
+        and a rejection's draw is distributed as p without the draft token, renormalised
+        (the residual). Each emitted token consumes one draw, as without speculation."""
+        request = plan.sampled[index]
+        sampler = request.sampler
+        after: list[int] = []
+        for row in range(first, first + count):
+            if token != int(plan.tokens[row]):
+                break
+            if sampler is None:
+                token = int(self.context.logits_row(row).argmax())
+            else:
+                token = sampler.sample(self.context, row)
+            after.append(token)
+        return after
 
     def _sample(self, requests: list[Request], rows: np.ndarray, output: StepOutput) -> None:
         """Logprobs first (the raw distribution), then grammar masks, then the tokens."""

@@ -2,7 +2,9 @@
 the sampled tokens mean afterwards. Never imports libllama, so it tests in milliseconds.
 
 Each step hands out a token budget (``n_batch``): one row per decoding sequence first,
-then chunks of pending prompts, so a long prompt never stalls running streams.
+then chunks of pending prompts (at most ``prefill_budget`` tokens while anything decodes),
+so a long prompt never stalls running streams; then, from what is left, draft rows of
+sequences that speculate (speculative.py), as many as are worth their cost.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import numpy as np
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InferenceError
 from .request import (
+    DEFAULT_DRAFT_MAX,
+    SPECULATE_ON,
     ErrorEvent,
     Event,
     FinishEvent,
@@ -26,6 +30,7 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
+from .speculative import Drafter, StepCost, worth_a_row
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
@@ -34,6 +39,17 @@ class KVMemory(Protocol):
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool: ...
 
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None: ...
+
+    def seq_pos_min(self, seq_id: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerPolicy:
+    """The engine's planning knobs (from EngineConfig, and the model's attention window)."""
+
+    prefill_budget: int = 0   # prompt tokens per step while sequences decode; 0: no bound
+    draft_max: int = 0        # draft tokens per sequence and step, for requests that do not say
+    swa_window: int = 0       # sliding attention window (0: none): older cells may be reused
 
 
 @dataclass(slots=True)
@@ -50,10 +66,17 @@ class StepPlan:
     num_decode_rows: int                      # leading rows that are single decode tokens
     prompt_rows: list[tuple[Request, int, int]] = field(default_factory=list)
     # (request, first batch row, its position) of prompt chunks whose logprobs were asked
+    drafts: list[tuple[int, int, int]] = field(default_factory=list)
+    # (index in sampled, first batch row, count) of draft tokens to verify, after the
+    # sequence's decode row; their tokens are tokens[first:first + count]
 
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
+
+    @property
+    def num_draft_rows(self) -> int:
+        return sum(count for _, _, count in self.drafts)
 
 
 @dataclass(slots=True)
@@ -63,6 +86,9 @@ class StepOutput:
     tokens: np.ndarray                                    # one per plan.sampled
     logprobs: list[TokenLogprob | None] = field(default_factory=list)  # per plan.sampled
     prompt_logprobs: list[tuple[Request, list[TokenLogprob]]] = field(default_factory=list)
+    drafted: list[list[int]] = field(default_factory=list)
+    # per plan.drafts: the tokens after the first one, one per accepted draft token (a
+    # draft token is accepted when the token sampled before it equals it)
 
 
 @dataclass(slots=True)
@@ -78,6 +104,10 @@ class SchedulerCounters:
     preemptions: int = 0
     steps: int = 0
     forks: int = 0           # n > 1 choices that reused their group's prefill
+    prefix_copies: int = 0   # requests that took a prefix from another slot's KV
+    prefix_copied_tokens: int = 0
+    draft_tokens: int = 0    # speculative decoding: draft tokens verified
+    accepted_tokens: int = 0  # ... and accepted
 
 
 class _PlanBuilder:
@@ -90,6 +120,7 @@ class _PlanBuilder:
         self.seq_ids: list[int] = []
         self.scheduled: list[tuple[Request, int]] = []
         self.prompt_rows: list[tuple[Request, int, int]] = []
+        self.drafts: list[tuple[Request, int, int]] = []
 
     def add(self, request: Request, start: int, count: int) -> None:
         if request.params.prompt_logprobs and start < request.num_prompt - 1:
@@ -99,6 +130,16 @@ class _PlanBuilder:
         self.seq_ids.extend([request.seq_id] * count)
         self.scheduled.append((request, count))
         self.budget -= count
+
+    def add_draft(self, request: Request, draft: list[int]) -> None:
+        """Draft tokens after the request's decode row (already added), at the positions
+        that follow it."""
+        start = request.num_computed + 1
+        self.drafts.append((request, len(self.tokens), len(draft)))
+        self.tokens.extend(draft)
+        self.positions.extend(range(start, start + len(draft)))
+        self.seq_ids.extend([request.seq_id] * len(draft))
+        self.budget -= len(draft)
 
     def build(self, num_decode_rows: int) -> StepPlan | None:
         if not self.scheduled:
@@ -119,18 +160,27 @@ class _PlanBuilder:
                 for member in (request, *request.forks):  # n > 1: all choices sample this row
                     sampled.append(member)
                     rows.append(row - 1)
+        drafts = []
+        if self.drafts:
+            index_of = {id(request): index for index, request in enumerate(sampled)}
+            for request, first, count in self.drafts:
+                logits[first:first + count] = 1
+                drafts.append((index_of[id(request)], first, count))
         return StepPlan(np.asarray(self.tokens, dtype=np.int32),
                         np.asarray(self.positions, dtype=np.int32),
                         np.asarray(self.seq_ids, dtype=np.int32), logits, self.scheduled, sampled,
-                        np.asarray(rows, dtype=np.int32), num_decode_rows, self.prompt_rows)
+                        np.asarray(rows, dtype=np.int32), num_decode_rows, self.prompt_rows, drafts)
 
 
 class Scheduler:
     def __init__(self, num_slots: int, n_ctx: int, n_batch: int, memory: KVMemory,
                  piece_of: Callable[[int, bool], bytes], is_eog: Callable[[int], bool],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], policy: SchedulerPolicy | None = None) -> None:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
+        self.policy = policy or SchedulerPolicy()
+        self.cost = StepCost()  # decode time per row, for the drafting decision
+        self.last_accepted = 0  # draft tokens accepted in the last update
         self.memory = memory
         self.piece_of = piece_of
         self.is_eog = is_eog
@@ -255,16 +305,20 @@ class Scheduler:
         """Plan the next decode step, or None when there is nothing to compute.
 
         Policy, in order:
-        1. Admit waiting requests first-come first-served into free slots, each into the slot
-           whose prefix cache shares most of its tokens, while the running sequences and the
-           newcomer fit the context; a group of n choices needs n free slots at once.
+        1. Admit waiting requests first-come first-served into free slots, while the running
+           sequences and the newcomer fit the context; a group of n choices needs n free
+           slots at once. A newcomer starts from the longest prefix any slot holds: its own
+           slot's cache, or cells shared from another slot, free or running (``_take_slot``).
         2. Make KV room for one token per decoding sequence: evict prefix caches (least
            recently used first), then preempt the youngest sequence (recomputed later).
         3. One batch row per decoding sequence, so running streams never stall.
         4. The rest of the token budget (``n_batch``, halved after a "no KV slot" decode)
            goes to prompt chunks in admission order, each clipped to the KV room left
-           (chunked prefill). Siblings of an n > 1 group wait for their first request's
-           prompt instead of computing it again.
+           (chunked prefill), at most ``prefill_budget`` tokens in all while any sequence
+           decodes (a wave of new prompts would otherwise stretch every stream's step).
+           Siblings of an n > 1 group wait for their first request's prompt instead of
+           computing it again.
+        5. What is left goes to draft rows of speculating sequences (``_plan_drafts``).
         """
         self._admit()
         if not self.running:
@@ -274,7 +328,12 @@ class Scheduler:
         for request in decoding[:builder.budget]:
             builder.add(request, request.num_computed, 1)
         num_decode_rows = len(builder.scheduled)
-        self._plan_prompt_chunks(builder)
+        prompt_budget = builder.budget
+        if num_decode_rows and self.policy.prefill_budget:
+            prompt_budget = min(prompt_budget, self.policy.prefill_budget)
+        self._plan_prompt_chunks(builder, prompt_budget)
+        if builder.budget > 0 and num_decode_rows:
+            self._plan_drafts(builder, decoding[:num_decode_rows])
         return builder.build(num_decode_rows)
 
     def _admit(self) -> None:
@@ -292,13 +351,8 @@ class Scheduler:
                 self._start(fork, reuse_prefix=False)
 
     def _start(self, request: Request, reuse_prefix: bool) -> None:
-        """Give a request a slot, reusing as much of the slot's cached prefix as allowed."""
-        acquired = self.slots.acquire(request.token_ids)
-        assert acquired is not None
-        slot, prefix = acquired
-        if not reuse_prefix or not self.memory.seq_remove(slot.seq_id, prefix, -1):
-            self.memory.seq_remove(slot.seq_id)  # start over
-            prefix = 0
+        """Give a request a slot and as long a computed prefix as any slot can lend."""
+        slot, prefix = self._take_slot(request, reuse_prefix)
         slot.cached_ids = []
         first_admission = request.seq_id < 0
         request.seq_id = slot.seq_id
@@ -310,8 +364,58 @@ class Scheduler:
                 self.counters.cached_tokens += prefix
             if request.params.prompt_logprobs:
                 request.prompt_logprobs = [TokenLogprob(request.prompt_ids[0], None)]
+            request.drafter = self._drafter_for(request)
         request.status = RequestStatus.RUNNING
         self.running.append(request)
+
+    def _take_slot(self, request: Request, reuse_prefix: bool) -> tuple[Slot, int]:
+        """A free slot and how many leading tokens its KV now holds for the request: its
+        own cached prefix, or a longer one whose cells another slot (free, or running: a
+        shared system prompt being used right now) shares with it (``seq_copy`` marks the
+        cells as the new sequence's too; nothing is recomputed or duplicated)."""
+        tokens = request.token_ids
+        acquired = self.slots.acquire(tokens)
+        assert acquired is not None
+        slot, own = acquired
+        if reuse_prefix:
+            source, shared = self.slots.best_source(tokens, self._kv_holders(slot))
+            if source is not None and shared > own and self._window_intact(source.seq_id, shared):
+                self.memory.seq_remove(slot.seq_id)
+                self.memory.seq_copy(source.seq_id, slot.seq_id, 0, shared)
+                self.counters.prefix_copies += 1
+                self.counters.prefix_copied_tokens += shared
+                return slot, shared
+            if own and self._window_intact(slot.seq_id, own) and self.memory.seq_remove(slot.seq_id, own, -1):
+                return slot, own
+        self.memory.seq_remove(slot.seq_id)  # start over
+        return slot, 0
+
+    def _kv_holders(self, taken: Slot) -> list[tuple[Slot, list[int], int]]:
+        """Every other slot with tokens in its KV: free slots' caches and running sequences'
+        computed tokens, as (slot, tokens, how many of them the KV holds)."""
+        holders = [(s, s.cached_ids, len(s.cached_ids)) for s in self.slots.slots
+                   if not s.busy and s is not taken and s.cached_ids]
+        holders += [(self._slot(r), r.token_ids, r.num_computed) for r in self.running
+                    if r.num_computed > 0]
+        return holders
+
+    def _window_intact(self, seq_id: int, prefix: int) -> bool:
+        """With sliding-window attention, libllama may reuse a sequence's cells that its
+        own window no longer sees; a prefix is reusable only while the cells the next
+        token's window needs are still there."""
+        window = self.policy.swa_window
+        return window <= 0 or self.memory.seq_pos_min(seq_id) <= max(0, prefix - window + 1)
+
+    def _drafter_for(self, request: Request) -> Drafter | None:
+        """Requests with a grammar or logprobs do not speculate: their rows need masks or
+        log-probabilities that a draft row's verification does not compute."""
+        params = request.params
+        n_max = self.policy.draft_max if params.speculative is None else params.speculative
+        if n_max == SPECULATE_ON:
+            n_max = self.policy.draft_max or DEFAULT_DRAFT_MAX
+        if n_max <= 0 or request.constraint is not None or params.logprobs is not None:
+            return None
+        return Drafter(n_max)
 
     def _ensure_decode_room(self) -> list[Request]:
         """The sequences that decode one token this step, with KV room made for them."""
@@ -320,13 +424,13 @@ class Scheduler:
             if self._make_room(len(decoding)) or not self._preempt_youngest():
                 return decoding
 
-    def _plan_prompt_chunks(self, builder: _PlanBuilder) -> None:
+    def _plan_prompt_chunks(self, builder: _PlanBuilder, budget: int) -> None:
         for request in self.running:
-            if builder.budget <= 0:
+            if budget <= 0:
                 break
             if request.num_pending <= 1 or request.awaits_fork:
                 continue
-            chunk = min(request.num_pending, builder.budget)
+            chunk = min(request.num_pending, budget)
             if request.params.prompt_logprobs:
                 chunk = min(chunk, PROMPT_LOGPROB_CHUNK)
             if not self._make_room(len(builder.tokens) + chunk):
@@ -334,6 +438,43 @@ class Scheduler:
                 if chunk <= 0:
                     break
             builder.add(request, request.num_computed, chunk)
+            budget -= chunk
+
+    def _plan_drafts(self, builder: _PlanBuilder, decoding: list[Request]) -> None:
+        """Draft rows from the budget and the KV cells left, most promising sequence first,
+        each draft token only while it raises the step's expected tokens per second
+        (``worth_a_row``): at high concurrency a row costs as much as it can yield, and
+        drafting stops by itself. A sequence still owing its n > 1 siblings a KV copy does
+        not draft (the copy must hold the prompt only)."""
+        step = self.counters.steps
+        candidates = []
+        for request in decoding:
+            drafter = request.drafter
+            if drafter is not None and not request.forks:
+                chance = drafter.acceptance(step)
+                if chance > 0.0:
+                    candidates.append((chance, request, drafter))
+        if not candidates:
+            return
+        room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
+        fixed, per_row = self.cost.line()
+        rows, expected = len(decoding), float(len(decoding))
+        candidates.sort(key=lambda candidate: -candidate[0])
+        for chance, request, drafter in candidates:
+            if room <= 0 or not worth_a_row(chance, rows, expected, fixed, per_row):
+                break  # the best remaining chance is not worth a row: none is
+            limit = min(drafter.n_max, room, request.params.max_tokens - request.num_generated - 1,
+                        self.n_ctx - len(request.token_ids) - 1)
+            draft = drafter.propose(request.token_ids, limit)
+            probability, count = 1.0, 0
+            for _ in draft:
+                probability *= chance
+                if not worth_a_row(probability, rows, expected, fixed, per_row):
+                    break
+                rows, expected, count = rows + 1, expected + probability, count + 1
+            if count:
+                builder.add_draft(request, draft[:count])
+                room -= count
 
     def _preempt_youngest(self) -> bool:
         if len(self.running) <= 1:
@@ -373,9 +514,11 @@ class Scheduler:
 
     def update(self, plan: StepPlan, output: StepOutput) -> list[Emission]:
         """Commit a successful step: advance KV positions, fork n > 1 groups whose prompt is
-        done, append sampled tokens, emit."""
+        done, keep accepted drafts (drop the rejected ones' cells), append sampled tokens
+        (several for a sequence whose draft was accepted), emit."""
         self.counters.steps += 1
         self._budget_cap = self.n_batch
+        self.last_accepted = 0
         emissions: list[Emission] = []
         for request, logprobs in output.prompt_logprobs:
             request.prompt_logprobs.extend(logprobs)
@@ -385,19 +528,72 @@ class Scheduler:
             group = [request, *self._fork(request)] if prompt_done else [request]
             if prompt_done and request.params.max_tokens == 0:  # echo-only: prompt logprobs
                 emissions.extend(self._finish(member, "", FinishReason.LENGTH) for member in group)
+        accepted_after = self._commit_drafts(plan, output) if plan.drafts else None
         now = self.clock()
         logprobs_of = output.logprobs or [None] * len(plan.sampled)
-        for request, token, logprob in zip(plan.sampled, output.tokens.tolist(), logprobs_of,
-                                           strict=True):
+        for index, (request, token, logprob) in enumerate(zip(plan.sampled, output.tokens.tolist(),
+                                                              logprobs_of, strict=True)):
             if request.is_finished:  # aborted while the step ran
                 continue
             if request.num_generated == 0:
                 request.first_token_at = now
+            if accepted_after is not None and index in accepted_after:
+                emissions.extend(self._advance_many(request, [token, *accepted_after[index]]))
+                continue
             request.token_ids.append(token)
             emission = self._advance(request, token, logprob)
             if emission is not None:
                 emissions.append(emission)
         return emissions
+
+    def observe_step(self, plan: StepPlan, decode_s: float) -> None:
+        """Feed the draft cost model with a step whose every row has logits."""
+        if plan.num_tokens == plan.num_decode_rows + plan.num_draft_rows:
+            self.cost.observe(plan.num_tokens, decode_s)
+
+    def _commit_drafts(self, plan: StepPlan, output: StepOutput) -> dict[int, list[int]]:
+        """Keep the cells of accepted draft tokens, remove the rest, record how each
+        sequence's draft did. Returns, per sampled index, the tokens after the first."""
+        accepted_after: dict[int, list[int]] = {}
+        step = self.counters.steps
+        total = 0
+        for (index, _, count), after in zip(plan.drafts, output.drafted, strict=True):
+            request = plan.sampled[index]
+            accepted = len(after)
+            request.num_computed += accepted
+            if accepted < count:
+                self.memory.seq_remove(request.seq_id, request.num_computed, -1)
+            if request.drafter is not None:
+                request.drafter.record(count, accepted, step)
+            self.counters.draft_tokens += count
+            total += accepted
+            accepted_after[index] = after
+        self.counters.accepted_tokens += total
+        self.last_accepted = total
+        return accepted_after
+
+    def _advance_many(self, request: Request, tokens: list[int]) -> list[Emission]:
+        """Several tokens of one sequence from one step, each through the usual checks in
+        order: a stop string, end of generation or max_tokens ends the request at that
+        token and the rest are dropped (their cells too). The text of the step goes out as
+        one event."""
+        text: list[str] = []
+        num_tokens = 0
+        for token in tokens:
+            request.token_ids.append(token)
+            emission = self._advance(request, token, None)
+            if emission is None:
+                continue
+            event = emission.event
+            if isinstance(event, TokenEvent):
+                text.append(event.text)
+                num_tokens = event.num_tokens
+                continue
+            if len(request.token_ids) < request.num_computed:  # cells of dropped tokens
+                self.memory.seq_remove(request.seq_id, len(request.token_ids), -1)
+            merged = [Emission(request, TokenEvent("".join(text), num_tokens))] if text else []
+            return [*merged, emission]
+        return [Emission(request, TokenEvent("".join(text), num_tokens))] if text else []
 
     def _fork(self, request: Request) -> list[Request]:
         """Share the computed prompt with the group's other choices (one KV copy each)."""

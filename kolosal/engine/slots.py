@@ -1,10 +1,15 @@
 """KV slots: one seq_id each. A free slot keeps the tokens of its last sequence as a
-prefix cache; the table picks the slot whose cache shares the longest prefix."""
+prefix cache. A new request takes the free slot whose loss costs least (one whose whole
+cache it extends, else an empty one, else the least recently used), and any slot, free or
+running, can lend it a longer prefix: its cells are shared (``seq_copy``), not recomputed."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+QUICK_COMPARE = 32  # tokens compared in Python before numpy takes over
 
 
 @dataclass(slots=True)
@@ -17,12 +22,11 @@ class Slot:
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     limit = min(len(a), len(b))
-    if limit == 0:
-        return 0
-    if limit < 32:
-        for index in range(limit):
-            if a[index] != b[index]:
-                return index
+    quick = min(limit, QUICK_COMPARE)
+    for index in range(quick):
+        if a[index] != b[index]:
+            return index
+    if quick == limit:
         return limit
     mismatch = np.flatnonzero(np.asarray(a[:limit]) != np.asarray(b[:limit]))
     return int(mismatch[0]) if len(mismatch) else limit
@@ -37,21 +41,42 @@ class SlotTable:
         return sum(1 for slot in self.slots if not slot.busy)
 
     def acquire(self, token_ids: list[int]) -> tuple[Slot, int] | None:
-        """Take the free slot with the longest reusable prefix (else the least recently
-        used one). Returns the slot and how many leading tokens its KV already holds."""
+        """Take a free slot: the one whose whole cache this request extends (the longest
+        such), else an empty one, else the least recently used, so the caches of other
+        conversations stay alive. Returns it and how many leading tokens its own KV
+        already holds (never the last token: its logits are needed)."""
         best: Slot | None = None
-        best_prefix = -1
+        best_rank: tuple[int, int, int] = (-1, 0, 0)
+        best_prefix = 0
         for slot in self.slots:
             if slot.busy:
                 continue
             prefix = common_prefix_length(slot.cached_ids, token_ids)
-            if prefix > best_prefix or (prefix == best_prefix and best is not None
-                                        and slot.last_used < best.last_used):
-                best, best_prefix = slot, prefix
+            # whole cache reused (the longer the better) > empty > least recently used
+            if not slot.cached_ids:
+                rank = (1, 0, 0)
+            elif prefix == len(slot.cached_ids):
+                rank = (2, prefix, 0)
+            else:
+                rank = (0, 0, -slot.last_used)
+            if rank > best_rank:
+                best, best_rank, best_prefix = slot, rank, prefix
         if best is None:
             return None
         best.busy = True
-        # At least the last token must be computed to get logits for the next one.
+        return best, min(best_prefix, len(token_ids) - 1)
+
+    def best_source(self, token_ids: list[int], candidates: Iterable[tuple[Slot, list[int], int]]
+                    ) -> tuple[Slot | None, int]:
+        """Of ``candidates`` (a slot, its tokens, how many of them its KV holds), the one
+        sharing the longest prefix with ``token_ids``, and that length (capped before the
+        last token)."""
+        best: Slot | None = None
+        best_prefix = 0
+        for slot, ids, held in candidates:
+            prefix = min(common_prefix_length(ids, token_ids), held)
+            if prefix > best_prefix:
+                best, best_prefix = slot, prefix
         return best, min(best_prefix, len(token_ids) - 1)
 
     def release(self, slot: Slot, kv_ids: list[int], step: int) -> None:

@@ -61,6 +61,10 @@ class EngineStats:
     prefix_cache_hits: int = 0
     prefill_tokens_total: int = 0   # prompt tokens computed (cached and shared ones are not)
     forked_choices: int = 0         # n > 1 choices that reused their group's computed prompt
+    prefix_copies: int = 0          # requests that took a prefix from another slot's KV cells
+    prefix_copied_tokens: int = 0   # ... and how many tokens those prefixes held
+    spec_draft_tokens: int = 0      # speculative decoding: draft tokens verified
+    spec_accepted_tokens: int = 0   # ... and accepted (each saves a decode step)
     profile: StepProfile = StepProfile()
 
     @property
@@ -95,7 +99,11 @@ class StatsRecorder:
                 "cache_hits": scheduler.counters.cache_hits,
                 "cached_tokens": scheduler.counters.cached_tokens,
                 "preemptions": scheduler.counters.preemptions,
-                "forked_choices": scheduler.counters.forks}
+                "forked_choices": scheduler.counters.forks,
+                "prefix_copies": scheduler.counters.prefix_copies,
+                "prefix_copied_tokens": scheduler.counters.prefix_copied_tokens,
+                "spec_draft_tokens": scheduler.counters.draft_tokens,
+                "spec_accepted_tokens": scheduler.counters.accepted_tokens}
 
     def record_idle(self, scheduler: Scheduler) -> None:
         prefill, decode = self._rates(time.monotonic())
@@ -106,8 +114,9 @@ class StatsRecorder:
                     decode_s: float, sample_s: float, run_s: float, update_s: float,
                     deliver_s: float, ok: bool) -> None:
         now = time.monotonic()
+        prefill_rows = plan.num_tokens - plan.num_decode_rows - plan.num_draft_rows
         if ok:
-            self._window.append((now, plan.num_tokens - plan.num_decode_rows, plan.num_decode_rows))
+            self._window.append((now, prefill_rows, plan.num_decode_rows + scheduler.last_accepted))
         prefill, decode = self._rates(now)
         old = self.snapshot
         profile = old.profile
@@ -119,8 +128,7 @@ class StatsRecorder:
             old, prefill_tokens_per_s=prefill, decode_tokens_per_s=decode,
             last_step_ms=(schedule_s + run_s + update_s + deliver_s) * 1000.0,
             last_batch_tokens=plan.num_tokens, steps=old.steps + 1, profile=profile,
-            prefill_tokens_total=old.prefill_tokens_total
-            + (plan.num_tokens - plan.num_decode_rows if ok else 0),
+            prefill_tokens_total=old.prefill_tokens_total + (prefill_rows if ok else 0),
             **self._occupancy(scheduler))
 
     def record_finish(self, request: Request, event: FinishEvent | ErrorEvent) -> None:

@@ -28,6 +28,10 @@ class ModelParams:
     # read the hyper-parameters, vocabulary and tensor table, allocate and read no weights
     # (what the isolated load check runs; see kolosal/llama/probe.py)
     no_alloc: bool = False
+    # repacked weight layouts (CPU_REPACK: interleaved Q4_K/Q4_0/... rows for gemm/gemv
+    # kernels). Off for deterministic engines: the repacked matmul takes a 4-row gemm for
+    # batches and a gemv for leftover rows, so a row's result depends on its batch.
+    use_extra_bufts: bool = True
 
 
 ProgressCallback = Callable[[float], bool]
@@ -52,6 +56,7 @@ class Model:
                               if self.params.use_mmap and not self.params.no_alloc
                               else self._lib.LLAMA_LOAD_MODE_NONE)  # no_alloc asserts when mmap'd
         c_params.no_alloc = self.params.no_alloc
+        c_params.use_extra_bufts = self.params.use_extra_bufts
         if self.params.no_alloc:  # an empty device list: simulate on the CPU, touch no GPU
             self._no_devices = self._ffi.new("ggml_backend_dev_t[1]")
             c_params.devices = self._no_devices
@@ -107,6 +112,11 @@ class Model:
     @property
     def n_layer(self) -> int:
         return int(self._lib.llama_model_n_layer(self.ptr))
+
+    @property
+    def n_swa(self) -> int:
+        """Sliding attention window of the model's SWA layers (0: none)."""
+        return int(self._lib.llama_model_n_swa(self.ptr))
 
     @property
     def size_bytes(self) -> int:

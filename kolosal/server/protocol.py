@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from ..engine import EngineConfig, InvalidRequestError, SamplingParams
-from ..engine.request import MAX_TOP_LOGPROBS
+from ..engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
 from ..options import option_fields
 
 MAX_STOP_STRINGS = 4
@@ -35,6 +35,10 @@ class Lenient(BaseModel):
 
 class StreamOptions(Lenient):
     include_usage: bool = False
+
+
+class SpeculativeOptions(Strict):
+    n_max: Annotated[int, Field(ge=0, le=64)]  # most draft tokens per step (0 = off)
 
 
 class TextPart(Lenient):
@@ -145,6 +149,7 @@ class SamplingFields(Strict):
     user: str | None = None          # accepted, unused
     ignore_eos: bool = False         # non-standard, as in llama-server: fixed-length outputs
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # non-standard: seconds, whole request
+    speculative: bool | SpeculativeOptions | None = None  # non-standard: prompt-lookup drafts
     response_format: ResponseFormat | None = None
     grammar: str | None = Field(default=None, max_length=100_000)   # llama-server: GBNF
     json_schema: dict[str, Any] | None = None                       # llama-server: a bare schema
@@ -220,7 +225,15 @@ class SamplingFields(Strict):
             repeat_penalty=self.repeat_penalty, logit_bias=bias,
             stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos,
             logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
-            grammar=grammar)
+            grammar=grammar, speculative=self.draft_max())
+
+    def draft_max(self) -> int | None:
+        """SamplingParams.speculative: None = the engine's setting."""
+        if isinstance(self.speculative, SpeculativeOptions):
+            return self.speculative.n_max
+        if self.speculative is None:
+            return None
+        return SPECULATE_ON if self.speculative else 0
 
     def wants_prompt_logprobs(self) -> bool:
         return False

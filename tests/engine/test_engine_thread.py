@@ -10,7 +10,7 @@ import pytest
 from kolosal.engine.engine_thread import EngineThread
 from kolosal.engine.errors import EngineOverloadedError
 from kolosal.engine.request import ErrorEvent, Event, EventSink, Request, SamplingParams
-from kolosal.engine.scheduler import StepOutput, StepPlan
+from kolosal.engine.scheduler import SchedulerPolicy, StepOutput, StepPlan
 
 
 class FakeContext:
@@ -21,6 +21,9 @@ class FakeContext:
 
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
         pass
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        return 0
 
 
 class FakeVocab:
@@ -45,6 +48,7 @@ class FakeResult:
 class FakeRunner:
     context: FakeContext = field(default_factory=FakeContext)
     vocab: FakeVocab = field(default_factory=FakeVocab)
+    policy: SchedulerPolicy = field(default_factory=SchedulerPolicy)
 
     def make_sampler(self, params: SamplingParams) -> None:
         return None

@@ -19,6 +19,9 @@ class FakeMemory:
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
         self.copied.append((src, dst))
 
+    def seq_pos_min(self, seq_id: int) -> int:
+        return 0
+
 
 def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8) -> Scheduler:
     return Scheduler(num_slots, n_ctx, n_batch, FakeMemory(), piece_of=lambda t, special: f"<{t}>".encode(),

@@ -1,0 +1,166 @@
+"""Speculative decoding without a draft model: prompt lookup (n-gram) drafting from a
+sequence's own prompt and output, with per-sequence acceptance tracking and a step cost
+model that decides how many draft rows a step can afford. Pure Python + numpy.
+
+A draft is read from the context: the last n tokens (n = 3, else 2) are looked up where
+they occurred before, and the tokens that followed that occurrence are the draft. Drafts
+cost batch rows (each with a logits row), so the scheduler adds a draft token only when
+its expected gain beats its cost (``worth_a_row``): a token accepted with probability p
+is worth a row while p * T > G * b, where T is the step's estimated time, G the tokens
+it is expected to yield and b the time of one more row.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NGRAM_SIZES = (3, 2)           # longest first: a longer match predicts better
+KEY_BITS = 21                  # token ids below 2**21 pack into one int per n-gram
+KEY_MASK = (1 << KEY_BITS) - 1
+
+# Acceptance estimate: decayed counts of accepted and rejected draft tokens, from a prior
+# that lets a new sequence try a short draft.
+PRIOR_HITS, PRIOR_MISSES = 1.2, 0.8
+DECAY = 0.85                   # per verified draft: the estimate follows ~7 recent drafts
+REFRESH_STEPS = 64             # a sequence that has not drafted this long starts afresh
+MAX_FAILURES = 3               # drafts in a row with nothing accepted before a pause
+BACKOFF_STEPS, MAX_BACKOFF_STEPS = 16, 512
+
+
+def _key(tokens: list[int], start: int, size: int) -> int:
+    key = 0
+    for token in tokens[start:start + size]:
+        key = (key << KEY_BITS) | (token & KEY_MASK)
+    return key
+
+
+class Drafter:
+    """Prompt-lookup drafting for one sequence and the record of how its drafts did."""
+
+    __slots__ = ("n_max", "_index", "_indexed", "hits", "misses", "failures", "backoff",
+                 "resume_at", "last_step", "proposed", "accepted")
+
+    def __init__(self, n_max: int) -> None:
+        self.n_max = n_max
+        self._index: tuple[dict[int, int], ...] = tuple({} for _ in NGRAM_SIZES)
+        self._indexed = 0          # n-grams ending before this position are indexed
+        self.hits, self.misses = PRIOR_HITS, PRIOR_MISSES
+        self.failures = 0
+        self.backoff = BACKOFF_STEPS
+        self.resume_at = 0         # no drafts before this step (after repeated failures)
+        self.last_step = 0         # step of the last verified draft
+        self.proposed = 0          # totals, for the stats
+        self.accepted = 0
+
+    def acceptance(self, step: int) -> float:
+        """Estimated probability that a draft token is accepted, given the one before it
+        was; 0 while paused."""
+        if step < self.resume_at:
+            return 0.0
+        if step - self.last_step > REFRESH_STEPS:
+            self.hits, self.misses = PRIOR_HITS, PRIOR_MISSES
+            self.last_step = step
+        return self.hits / (self.hits + self.misses)
+
+    def propose(self, tokens: list[int], limit: int) -> list[int]:
+        """Up to ``limit`` tokens that followed the latest earlier occurrence of the
+        sequence's last n-gram. When that occurrence runs into the end of the sequence
+        (a loop), the draft repeats its period."""
+        if limit <= 0:
+            return []
+        self._catch_up(tokens)
+        length = len(tokens)
+        for size, index in zip(NGRAM_SIZES, self._index, strict=True):
+            if length <= size:
+                continue
+            start = index.get(_key(tokens, length - size, size))
+            if start is not None:
+                period = length - start
+                if period >= limit:
+                    return tokens[start:start + limit]
+                return [tokens[start + i % period] for i in range(limit)]
+        return []
+
+    def record(self, proposed: int, accepted: int, step: int) -> None:
+        """A verified draft: ``accepted`` of its ``proposed`` tokens matched."""
+        self.proposed += proposed
+        self.accepted += accepted
+        self.last_step = step
+        self.hits = self.hits * DECAY + accepted
+        self.misses = self.misses * DECAY + (accepted < proposed)
+        if accepted:
+            self.failures, self.backoff = 0, BACKOFF_STEPS
+            return
+        self.failures += 1
+        if self.failures >= MAX_FAILURES:  # keeps failing: pause, longer each time
+            self.resume_at = step + self.backoff
+            self.backoff = min(2 * self.backoff, MAX_BACKOFF_STEPS)
+            self.failures = 0
+            self.hits, self.misses = PRIOR_HITS, PRIOR_MISSES
+            self.last_step = self.resume_at
+
+    def _catch_up(self, tokens: list[int]) -> None:
+        """Index the n-grams that end at positions [indexed, len - 1): each maps to the
+        position after it (a later occurrence replaces an earlier one)."""
+        end = len(tokens) - 1
+        first = self._indexed
+        if first >= end:
+            return
+        if end - first > 32:  # a prompt: vectorised
+            low = max(0, first - max(NGRAM_SIZES) + 1)
+            array = np.asarray(tokens[low:end], dtype=np.int64) & KEY_MASK
+            for size, index in zip(NGRAM_SIZES, self._index, strict=True):
+                count = len(array) - size + 1
+                if count <= 0:
+                    continue
+                keys = array[:count].copy()
+                for offset in range(1, size):
+                    keys = (keys << KEY_BITS) | array[offset:offset + count]
+                ends = np.arange(low + size - 1, low + size - 1 + count)
+                keep = ends >= first
+                index.update(zip(keys[keep].tolist(), (ends[keep] + 1).tolist(), strict=True))
+        else:
+            for position in range(first, end):
+                for size, index in zip(NGRAM_SIZES, self._index, strict=True):
+                    if position + 1 >= size:
+                        index[_key(tokens, position + 1 - size, size)] = position + 1
+        self._indexed = end
+
+
+class StepCost:
+    """Decode time of a step as ``a + b * rows``, fitted online (exponentially weighted
+    least squares) on steps whose every row has logits: decode rows and draft rows.
+    Until the row counts vary enough, the slope leans on a prior of one row costing as
+    much as the fixed part (b = a)."""
+
+    def __init__(self, decay: float = 0.98, prior_weight: float = 4.0) -> None:
+        self.decay = decay
+        self.prior_weight = prior_weight
+        self._w = self._r = self._rr = self._t = self._rt = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self.decay
+        self._w = self._w * d + 1.0
+        self._r = self._r * d + rows
+        self._rr = self._rr * d + rows * rows
+        self._t = self._t * d + seconds
+        self._rt = self._rt * d + rows * seconds
+
+    def line(self) -> tuple[float, float]:
+        """(a, b): fixed seconds per step and seconds per row (b > 0). (1, 1) with no data:
+        only their ratio matters to the decision."""
+        if self._w <= 0.0:
+            return 1.0, 1.0
+        mean_r, mean_t = self._r / self._w, self._t / self._w
+        prior_b = mean_t / (mean_r + 1.0)
+        var_r = self._rr - self._r * mean_r
+        cov = self._rt - self._r * mean_t
+        b = (cov + self.prior_weight * prior_b) / (var_r + self.prior_weight)
+        b = max(b, 0.05 * prior_b, 1e-9)
+        a = max(mean_t - b * mean_r, 0.0)
+        return a, b
+
+
+def worth_a_row(probability: float, rows: int, expected: float, a: float, b: float) -> bool:
+    """Does one more draft row, accepted with ``probability``, raise the step's expected
+    tokens per second? The step has ``rows`` rows and yields ``expected`` tokens."""
+    return probability * (a + b * rows) > expected * b
