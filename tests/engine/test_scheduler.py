@@ -4,13 +4,15 @@ from __future__ import annotations
 import numpy as np
 
 from kolosal.engine.request import FinishEvent, Request, RequestStatus, SamplingParams, TokenEvent
-from kolosal.engine.scheduler import Scheduler, StepOutput
+from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput
 
 
 class FakeMemory:
     def __init__(self) -> None:
         self.removed: list[tuple[int, int, int]] = []
         self.copied: list[tuple[int, int]] = []
+        self.copied_ranges: list[tuple[int, int, int, int]] = []
+        self.pos_min: dict[int, int] = {}  # a sequence whose oldest cells libllama reused
 
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
         self.removed.append((seq_id, start, end))
@@ -18,14 +20,15 @@ class FakeMemory:
 
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
         self.copied.append((src, dst))
+        self.copied_ranges.append((src, dst, start, end))
 
     def seq_pos_min(self, seq_id: int) -> int:
-        return 0
+        return self.pos_min.get(seq_id, 0)
 
 
-def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8) -> Scheduler:
+def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8, **policy: int) -> Scheduler:
     return Scheduler(num_slots, n_ctx, n_batch, FakeMemory(), piece_of=lambda t, special: f"<{t}>".encode(),
-                     is_eog=lambda t: t == 0, clock=lambda: 0.0)
+                     is_eog=lambda t: t == 0, clock=lambda: 0.0, policy=SchedulerPolicy(**policy))
 
 
 def request(prompt: list[int], max_tokens: int = 4, rid: str = "r") -> Request:
@@ -82,129 +85,97 @@ def test_prefix_cache_is_reused_by_the_next_request() -> None:
     assert scheduler.counters.cache_hits == 1
 
 
-def test_eog_finishes_with_stop() -> None:
-    scheduler = make()
-    req = request([1, 2])
-    scheduler.add(req)
-    plan = scheduler.schedule()
-    assert plan is not None
-    (emission,) = scheduler.update(plan, StepOutput(np.array([0])))
-    assert isinstance(emission.event, FinishEvent)
-    assert emission.event.finish_reason.value == "stop"
-
-
-def test_abort_frees_slot_and_waiting_requests_get_it() -> None:
-    scheduler = make(num_slots=1)
-    a, b = request([1, 2], rid="a"), request([3, 4], rid="b")
-    scheduler.add(a)
-    scheduler.add(b)
-    plan = scheduler.schedule()
-    assert plan is not None and plan.scheduled == [(a, 2)]
-    assert scheduler.abort(a)
-    plan = scheduler.schedule()
-    assert plan is not None and plan.scheduled == [(b, 2)]
-
-
-def test_kv_pressure_preempts_the_youngest_and_it_resumes_later() -> None:
-    scheduler = make(num_slots=2, n_ctx=12, n_batch=16)
-    a, b = request([1, 2, 3, 4], max_tokens=20, rid="a"), request([5, 6, 7, 8], max_tokens=20, rid="b")
-    scheduler.add(a)
-    scheduler.add(b)
-    for _ in range(4):
-        plan = scheduler.schedule()
-        assert plan is not None
-        scheduler.update(plan, StepOutput(np.array([10] * len(plan.sampled))))
-    assert scheduler.counters.preemptions >= 1
-    assert b.status == RequestStatus.WAITING and b.num_computed == 0
-    assert scheduler.kv_cells_used() <= 12
-
-
-def test_n_choices_share_one_prefill_and_fork_the_kv() -> None:
-    scheduler = make(num_slots=3, n_batch=4)
-    leader = request([1, 2, 3, 4, 5, 6], max_tokens=2, rid="c0")
-    forks = [request([1, 2, 3, 4, 5, 6], max_tokens=2, rid=f"c{i}") for i in (1, 2)]
-    for fork in forks:
-        fork.fork_of = leader
-        leader.forks.append(fork)
-    scheduler.add(leader)
-    assert scheduler.num_waiting == 3
-    plan = scheduler.schedule()
-    assert plan is not None
-    assert plan.scheduled == [(leader, 4)] and plan.sampled == []  # siblings compute nothing
-    assert scheduler.slots.num_free == 0
-    scheduler.update(plan, StepOutput(np.empty(0, dtype=np.int32)))
-    plan = scheduler.schedule()
-    assert plan is not None
-    assert plan.scheduled == [(leader, 2)]
-    assert plan.sampled == [leader, *forks] and plan.output_rows.tolist() == [1, 1, 1]
-    scheduler.update(plan, StepOutput(np.array([7, 8, 9])))
+def memory_of(scheduler: Scheduler) -> FakeMemory:
     memory = scheduler.memory
     assert isinstance(memory, FakeMemory)
-    assert memory.copied == [(leader.seq_id, forks[0].seq_id), (leader.seq_id, forks[1].seq_id)]
-    assert [r.token_ids[-1] for r in (leader, *forks)] == [7, 8, 9]
-    assert all(r.num_computed == 6 for r in (leader, *forks))
-    plan = scheduler.schedule()
-    assert plan is not None and plan.num_decode_rows == 3  # each choice decodes on its own
+    return memory
 
 
-def test_a_sibling_whose_first_request_is_cancelled_computes_the_prompt_itself() -> None:
-    scheduler = make(num_slots=2, n_batch=4)
-    leader, fork = request([1, 2, 3, 4, 5, 6], rid="c0"), request([1, 2, 3, 4, 5, 6], rid="c1")
-    fork.fork_of = leader
-    leader.forks.append(fork)
-    scheduler.add(leader)
-    plan = scheduler.schedule()
-    assert plan is not None and plan.scheduled == [(leader, 4)]
-    scheduler.update(plan, StepOutput(np.empty(0, dtype=np.int32)))
-    assert scheduler.abort(leader)
-    assert fork.fork_of is None
-    plan = scheduler.schedule()
-    assert plan is not None and plan.scheduled == [(fork, 4)]
+SYSTEM = list(range(100, 120))  # a shared system prompt
 
 
-def test_prompt_only_request_asks_logits_for_every_prompt_row_and_finishes_unsampled() -> None:
-    scheduler = make(n_batch=16)
-    req = Request("echo", [1, 2, 3, 4], SamplingParams(max_tokens=0, logprobs=1, prompt_logprobs=True), 0.0)
-    scheduler.add(req)
+def test_a_prefix_is_shared_from_a_running_slot_instead_of_recomputed() -> None:
+    scheduler = make(num_slots=3, n_batch=64)
+    first = request(SYSTEM + [1, 2, 3], max_tokens=20, rid="first")
+    scheduler.add(first)
     plan = scheduler.schedule()
     assert plan is not None
-    assert plan.logits.tolist() == [1, 1, 1, 1] and plan.sampled == []
-    assert plan.prompt_rows == [(req, 0, 0)]
-    (emission,) = scheduler.update(plan, StepOutput(np.empty(0, dtype=np.int32)))
-    assert isinstance(emission.event, FinishEvent)
-    assert emission.event.usage.completion_tokens == 0
-    assert emission.event.prompt_logprobs[0].logprob is None  # the first token has no context
+    scheduler.update(plan, StepOutput(np.array([9])))  # first decodes now
+    second = request(SYSTEM + [4, 5], max_tokens=20, rid="second")
+    scheduler.add(second)
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert second.seq_id != first.seq_id
+    assert memory_of(scheduler).copied_ranges == [(first.seq_id, second.seq_id, 0, len(SYSTEM))]
+    assert second.num_cached == len(SYSTEM) and second.num_computed == len(SYSTEM)
+    assert plan.scheduled == [(first, 1), (second, 2)]  # only its own suffix is computed
+    assert plan.positions[1:].tolist() == [20, 21]
+    assert scheduler.counters.prefix_copies == 1 and scheduler.counters.cached_tokens == len(SYSTEM)
 
 
-class FakeConstraint:
-    """Accepts tokens below 50 and is complete after three of them."""
+def test_a_free_slots_cache_is_lent_and_stays_whole() -> None:
+    scheduler = make(num_slots=3, n_batch=64)
+    first = request(SYSTEM + [1, 2, 3], max_tokens=1, rid="first")
+    scheduler.add(first)
+    plan = scheduler.schedule()
+    assert plan is not None
+    scheduler.update(plan, StepOutput(np.array([9])))  # finished: its slot caches the conversation
+    cached = list(scheduler.slots.slots[first.seq_id].cached_ids)
+    second = request(SYSTEM + [4, 5], max_tokens=1, rid="second")
+    scheduler.add(second)
+    scheduler.schedule()
+    # It took an empty slot and borrowed the shared prefix: the first conversation's cache
+    # is still there for its next turn.
+    assert second.seq_id != first.seq_id and second.num_cached == len(SYSTEM)
+    assert scheduler.slots.slots[first.seq_id].cached_ids == cached
+    assert memory_of(scheduler).copied == [(first.seq_id, second.seq_id)]
 
-    def __init__(self) -> None:
-        self.count = 0
 
-    def consume(self, token: int) -> bool:
-        self.count += 1
-        return token < 50
+def test_a_request_that_extends_a_whole_cache_takes_that_slot() -> None:
+    scheduler = make(num_slots=3, n_batch=64)
+    turn = request(SYSTEM + [1, 2], max_tokens=1, rid="turn1")
+    scheduler.add(turn)
+    plan = scheduler.schedule()
+    assert plan is not None
+    scheduler.update(plan, StepOutput(np.array([9])))
+    nxt = request(SYSTEM + [1, 2, 7, 8], max_tokens=1, rid="turn2")
+    scheduler.add(nxt)
+    scheduler.schedule()
+    assert nxt.seq_id == turn.seq_id and nxt.num_cached == len(SYSTEM) + 2
+    assert memory_of(scheduler).copied == []
 
-    @property
-    def is_stopped(self) -> bool:
-        return self.count >= 3
 
-    error = "rejected"
+def test_a_prefix_whose_window_cells_were_reused_is_not_shared() -> None:
+    scheduler = make(num_slots=3, n_ctx=128, n_batch=64, swa_window=8)
+    first = request(SYSTEM + [1, 2, 3], max_tokens=20, rid="first")
+    scheduler.add(first)
+    plan = scheduler.schedule()
+    assert plan is not None
+    scheduler.update(plan, StepOutput(np.array([9])))
+    memory_of(scheduler).pos_min[first.seq_id] = 14  # cells of positions 0..13 were reused
+    second = request(SYSTEM + [4, 5], max_tokens=20, rid="second")  # needs positions >= 13
+    scheduler.add(second)
+    scheduler.schedule()
+    assert second.num_cached == 0 and memory_of(scheduler).copied == []
+    memory_of(scheduler).pos_min[first.seq_id] = 13
+    third = request(SYSTEM + [6, 7], max_tokens=20, rid="third")
+    scheduler.add(third)
+    scheduler.schedule()
+    assert third.num_cached == len(SYSTEM)
 
 
-def test_a_complete_grammar_finishes_with_stop_and_a_rejected_token_fails() -> None:
-    scheduler = make()
-    done, broken = request([1, 2], max_tokens=10, rid="done"), request([3, 4], max_tokens=10, rid="broken")
-    done.constraint = FakeConstraint()  # type: ignore[assignment]
-    broken.constraint = FakeConstraint()  # type: ignore[assignment]
-    scheduler.add(done)
-    scheduler.add(broken)
-    events = []
-    for tokens in ([5, 60], [6], [7]):
-        plan = scheduler.schedule()
-        assert plan is not None
-        events += scheduler.update(plan, StepOutput(np.array(tokens)))
-    by_request = {e.request.request_id: e.event for e in events if not isinstance(e.event, TokenEvent)}
-    assert isinstance(by_request["done"], FinishEvent) and by_request["done"].finish_reason.value == "stop"
-    assert by_request["broken"].__class__.__name__ == "ErrorEvent"
+def test_the_prefill_budget_bounds_prompt_tokens_while_sequences_decode() -> None:
+    scheduler = make(num_slots=3, n_ctx=256, n_batch=64, prefill_budget=16)
+    first = request(list(range(1, 101)), rid="first")
+    scheduler.add(first)
+    plan = scheduler.schedule()
+    assert plan is not None and plan.num_tokens == 64  # nothing decodes: the whole n_batch
+    scheduler.update(plan, StepOutput(np.empty(0, dtype=np.int32)))
+    plan = scheduler.schedule()
+    assert plan is not None and plan.num_tokens == 36
+    scheduler.update(plan, StepOutput(np.array([9])))
+    second = request(list(range(200, 240)), rid="second")
+    scheduler.add(second)
+    plan = scheduler.schedule()  # "first" decodes: "second" gets 16 prompt tokens per step
+    assert plan is not None
+    assert plan.num_decode_rows == 1 and plan.scheduled == [(first, 1), (second, 16)]

@@ -1,0 +1,242 @@
+"""Speculative decoding with no library: drafting, the cost rule, draft rows in the plan,
+acceptance and rollback bookkeeping, the adaptive pause."""
+from __future__ import annotations
+
+import numpy as np
+
+from kolosal.engine.request import (
+    DEFAULT_DRAFT_MAX,
+    SPECULATE_ON,
+    FinishEvent,
+    Request,
+    RequestStatus,
+    SamplingParams,
+    TokenEvent,
+)
+from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
+from kolosal.engine.speculative import BACKOFF_STEPS, MAX_FAILURES, Drafter, StepCost, worth_a_row
+
+from .test_scheduler import FakeMemory
+
+# [.. 5 6 7 8 9 5 6 7]: the last 3-gram was seen before, followed by 8 9 5 6 ...
+PROMPT = [1, 5, 6, 7, 8, 9, 5, 6, 7]
+
+
+def make(draft_max: int = 4, n_batch: int = 32, num_slots: int = 2, **policy: int) -> Scheduler:
+    scheduler = Scheduler(num_slots, 64, n_batch, FakeMemory(), piece_of=lambda t, special: f"<{t}>".encode(),
+                          is_eog=lambda t: t == 0, clock=lambda: 0.0,
+                          policy=SchedulerPolicy(draft_max=draft_max, **policy))
+    for _ in range(20):  # rows nearly free: every draft token is worth its row
+        scheduler.cost.observe(1, 1.0)
+        scheduler.cost.observe(33, 1.001)
+    return scheduler
+
+
+def request(prompt: list[int] = PROMPT, max_tokens: int = 20, rid: str = "r", **params: object) -> Request:
+    return Request(rid, list(prompt), SamplingParams(max_tokens=max_tokens, temperature=0.0, **params),  # type: ignore[arg-type]
+                   0.0)
+
+
+def prefill(scheduler: Scheduler, *requests: Request, first: list[int] | None = None) -> StepPlan:
+    """Admit and prefill the requests (one step), sampling ``first``; returns the next plan."""
+    for r in requests:
+        scheduler.add(r)
+    plan = scheduler.schedule()
+    assert plan is not None and not plan.drafts  # prompts never draft
+    scheduler.update(plan, StepOutput(np.array(first or [8] * len(requests))))
+    plan = scheduler.schedule()
+    assert plan is not None
+    return plan
+
+
+def test_the_draft_is_what_followed_the_last_ngram_and_a_loop_repeats_its_period() -> None:
+    assert Drafter(8).propose([1, 2, 3, 4, 5, 1, 2, 3], 4) == [4, 5, 1, 2]
+    assert Drafter(8).propose([7, 8, 9, 7, 8, 9, 7, 8, 9], 7) == [7, 8, 9, 7, 8, 9, 7]
+    assert Drafter(8).propose([4, 1, 2, 9, 1, 2], 3) == [9, 1, 2]  # a 2-gram when no 3-gram matches
+    assert Drafter(8).propose([1, 2, 3, 4], 4) == []
+
+
+def test_the_index_follows_the_sequence_as_it_grows() -> None:
+    drafter, tokens = Drafter(8), list(range(100, 160))  # a long prompt: indexed in one go
+    assert drafter.propose(tokens, 3) == []
+    tokens += [120, 121, 122]
+    assert drafter.propose(tokens, 3) == [123, 124, 125]
+    tokens += [7, 120, 121]
+    assert drafter.propose(tokens, 2) == [122, 7]  # the latest occurrence wins
+
+
+def test_draft_rows_follow_the_decode_row_with_logits_on_every_row() -> None:
+    scheduler = make()
+    r = request()
+    plan = prefill(scheduler, r)
+    # token_ids = PROMPT + [8]: the last 3-gram (6, 7, 8) was followed by 9 5 6 7.
+    assert plan.tokens.tolist() == [8, 9, 5, 6, 7]
+    assert plan.positions.tolist() == [9, 10, 11, 12, 13]
+    assert plan.seq_ids.tolist() == [r.seq_id] * 5 and plan.logits.tolist() == [1] * 5
+    assert plan.sampled == [r] and plan.output_rows.tolist() == [0]
+    assert plan.drafts == [(0, 1, 4)] and plan.num_decode_rows == 1
+
+
+def test_accepted_tokens_are_committed_and_the_rejected_cells_removed() -> None:
+    scheduler = make()
+    r = request()
+    plan = prefill(scheduler, r)
+    # Sampled 9 (= draft 1), then 5 (= draft 2), 6 (= draft 3), then 1 instead of draft 4 = 7.
+    emissions = scheduler.update(plan, StepOutput(np.array([9]), drafted=[[5, 6, 1]]))
+    assert r.token_ids[len(PROMPT):] == [8, 9, 5, 6, 1]
+    assert r.num_computed == 13 and r.num_pending == 1  # positions 0..12 are in the KV
+    memory = scheduler.memory
+    assert isinstance(memory, FakeMemory) and memory.removed[-1] == (r.seq_id, 13, -1)
+    (emission,) = emissions  # one event for the whole step
+    assert isinstance(emission.event, TokenEvent)
+    assert emission.event.text == "<9><5><6><1>" and emission.event.num_tokens == 5
+    assert scheduler.counters.draft_tokens == 4 and scheduler.counters.accepted_tokens == 3
+    assert scheduler.last_accepted == 3
+    assert r.drafter is not None and (r.drafter.proposed, r.drafter.accepted) == (4, 3)
+
+
+def test_a_fully_accepted_draft_removes_nothing() -> None:
+    scheduler = make()
+    r = request()
+    plan = prefill(scheduler, r)
+    removed_before = len(scheduler.memory.removed)  # type: ignore[attr-defined]
+    scheduler.update(plan, StepOutput(np.array([9]), drafted=[[5, 6, 7, 8]]))
+    assert r.num_computed == 14 and r.token_ids[-5:] == [9, 5, 6, 7, 8]
+    assert len(scheduler.memory.removed) == removed_before  # type: ignore[attr-defined]
+
+
+def test_a_stop_string_inside_an_accepted_draft_ends_the_request_there() -> None:
+    scheduler = make()
+    r = request(stop=("<5>",))
+    plan = prefill(scheduler, r)
+    emissions = scheduler.update(plan, StepOutput(np.array([9]), drafted=[[5, 6, 7, 8]]))
+    assert r.status == RequestStatus.FINISHED
+    assert r.token_ids[len(PROMPT):] == [8, 9, 5]  # nothing after the stop
+    finish = emissions[-1].event
+    assert isinstance(finish, FinishEvent) and finish.finish_reason.value == "stop"
+    assert finish.usage.completion_tokens == 3
+    assert "".join(e.event.text for e in emissions) == "<9>"  # type: ignore[union-attr]
+    # The cells of the tokens after it are gone; the cache is exactly what the KV holds.
+    assert scheduler.memory.removed[-1] == (r.seq_id, 12, -1)  # type: ignore[attr-defined]
+    assert scheduler.slots.slots[r.seq_id].cached_ids == r.token_ids
+
+
+def test_end_of_generation_and_max_tokens_inside_a_draft() -> None:
+    scheduler = make()
+    eog = request([1, 5, 6, 7, 8, 0, 5, 6, 7], rid="eog")  # the draft is 0 5 6 7, 0 ends generation
+    plan = prefill(scheduler, eog)
+    assert plan.tokens.tolist() == [8, 0, 5, 6, 7]
+    emissions = scheduler.update(plan, StepOutput(np.array([0]), drafted=[[5, 6, 1]]))
+    finish = emissions[-1].event
+    assert isinstance(finish, FinishEvent) and finish.finish_reason.value == "stop"
+    assert finish.usage.completion_tokens == 2 and eog.token_ids[-1] == 0
+    assert scheduler.memory.removed[-1] == (eog.seq_id, 11, -1)  # type: ignore[attr-defined]
+
+    scheduler = make()
+    short = request(max_tokens=3, rid="short")
+    plan = prefill(scheduler, short)
+    assert plan.drafts == [(0, 1, 1)]  # 1 generated, at most 2 more: one draft token + the next
+    emissions = scheduler.update(plan, StepOutput(np.array([9]), drafted=[[5]]))
+    finish = emissions[-1].event
+    assert isinstance(finish, FinishEvent) and finish.finish_reason.value == "length"
+    assert finish.usage.completion_tokens == 3
+
+
+def test_requests_that_do_not_speculate() -> None:
+    scheduler = make(draft_max=0)
+    off_by_engine, asked = request(rid="a"), request(rid="b", speculative=SPECULATE_ON)
+    plan = prefill(scheduler, off_by_engine, asked, first=[8, 8])
+    assert off_by_engine.drafter is None
+    assert asked.drafter is not None and asked.drafter.n_max == DEFAULT_DRAFT_MAX
+    assert [(plan.sampled[i], count) for i, _, count in plan.drafts] == [(asked, DEFAULT_DRAFT_MAX)]
+
+    scheduler = make(draft_max=6, num_slots=3)
+    off = request(rid="off", speculative=0)
+    logprobs = request(rid="lp", logprobs=2)
+    own = request(rid="own", speculative=2)
+    for r in (off, logprobs, own):
+        scheduler.add(r)
+    scheduler.schedule()
+    assert off.drafter is None and logprobs.drafter is None
+    assert own.drafter is not None and own.drafter.n_max == 2
+
+
+def test_drafts_take_only_the_budget_left_after_decode_rows_and_prompts() -> None:
+    scheduler = make(n_batch=6, num_slots=3)
+    a, b = request([5, 6, 5], rid="a"), request([5, 6, 5], rid="b")  # then 6: a 2-token loop
+    for r in (a, b):
+        scheduler.add(r)
+    plan = scheduler.schedule()
+    assert plan is not None and plan.num_tokens == 6
+    scheduler.update(plan, StepOutput(np.array([6, 6])))
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert plan.num_decode_rows == 2 and plan.num_draft_rows == 4  # 6 - 2 decode rows
+    scheduler.update(plan, StepOutput(np.array([1, 1]), drafted=[[] for _ in plan.drafts]))
+    scheduler.add(request(list(range(30, 60)), rid="long"))
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert plan.num_decode_rows == 2 and plan.num_draft_rows == 0  # the prompt chunk came first
+    assert plan.num_tokens == 6
+
+
+def test_rows_that_cost_more_than_they_yield_are_not_drafted() -> None:
+    # Compute-bound: a step costs 10 ms per row and nothing fixed.
+    cost = StepCost()
+    for rows in (1, 2, 4, 8, 16, 32) * 10:
+        cost.observe(rows, 0.010 * rows)
+    fixed, per_row = cost.line()
+    assert abs(per_row - 0.010) < 1e-4 and fixed < 1e-3
+    assert not worth_a_row(0.9, 32, 32.0, fixed, per_row)
+    # A memory-bound step (12 ms fixed, 1 ms per row): a likely token is worth a row...
+    assert worth_a_row(0.6, 1, 1.0, 0.012, 0.001)
+    # ... until the step already expects as much as it costs.
+    assert not worth_a_row(0.05, 4, 3.5, 0.012, 0.001)
+
+
+def test_a_sequence_whose_drafts_keep_failing_pauses_with_backoff() -> None:
+    drafter = Drafter(4)
+    for step in range(MAX_FAILURES):
+        assert drafter.acceptance(step) > 0
+        drafter.record(4, 0, step)
+    paused_at = MAX_FAILURES - 1
+    assert drafter.acceptance(paused_at + 1) == 0.0
+    assert drafter.acceptance(paused_at + BACKOFF_STEPS) > 0.0  # tries again ...
+    for step in range(paused_at + BACKOFF_STEPS, paused_at + BACKOFF_STEPS + MAX_FAILURES):
+        drafter.record(4, 0, step)
+    resumed = paused_at + BACKOFF_STEPS + MAX_FAILURES - 1
+    assert drafter.acceptance(resumed + BACKOFF_STEPS) == 0.0  # ... and waits twice as long
+    assert drafter.acceptance(resumed + 2 * BACKOFF_STEPS) > 0.0
+    drafter.record(4, 3, resumed + 2 * BACKOFF_STEPS)
+    assert drafter.backoff == BACKOFF_STEPS  # a success resets the backoff
+
+
+def test_a_paused_sequence_plans_no_draft_rows() -> None:
+    scheduler = make()
+    r = request()
+    plan = prefill(scheduler, r)
+    assert plan.drafts and r.drafter is not None
+    for _ in range(MAX_FAILURES):
+        r.drafter.record(4, 0, scheduler.counters.steps)
+    plan = scheduler.schedule()  # type: ignore[assignment]
+    assert plan is not None and not plan.drafts and plan.num_tokens == 1  # a draft exists, unused
+
+
+def test_acceptance_steers_the_draft_length() -> None:
+    scheduler = Scheduler(1, 256, 64, FakeMemory(), piece_of=lambda t, special: b"x", is_eog=lambda t: False,
+                          clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=16))
+    for _ in range(20):  # a realistic CPU curve: 8 ms fixed, 6 ms per row
+        scheduler.cost.observe(1, 0.014)
+        scheduler.cost.observe(5, 0.038)
+    r = Request("loop", [3, 4, 5] * 6, SamplingParams(max_tokens=200, temperature=0.0), 0.0)
+    plan = prefill(scheduler, r, first=[3])
+    assert plan.num_draft_rows == 1  # a new sequence starts with a short draft
+    lengths = []
+    loop = [3, 4, 5]
+    for _ in range(6):  # every draft accepted: the drafts grow
+        draft = plan.tokens[1:].tolist()
+        bonus = loop[(loop.index(draft[-1]) + 1) % 3]
+        scheduler.update(plan, StepOutput(np.array([draft[0]]), drafted=[draft[1:] + [bonus]]))
+        plan = scheduler.schedule()  # type: ignore[assignment]
+        lengths.append(plan.num_draft_rows)
+    assert lengths[-1] > 3 and lengths == sorted(lengths)
