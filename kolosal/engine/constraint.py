@@ -65,4 +65,5 @@ class GrammarEngine:
             self.executor, [(constraint.matcher, slot) for constraint, slot in slots], self.bitmask)
 
     def mask(self, slot: int) -> np.ndarray:
-        return self.bitmask[slot]
+        row: np.ndarray = self.bitmask[slot]
+        return row

@@ -93,7 +93,6 @@ def _install_callbacks(ffi: Any) -> None:
     pending: list[str] = []
     pending_level = [logging.INFO]
 
-    @ffi.def_extern(name="kolosal_log_callback")
     def _log(level: int, text: Any, _user_data: Any) -> None:
         # libllama logs in fragments; CONT continues the previous line.
         message = ffi.string(text).decode("utf-8", "replace")
@@ -106,10 +105,13 @@ def _install_callbacks(ffi: Any) -> None:
             if line:
                 logger.log(pending_level[0], "%s", line)
 
-    @ffi.def_extern(name="kolosal_progress_callback", error=True)
     def _progress(progress: float, user_data: Any) -> bool:
         callback = ffi.from_handle(user_data)
         return bool(callback(progress))
+
+    # cffi's decorators, applied as calls: the functions keep their types.
+    ffi.def_extern(name="kolosal_log_callback")(_log)
+    ffi.def_extern(name="kolosal_progress_callback", error=True)(_progress)
 
 
 def load() -> NativeLibrary:

@@ -130,7 +130,7 @@ class Model:
     def description(self) -> str:
         buf = self._ffi.new("char[]", 256)
         self._lib.llama_model_desc(self.ptr, buf, 256)
-        return self._ffi.string(buf).decode("utf-8", "replace")
+        return str(self._ffi.string(buf).decode("utf-8", "replace"))
 
     @property
     def chat_template(self) -> str | None:
@@ -155,7 +155,7 @@ class Model:
             if needed < 0:
                 return ""
             if needed < size:
-                return self._ffi.string(buf).decode("utf-8", "replace")
+                return str(self._ffi.string(buf).decode("utf-8", "replace"))
             size = needed + 1
 
 

@@ -73,4 +73,5 @@ class Vocab:
         return cached
 
     def token_text(self, token: int) -> str:
-        return self._ffi.string(self._lib.llama_vocab_get_text(self._ptr, token)).decode("utf-8", "replace")
+        text = self._ffi.string(self._lib.llama_vocab_get_text(self._ptr, token))
+        return str(text.decode("utf-8", "replace"))
