@@ -1,0 +1,48 @@
+"""Our logprobs against llama-server's ``n_probs`` on the same prompt, model and KV layout.
+
+Runs where llama-server is built (``python build_llama.py --with-server``); skipped with
+that reason elsewhere. Greedy on both sides; the same prompt token ids; llama-server gets
+our KV layout (one unified pool, full-size SWA cache)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.servers import ServerSettings, find_llama_server, llama_server_spec, running
+
+from ..server_process import ENGINE, ServerProcess
+
+LLAMA_SERVER = find_llama_server()
+PROMPTS = ["The three primary colors are", "def fibonacci(n):", "Monday, Tuesday, Wednesday,"]
+
+
+@pytest.mark.skipif(LLAMA_SERVER is None, reason="llama-server is not built (python build_llama.py "
+                                                  "--with-server)")
+def test_greedy_logprobs_agree_with_llama_server(server: ServerProcess, model_path: Path) -> None:
+    assert LLAMA_SERVER is not None
+    settings = ServerSettings(model_path, threads=os.cpu_count() or 1, n_ctx=4096, parallel=8,
+                              peer_kv_unified=True)  # the test server's shape (server_process.py)
+    spec = llama_server_spec(settings, LLAMA_SERVER)
+    spec = dataclasses.replace(spec, command=(*spec.command, "--swa-full"))
+    compared = 0
+    with running(spec) as peer_url:
+        for prompt in PROMPTS:
+            ids = httpx.post(f"{server.base_url}/tokenize", json={"content": prompt, "add_special": True},
+                             timeout=30).json()["tokens"]
+            ours = httpx.post(f"{server.base_url}/v1/completions", json={
+                "model": ENGINE, "prompt": ids, "max_tokens": 8, "temperature": 0, "logprobs": 3,
+                "ignore_eos": True}, timeout=120).json()["choices"][0]["logprobs"]
+            theirs = httpx.post(f"{peer_url}/completion", json={
+                "prompt": ids, "n_predict": 8, "temperature": 0, "n_probs": 3, "ignore_eos": True,
+                "cache_prompt": False}, timeout=120).json()["completion_probabilities"]
+            for position, (token, logprob, entry) in enumerate(
+                    zip(ours["tokens"], ours["token_logprobs"], theirs, strict=False)):
+                if token != entry["token"]:
+                    break  # a near-tie flipped: what follows is another text
+                assert logprob == pytest.approx(entry["logprob"], abs=0.01), (prompt, position)
+                compared += 1
+    assert compared >= 12
