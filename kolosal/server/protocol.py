@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from ..engine import EngineConfig, InvalidRequestError, SamplingParams
 from ..engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
@@ -251,16 +259,22 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_format: Literal["auto", "deepseek", "none"] = "auto"  # llama-server's; "none": inline
     modalities: list[Literal["text"]] | None = None
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        """A field validator (tools are validated before it), so the 400 names tool_choice."""
+        tools: list[Tool] = info.data.get("tools") or []
+        if choice is not None and choice != "none" and not tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+                tool.function.name for tool in tools}:
+            raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
+        return choice
+
     @model_validator(mode="after")
     def _check_tools(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        choice = self.tool_choice
-        if choice is not None and choice != "none" and not self.tools:
-            raise ValueError("tool_choice needs tools")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
-                tool.function.name for tool in self.tools or []}:
-            raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
         if self.active_tools() and (self.structured_format() or self.grammar or self.json_schema):
             raise ValueError("tools cannot be combined with response_format, grammar or json_schema")
         return self
