@@ -6,7 +6,8 @@
   write failed: a request sent and closed at once ran its whole generation for nobody.
   Here the connection is read on; what a client sends ahead (pipelining) is kept up to
   ``h11_max_incomplete_size`` bytes, then reading stops as before. End of input is a
-  disconnect, as in nginx and uvicorn (a client that half-closes is taken as gone).
+  disconnect, as in nginx and uvicorn (a client that half-closes is taken as gone). A
+  request head over that size is answered 431 however it arrived.
 * **HTTP/2: rapid reset (CVE-2023-44487).** A client may reset streams at a sustained
   ``RESET_RATE_PER_S`` (bursts of ``RESET_BURST``); beyond that the connection gets GOAWAY
   (ENHANCE_YOUR_CALM) and is closed, and nothing after the offending frame is processed.
@@ -67,6 +68,12 @@ class TokenBucket:
         return True
 
 
+def head_size(request: h11.Request) -> int:
+    """Bytes of a request line and headers, as sent (give or take whitespace)."""
+    return (len(request.method) + len(request.target) + 12
+            + sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items()))
+
+
 class HangupAwareH11Protocol(H11Protocol):
     """Hypercorn's HTTP/1.1 protocol, reading on while a response is in progress."""
 
@@ -103,6 +110,12 @@ class HangupAwareH11Protocol(H11Protocol):
                 await self.send(Closed())
                 break
             if isinstance(event, h11.Request):
+                if head_size(event) > self.config.h11_max_incomplete_size:
+                    # h11 bounds only heads that arrive in pieces; one that came whole in a
+                    # read (up to 64 KiB) would pass
+                    await self._send_error_response(431)
+                    await self.send(Closed())
+                    break
                 await self.send(Updated(idle=False))
                 await self._check_protocol(event)
                 await self._create_stream(event)
@@ -142,6 +155,9 @@ class GuardedH2Protocol(H2Protocol):
         self.handlers = CountedApp(app)
         super().__init__(self.handlers, *args, **kwargs)  # type: ignore[arg-type]
         self.resets = TokenBucket(RESET_BURST, RESET_RATE_PER_S)
+        # Hypercorn advertises its header-list limit as an initial setting, which h2 never
+        # applies to its decoder (only acknowledged changes are): enforce it from the start.
+        self.connection.decoder.max_header_list_size = self.config.h2_max_header_list_size
 
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         # One event at a time, so each check sees the streams the previous ones created.

@@ -147,6 +147,11 @@ async def completions() -> Response:
                 prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
                 echoes.extend([prompt] * body.n if body.echo else [""] * body.n)
             else:
+                if any(not 0 <= token < engine.info.n_vocab for token in prompt):
+                    # checked before libllama sees them: an id out of its vocabulary aborts
+                    # the process (std::out_of_range in token_to_piece)
+                    raise bad_request(f"prompt token ids must be in [0, {engine.info.n_vocab})",
+                                      param="prompt")
                 prompts.append(prompt)
                 text = b"".join(engine.token_piece(t) for t in prompt).decode("utf-8", "replace")
                 echoes.extend([text if body.echo else ""] * body.n)

@@ -6,6 +6,7 @@ integers that would reach C are refused at the edge. Raw frames come from the h2
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -21,7 +22,11 @@ import h2.settings
 import httpx
 import pytest
 
-from kolosal.server.connections import RESET_BURST
+from kolosal.config import ServerSettings
+from kolosal.engine import EngineRegistry
+from kolosal.server.app import create_app
+from kolosal.server.connections import MAX_HEADER_BYTES, RESET_BURST
+from kolosal.server.openapi import openapi_document
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server, wait_idle
 
@@ -30,13 +35,19 @@ LONG_COMPLETION = {"model": ENGINE, "prompt": "Count to a thousand:", "max_token
 SETTLE_S = 120.0  # generous bound for the server to settle on a loaded machine
 
 
+def address(base_url: str) -> tuple[str, int]:
+    parts = urlsplit(base_url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
 class RawH2:
     """One cleartext HTTP/2 connection (prior knowledge) whose frames the test controls."""
 
     def __init__(self, base_url: str) -> None:
         parts = urlsplit(base_url)
         self.authority = parts.netloc
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=SETTLE_S)
+        self.sock = socket.create_connection(address(base_url), timeout=SETTLE_S)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.closed = False
         self.terminated: h2.events.ConnectionTerminated | None = None  # the server's GOAWAY
@@ -169,7 +180,7 @@ def test_http11_send_and_close_costs_nothing(hardened: ServerProcess) -> None:
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     clients = 60
     for _ in range(clients):
-        with socket.create_connection((parts.hostname, parts.port)) as sock:
+        with socket.create_connection(address(hardened.base_url)) as sock:
             sock.sendall(request)
     assert wait_for(lambda: requests_with_status(hardened.base_url, 499) - before >= clients), \
         "the closed connections' requests were not cancelled"
@@ -185,7 +196,7 @@ def test_http11_hangup_while_queued_frees_the_queue(hardened: ServerProcess) -> 
     body = json.dumps(LONG_COMPLETION).encode()
     request = (f"POST /v1/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    sockets = [socket.create_connection((parts.hostname, parts.port)) for _ in range(12)]
+    sockets = [socket.create_connection(address(hardened.base_url)) for _ in range(12)]
     try:
         for sock in sockets:
             sock.sendall(request)
@@ -228,7 +239,8 @@ def test_one_h2_connection_carries_over_a_thousand_requests(hardened: ServerProc
     completion = json.dumps({"model": ENGINE, "prompt": "Hi", "max_tokens": 2, "stream": True}).encode()
     statuses: dict[int, int] = {}
     try:
-        limit, opened, done, active = 100, 0, 0, set()
+        limit, opened, done = 100, 0, 0
+        active: set[int] = set()
         while done < total:
             while opened < total and len(active) < limit:
                 if opened % (total // completions) == 0:
@@ -262,7 +274,7 @@ def test_http11_pipelining_still_works(hardened: ServerProcess) -> None:
     parts = urlsplit(hardened.base_url)
     count = 400  # ~26 KB of requests in one write
     request = f"GET /v1/models HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
-    with socket.create_connection((parts.hostname, parts.port), timeout=SETTLE_S) as sock:
+    with socket.create_connection(address(hardened.base_url), timeout=SETTLE_S) as sock:
         sock.sendall(request * count)
         received = b""
         while received.count(b"HTTP/1.1 200") < count:
@@ -270,6 +282,29 @@ def test_http11_pipelining_still_works(hardened: ServerProcess) -> None:
             assert chunk, f"closed after {received.count(b'HTTP/1.1 200')} responses"
             received += chunk
     assert received.count(b"HTTP/1.1 ") == count
+
+
+def test_oversized_headers_are_refused_and_the_server_goes_on(hardened: ServerProcess) -> None:
+    big = "x" * (MAX_HEADER_BYTES + 1024)
+    host, port = address(hardened.base_url)
+    with socket.create_connection((host, port), timeout=SETTLE_S) as sock:
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+    client = RawH2(hardened.base_url)
+    try:
+        assert client.round_trip()  # our SETTINGS (the header-list limit) are acknowledged
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, [(":method", "GET"), (":path", "/v1/models"),
+                                             (":scheme", "http"), (":authority", client.authority),
+                                             ("x-big", big)], end_stream=True)
+        client.flush()
+        while not client.closed and client.terminated is None:
+            client.receive()
+        assert client.terminated is not None
+        assert client.terminated.error_code != h2.errors.ErrorCodes.NO_ERROR
+    finally:
+        client.close()
+    assert httpx.get(f"{hardened.base_url}/v1/models").status_code == 200
 
 
 # -- item 6: JSON bodies, origins, hosts ------------------------------------------------------
@@ -351,7 +386,54 @@ def test_out_of_range_integers_are_400_naming_the_field(hardened: ServerProcess,
     assert response.json()["error"]["param"] == field
 
 
+@pytest.mark.parametrize("prompt", [[-1], [5, 262144], [2**31 - 1], [[7], [-2233877, 8189905]]])
+@pytest.mark.parametrize("echo", [False, True])
+def test_token_ids_outside_the_vocabulary_are_400(hardened: ServerProcess, prompt: list,
+                                                  echo: bool) -> None:
+    """An id libllama does not know aborted the whole process (std::out_of_range in
+    token_to_piece, found by the fuzz run): now a 400 naming prompt."""
+    body = {"model": ENGINE, "prompt": prompt, "max_tokens": 1, "echo": echo}
+    response = httpx.post(f"{hardened.base_url}/v1/completions", json=body, timeout=SETTLE_S)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "prompt"
+    assert httpx.get(f"{hardened.base_url}/v1/models").status_code == 200
+
+
 def test_largest_valid_top_k_works(hardened: ServerProcess) -> None:
     response = httpx.post(f"{hardened.base_url}/v1/completions", timeout=SETTLE_S, json={
         "model": ENGINE, "prompt": "Hi", "max_tokens": 2, "top_k": 2**31 - 1, "seed": 2**64 - 1})
     assert response.status_code == 200, response.text
+
+
+# -- item 7: /openapi.json is what the server answers -------------------------------------------
+def test_every_route_is_documented() -> None:
+    app = create_app(EngineRegistry(), ServerSettings())
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        routes |= {(method.lower(), path) for method in rule.methods or ()
+                   if method not in ("HEAD", "OPTIONS")}
+    documented = {(method, path) for path, operations in openapi_document()["paths"].items()
+                  for method in operations}
+    assert routes == documented
+
+
+def test_openapi_documents_the_real_answers(hardened: ServerProcess) -> None:
+    document = httpx.get(f"{hardened.base_url}/openapi.json").json()
+    paths = document["paths"]
+    metrics = httpx.get(f"{hardened.base_url}/metrics")
+    documented_types = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics.headers["content-type"].split(";")[0] in documented_types
+    expired = httpx.post(f"{hardened.base_url}/v1/completions", timeout=SETTLE_S, json={
+        "model": ENGINE, "prompt": "Hi", "max_tokens": 2, "timeout": 1e-9})
+    assert expired.status_code == 504 and expired.json()["error"]["code"] == "deadline_exceeded"
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        responses = paths[path]["post"]["responses"]
+        assert {"200", "400", "401", "403", "404", "413", "415", "500", "503", "504"} <= set(responses)
+        assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}
+    unsupported = httpx.post(f"{hardened.base_url}/engines", content=b"x",
+                             headers={"Content-Type": "text/plain"})
+    assert unsupported.status_code == 415 and "415" in paths["/engines"]["post"]["responses"]
+
