@@ -134,3 +134,16 @@ def test_prompt_logprobs_sum_to_a_likelihood(server: ServerProcess) -> None:
     likely = loglikelihood("One, two, three, four, five")
     unlikely = loglikelihood("One, two, three, four, banana")
     assert likely > unlikely and math.isfinite(likely)
+
+
+def test_routes_without_the_v1_prefix(server: ServerProcess) -> None:
+    """The paths llama-server's clients use."""
+    base = server.base_url
+    models = httpx.get(f"{base}/models", timeout=30).json()
+    assert models == httpx.get(f"{base}/v1/models", timeout=30).json()
+    chat = httpx.post(f"{base}/chat/completions", json={
+        "model": ENGINE, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}, timeout=60)
+    assert chat.status_code == 200 and chat.json()["object"] == "chat.completion"
+    completion = httpx.post(f"{base}/completions", json={"model": ENGINE, "prompt": "Hi", "max_tokens": 2},
+                            timeout=60)
+    assert completion.status_code == 200 and completion.json()["object"] == "text_completion"
