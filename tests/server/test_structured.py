@@ -32,6 +32,8 @@ from .constrained import (
     chat,
     completion,
     nothing_reaches_the_engine,
+    schema_format,
+    warm_prefix_cache,
 )
 
 
@@ -93,10 +95,6 @@ CASES = [("Write a recipe as JSON.", RECIPE), ("Report the weather in Oslo as JS
          ("List some test scores as a JSON array.", SCORES), ("Open a support ticket as JSON.", TICKET)]
 
 
-def schema_format(schema: dict[str, Any], name: str = "answer") -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-
-
 def assert_valid(text: str, schema: dict[str, Any]) -> Any:
     value = json.loads(text)
     jsonschema.validate(value, schema)
@@ -134,11 +132,12 @@ def test_sdk_parse_with_sampling_still_valid(client: openai.OpenAI) -> None:
         assert isinstance(choice.message.parsed, Pet)
 
 
-def test_sdk_streamed_json_schema_equals_the_whole(client: openai.OpenAI) -> None:
+def test_sdk_streamed_json_schema_equals_the_whole(server: ServerProcess, client: openai.OpenAI) -> None:
     request: dict[str, Any] = {
         "model": ENGINE, "max_tokens": 200, "temperature": 0,
         "messages": [{"role": "user", "content": "Report the weather in Oslo as JSON."}],
         "response_format": schema_format(WEATHER, "weather")}
+    warm_prefix_cache(server, "/v1/chat/completions", request)
     whole = client.chat.completions.create(**request)
     pieces, finishes = [], []
     for chunk in client.chat.completions.create(**request, stream=True):
@@ -218,12 +217,13 @@ def test_gbnf_grammar_output_matches(server: ServerProcess, gbnf: str, pattern: 
     assert response.status_code == 200, response.text
     for text in stopped_texts(response.json()["choices"], "chat"):
         assert re.fullmatch(pattern, text), text
-    response = completion(server, prompt=f"{prompt}\n", max_tokens=80, temperature=0, grammar=gbnf)
+    greedy: dict[str, Any] = {"prompt": f"{prompt}\n", "max_tokens": 80, "temperature": 0, "grammar": gbnf}
+    warm_prefix_cache(server, "/v1/completions", greedy)
+    response = completion(server, **greedy)
     assert response.status_code == 200, response.text
     (whole,) = stopped_texts(response.json()["choices"], "text")
     assert re.fullmatch(pattern, whole), whole
-    streamed = stream_text(server, "/v1/completions", {"model": ENGINE, "prompt": f"{prompt}\n",
-                                                       "max_tokens": 80, "temperature": 0, "grammar": gbnf})
+    streamed = stream_text(server, "/v1/completions", {"model": ENGINE, **greedy})
     assert streamed == whole
 
 
