@@ -17,7 +17,8 @@ from quart.typing import ResponseReturnValue
 
 from .errors import APIError, from_validation_error
 from .http import json_response, parse_body
-from .protocol_responses import INPUT_ITEMS, ResponsesRequest, chat_messages
+from .protocol_response_items import INPUT_ITEMS, chat_messages
+from .protocol_responses import ResponsesRequest
 from .response_store import ResponseStore, StoredResponse
 from .routes_openai import fingerprint, held_engine, prepare_chat, respond, start
 from .shapes import Envelope

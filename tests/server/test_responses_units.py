@@ -15,7 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from kolosal.engine import FinishEvent, FinishReason, TokenEvent, Usage
 from kolosal.server.errors import APIError
-from kolosal.server.protocol_responses import ResponsesRequest, chat_messages
+from kolosal.server.protocol_response_items import chat_messages
+from kolosal.server.protocol_responses import ResponsesRequest
 from kolosal.server.response_store import ResponseStore, StoredResponse
 from kolosal.server.writers_responses import ResponsesWriter
 from kolosal.toolcalls.families import ToolFamily
