@@ -17,6 +17,9 @@ class RequestRecord:
     inter_token_s: list[float] = field(default_factory=list)  # gaps between text chunks
     error: str = ""
     reconnects: int = 0                # resent after the server dropped an idle connection
+    cached_tokens: int = 0             # prompt tokens served from the server's prefix cache
+    turn: int = 0                      # the call's place in its session (chat turns)
+    reply: str = ""                    # choice 0's text (a conversation's next assistant message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,12 @@ class LevelResult:
     latency_p50_ms: float
     error_samples: tuple[str, ...] = ()
     reconnects: int = 0
+    prompt_tokens: int = 0             # all prompt tokens of the successful requests
+    cached_tokens: int = 0             # ... of which the server reused from its prefix cache
+
+    @property
+    def cached_share(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,7 +75,8 @@ def summarize(concurrency: int, records: list[RequestRecord], wall_s: float) -> 
         itl_p50_ms=round(percentile(itls, 50), 1), itl_p99_ms=round(percentile(itls, 99), 1),
         tpot_p50_ms=round(percentile(tpots, 50), 1),
         latency_p50_ms=round(percentile([r.latency_s * 1000 for r in good], 50), 1),
-        error_samples=samples, reconnects=sum(r.reconnects for r in records))
+        error_samples=samples, reconnects=sum(r.reconnects for r in records),
+        prompt_tokens=sum(r.prompt_tokens for r in good), cached_tokens=sum(r.cached_tokens for r in good))
 
 
 def level_from_dict(data: dict) -> LevelResult:
@@ -79,7 +89,7 @@ def median_result(results: list[LevelResult]) -> LevelResult:
     reconnects summed), so one noisy repeat on a shared machine does not decide a ratio."""
     if len(results) == 1:
         return results[0]
-    summed = ("requests", "errors", "output_tokens", "reconnects")
+    summed = ("requests", "errors", "output_tokens", "reconnects", "prompt_tokens", "cached_tokens")
     values: dict[str, object] = {"concurrency": results[0].concurrency}
     for name in LevelResult.__dataclass_fields__:
         if name in values or name == "error_samples":

@@ -1,5 +1,6 @@
-"""PNG plots of a comparison: throughput vs concurrency (with the raw decode limit) and
-TTFT vs concurrency. matplotlib is optional: without it, no plots and a note."""
+"""PNG plots of a comparison: throughput vs concurrency (with the raw decode limit), TTFT
+vs concurrency, and per workload the figures its bars are about (tail latencies for mixed,
+prefix-cache hits for chat). matplotlib is optional: without it, no plots and a note."""
 from __future__ import annotations
 
 import sys
@@ -10,10 +11,16 @@ from benchmarks.metrics import LevelResult
 # (figure, axis label, file, log y axis): TTFT spans 40 ms to 10 s once clients queue
 PLOTS = (("output_tok_s", "output tokens/s (higher is better)", "throughput.png", False),
          ("ttft_p50_ms", "TTFT p50, ms, log scale (lower is better)", "ttft.png", True))
+EXTRA_PLOTS = {
+    "mixed": (("ttft_p99_ms", "TTFT p99, ms, log scale (lower is better)", "ttft_p99.png", True),
+              ("itl_p99_ms", "ITL p99, ms (lower is better)", "itl_p99.png", False)),
+    "chat": (("ttft_p99_ms", "TTFT p99, ms, log scale (lower is better)", "ttft_p99.png", True),
+             ("cached_share", "share of prompt tokens from the prefix cache", "cached.png", False)),
+}
 
 
 def plot_comparison(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, float],
-                    out_dir: Path, title: str = "") -> list[Path]:
+                    out_dir: Path, title: str = "", workload: str = "short") -> list[Path]:
     try:
         import matplotlib
 
@@ -24,7 +31,7 @@ def plot_comparison(results: dict[str, list[LevelResult]], raw_tok_s: dict[int, 
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for figure, label, filename, log_y in PLOTS:
+    for figure, label, filename, log_y in PLOTS + EXTRA_PLOTS.get(workload, ()):
         fig, axis = plt.subplots(figsize=(6.4, 4.2))
         for name, rows in results.items():
             axis.plot([r.concurrency for r in rows], [getattr(r, figure) for r in rows], marker="o",

@@ -32,6 +32,7 @@ class ServerSettings:
     n_ctx: int          # total KV cells: ours is one shared pool, llama-server splits it per slot
     parallel: int
     peer_kv_unified: bool = False  # give llama-server one shared pool too (-kvu)
+    peer_chat_template: str | None = None  # llama-server --chat-template (e.g. "gemma")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,23 +64,31 @@ def find_llama_server() -> Path | None:
     return binary if binary.is_file() else None
 
 
-def kolosal_spec(settings: ServerSettings) -> ServerSpec:
+def kolosal_spec(settings: ServerSettings, name: str = "kolosal", extra: tuple[str, ...] = ()) -> ServerSpec:
+    """Our server; ``extra`` flags (e.g. ``--spec-draft-max 0``) make a variant of it."""
     script = Path(sys.executable).parent / "kolosal-server"
     launcher = (str(script),) if script.is_file() else (sys.executable, "-m", "kolosal")
     port = free_port()
-    return ServerSpec("kolosal", (*launcher, "--model", str(settings.model), "--host", HOST,
-                                  "--port", str(port), "--threads", str(settings.threads),
-                                  "--n-ctx", str(settings.n_ctx), "--parallel", str(settings.parallel),
-                                  "--engine-id", "bench", "--log-level", "warning"), "bench", port)
+    return ServerSpec(name, (*launcher, "--model", str(settings.model), "--host", HOST,
+                             "--port", str(port), "--threads", str(settings.threads),
+                             "--n-ctx", str(settings.n_ctx), "--parallel", str(settings.parallel),
+                             "--engine-id", "bench", "--log-level", "warning", *extra), "bench", port)
 
 
-def llama_server_spec(settings: ServerSettings, binary: Path) -> ServerSpec:
+def llama_server_spec(settings: ServerSettings, binary: Path, spec_type: str | None = None) -> ServerSpec:
+    """llama-server; with ``spec_type`` (an n-gram type of its ``--spec-type``, e.g.
+    ``ngram-mod``) its speculative decoding drafts from the context, named
+    ``llama-server+<type>``."""
     port = free_port()
     command: tuple[str, ...] = (str(binary), "-m", str(settings.model), "--host", HOST, "--port", str(port),
                "-t", str(settings.threads), "-c", str(settings.n_ctx), "-np", str(settings.parallel))
     if settings.peer_kv_unified:
         command += ("--kv-unified",)
-    return ServerSpec("llama-server", command, "bench", port)
+    if settings.peer_chat_template:
+        command += ("--chat-template", settings.peer_chat_template)
+    if spec_type:
+        command += ("--spec-type", spec_type)
+    return ServerSpec(f"llama-server+{spec_type}" if spec_type else "llama-server", command, "bench", port)
 
 
 def llama_cpp_python_spec(settings: ServerSettings) -> ServerSpec | None:
@@ -98,13 +107,18 @@ def llama_cpp_python_spec(settings: ServerSettings) -> ServerSpec | None:
 
 
 def server_specs(settings: ServerSettings, peers: tuple[str, ...] = ("llama-server",),
-                 llama_server: Path | None = None) -> list[ServerSpec]:
-    """Ours first, then each peer that is available (a missing one is reported, not fatal)."""
-    specs = [kolosal_spec(settings)]
-    if "llama-server" in peers:
+                 llama_server: Path | None = None, ours: dict[str, tuple[str, ...]] | None = None,
+                 peer_spec_types: tuple[str, ...] = ()) -> list[ServerSpec]:
+    """Ours first (``ours``: name -> extra flags, default one plain "kolosal"), then each
+    peer that is available (a missing one is reported, not fatal); every entry of
+    ``peer_spec_types`` adds llama-server with that speculative type."""
+    specs = [kolosal_spec(settings, name, extra) for name, extra in (ours or {"kolosal": ()}).items()]
+    if "llama-server" in peers or peer_spec_types:
         binary = llama_server or find_llama_server()
         if binary is not None and binary.is_file():
-            specs.append(llama_server_spec(settings, binary))
+            if "llama-server" in peers:
+                specs.append(llama_server_spec(settings, binary))
+            specs += [llama_server_spec(settings, binary, kind) for kind in peer_spec_types]
         else:
             print("llama-server not built: run `python build_llama.py --with-server`", file=sys.stderr)
     if "llama-cpp-python" in peers:

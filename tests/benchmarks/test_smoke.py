@@ -42,7 +42,7 @@ async def test_loadgen_against_our_server(server: ServerProcess) -> None:
     for endpoint in ("completions", "chat"):
         config = LoadConfig(url=server.base_url, model=ENGINE, endpoint=endpoint, max_tokens=4,
                             long_fraction=0.5)
-        result = await run_level(config, concurrency=2, num_requests=2, progress=False)
+        result = await run_level(config, concurrency=2, num_sessions=2, progress=False)
         assert result.requests == 2 and result.errors == 0, result.error_samples
         assert result.output_tokens == 8  # ignore_eos: exactly max_tokens each, counted from usage
         assert result.output_tok_s > 0 and result.ttft_p50_ms > 0
@@ -52,7 +52,7 @@ async def test_loadgen_against_our_server(server: ServerProcess) -> None:
 
 async def test_loadgen_reports_errors(server: ServerProcess) -> None:
     config = LoadConfig(url=server.base_url, model="no-such-engine", max_tokens=4)
-    result = await run_level(config, concurrency=1, num_requests=1, progress=False)
+    result = await run_level(config, concurrency=1, num_sessions=1, progress=False)
     assert result.errors == 1 and result.error_samples[0].startswith("HTTP 404")
 
 
