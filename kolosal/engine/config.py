@@ -10,6 +10,16 @@ from ..options import check_options, option
 MAX_AUTO_PARALLEL = 64
 DAY_S = 86400
 POOLINGS = ("mean", "cls", "last")
+# KV cache element types offered, with their bytes per stored value: f16 is libllama's
+# default; q8_0 and q4_0 keep blocks of 32 values with one f16 scale (34 and 18 bytes).
+KV_CACHE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
+
+
+def _kv_cache_type(text: str) -> str:
+    if text not in KV_CACHE_BYTES:
+        raise ValueError(f"KV cache type must be one of {', '.join(KV_CACHE_BYTES)}, got {text!r}")
+    return text
 
 
 def _pooling(text: str) -> str:
@@ -41,6 +51,14 @@ class EngineConfig:
     max_queue: int = option(256, "waiting requests before 503 (engine_overloaded)",
                             ge=0, le=1_000_000, flag="--max-queue")
     flash_attn: str = option("auto", "flash attention", choices=("auto", "on", "off"), http=False)
+    cache_type_k: KvCacheType = option("f16", "KV cache type of keys: f16, q8_0 (about half the "
+                                       "KV memory) or q4_0 (about a quarter)",
+                                       flag="--cache-type-k", parse=_kv_cache_type,
+                                       choices=tuple(KV_CACHE_BYTES))
+    cache_type_v: KvCacheType = option("f16", "KV cache type of values: f16, q8_0 or q4_0; a "
+                                       "quantized V cache runs with flash attention on",
+                                       flag="--cache-type-v", parse=_kv_cache_type,
+                                       choices=tuple(KV_CACHE_BYTES))
     use_mmap: bool = option(True, "map the model file instead of reading it", http=False)
     keep_alive_s: float = option(0.0, "unload after this many idle seconds; it reloads on the next "
                                  "request (0 = stay loaded)", ge=0, le=365 * DAY_S,
@@ -58,6 +76,16 @@ class EngineConfig:
         check_options(self)
         if self.pooling is not None:
             _pooling(self.pooling)
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(f"cache_type_v {self.cache_type_v} needs flash attention, which is off")
+
+    @property
+    def resolved_flash_attn(self) -> str:
+        """What the context gets: a quantized V cache needs flash attention (libllama
+        refuses it without), so "auto" becomes "on" there."""
+        if self.cache_type_v != "f16":
+            return "on"
+        return self.flash_attn
 
     @property
     def resolved_parallel(self) -> int:

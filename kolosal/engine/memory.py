@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..gguf_header import ArrayInfo, read_gguf_metadata
-from .config import EngineConfig
+from .config import KV_CACHE_BYTES, EngineConfig
 
-F16_BYTES = 2
 F32_BYTES = 4
 # Compute scratch (activations of one ubatch) is not in the metadata; it is small next to
 # weights + KV for the models we serve. A fixed margin plus a share of the rest covers it.
@@ -42,7 +41,7 @@ def format_size(size: int) -> str:
 @dataclass(frozen=True, slots=True)
 class MemoryEstimate:
     weights: int      # the tensors: the file size (mmap'd or copied to the device)
-    kv_cache: int     # n_ctx cells x layers x (K + V) heads, f16
+    kv_cache: int     # n_ctx cells x layers x KV heads x (K dims x K type + V dims x V type)
     buffers: int      # logits of one step's rows + compute scratch
 
     @property
@@ -64,7 +63,8 @@ def _int(value: object, default: int = 0) -> int:
 class ModelShape:
     """What the estimate needs from a model's metadata."""
     n_layer: int
-    kv_dims_per_cell: int   # per layer: KV heads x (K dims + V dims)
+    k_dims_per_cell: int    # per layer: KV heads x K dims
+    v_dims_per_cell: int    # per layer: KV heads x V dims
     n_vocab: int
 
 
@@ -83,7 +83,8 @@ def _model_shape(path: str, size: int, mtime_ns: int) -> ModelShape:
     head_k = key("attention.key_length", n_embd // n_head)
     head_v = key("attention.value_length", n_embd // n_head)
     tokens = metadata.get("tokenizer.ggml.tokens")
-    return ModelShape(n_layer=key("block_count"), kv_dims_per_cell=n_head_kv * (head_k + head_v),
+    return ModelShape(n_layer=key("block_count"), k_dims_per_cell=n_head_kv * head_k,
+                      v_dims_per_cell=n_head_kv * head_v,
                       n_vocab=tokens.length if isinstance(tokens, ArrayInfo) else 0)
 
 
@@ -92,7 +93,9 @@ def estimate_memory(config: EngineConfig) -> MemoryEstimate:
     stat = Path(config.model_path).stat()
     shape = _model_shape(config.model_path, stat.st_size, stat.st_mtime_ns)
     weights = stat.st_size
-    kv_cache = config.n_ctx * shape.n_layer * shape.kv_dims_per_cell * F16_BYTES
+    per_cell = (shape.k_dims_per_cell * KV_CACHE_BYTES[config.cache_type_k]
+                + shape.v_dims_per_cell * KV_CACHE_BYTES[config.cache_type_v])
+    kv_cache = int(config.n_ctx * shape.n_layer * per_cell)
     logits = shape.n_vocab * F32_BYTES * max(config.resolved_parallel, 1)
     scratch = SCRATCH_FIXED_BYTES + int(SCRATCH_SHARE * (weights + kv_cache))
     return MemoryEstimate(weights=weights, kv_cache=kv_cache, buffers=logits + scratch)

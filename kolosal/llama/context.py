@@ -27,6 +27,8 @@ class DecodeError(RuntimeError):
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 # llama_pooling_type values: how an embedding context reduces a sequence's token vectors.
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+# KV cache element types are ggml_type names ("f16", "q8_0", "q4_0": those the cdef declares)
+KV_UNQUANTIZED = frozenset({"f32", "f16"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class ContextParams:
     swa_full: bool = True    # full-size SWA cache, so cached prefixes stay reusable
     embeddings: bool = False  # output pooled sequence vectors (every token is an output row)
     pooling: str | None = None  # a POOLING key; None = the model's own (none if it has none)
+    type_k: str = "f16"      # KV cache element types; a quantized V cache needs flash
+    type_v: str = "f16"      # attention: libllama turns "auto" on and refuses "off"
 
     def resolved_threads(self) -> tuple[int, int]:
         cores = os.cpu_count() or 1
@@ -59,6 +63,8 @@ class Context:
             raise ValueError(f"flash_attn must be one of {sorted(FLASH_ATTN)}")
         if self.params.pooling is not None and self.params.pooling not in POOLING:
             raise ValueError(f"pooling must be one of {sorted(POOLING)}")
+        if self.params.type_v not in KV_UNQUANTIZED and self.params.flash_attn == "off":
+            raise ValueError(f"a {self.params.type_v} V cache needs flash attention (not 'off')")
         c_params = self._lib.llama_context_default_params()
         n_threads, n_threads_batch = self.params.resolved_threads()
         c_params.n_ctx = self.params.n_ctx
@@ -70,6 +76,8 @@ class Context:
         c_params.flash_attn_type = FLASH_ATTN[self.params.flash_attn]
         c_params.kv_unified = self.params.kv_unified
         c_params.swa_full = self.params.swa_full
+        c_params.type_k = self._ggml_type(self.params.type_k)
+        c_params.type_v = self._ggml_type(self.params.type_v)
         c_params.no_perf = True
         c_params.embeddings = self.params.embeddings
         if self.params.pooling is not None:
@@ -83,6 +91,12 @@ class Context:
         self.n_batch = int(self._lib.llama_n_batch(ptr))
         self.n_seq_max = int(self._lib.llama_n_seq_max(ptr))
         self.n_vocab = model.vocab.n_tokens
+
+    def _ggml_type(self, name: str) -> Any:
+        value = getattr(self._lib, f"GGML_TYPE_{name.upper()}", None)
+        if value is None:
+            raise ValueError(f"unknown KV cache type {name!r}")
+        return value
 
     @property
     def ptr(self) -> Any:
@@ -162,7 +176,8 @@ class Context:
         pointer = self._lib.llama_get_embeddings_seq(self.ptr, seq_id)
         if pointer == self._ffi.NULL:
             raise IndexError(f"no pooled embedding for sequence {seq_id}")
-        return np.frombuffer(self._ffi.buffer(pointer, size * 4), dtype=np.float32).copy()
+        vector: np.ndarray = np.frombuffer(self._ffi.buffer(pointer, size * 4), dtype=np.float32).copy()
+        return vector
 
     # -- KV memory ------------------------------------------------------------------------
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
