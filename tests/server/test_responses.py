@@ -85,6 +85,7 @@ def test_stream_event_order(client: openai.OpenAI) -> None:
     assert final.status in ("completed", "incomplete") and final.usage.output_tokens <= 16
     done = [e for e in events if e.type == "response.output_item.done"][0].item
     assert done.model_dump() == final.output[0].model_dump()  # the item as the response holds it
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()  # stored as sent
 
 
 def test_raw_stream_has_event_lines_and_no_done(server: ServerProcess) -> None:

@@ -117,6 +117,20 @@ def test_function_tools_and_choice() -> None:
     assert body.echo()["tool_choice"] == {"type": "function", "name": "f"}
 
 
+@pytest.mark.parametrize(("text_format", "response_format"), [
+    ({"type": "text"}, None), ({"type": "json_object"}, {"type": "json_object", "json_schema": None}),
+    ({"type": "json_schema", "name": "n", "schema": {"type": "object"}, "description": "d"},
+     {"type": "json_schema", "json_schema": {"name": "n", "description": "d", "schema": {"type": "object"},
+                                             "strict": None}})])
+def test_text_format_is_the_chat_response_format(text_format: dict[str, Any],
+                                                 response_format: dict[str, Any] | None) -> None:
+    body = ResponsesRequest.model_validate({"model": "m", "input": "x", "text": {"format": text_format}})
+    chat = body.chat_request(chat_messages(body.input))
+    given = chat.response_format
+    assert (given.model_dump(by_alias=True, exclude={"schema_"}) if given else None) == response_format
+    assert body.echo()["text"]["format"]["type"] == text_format["type"]
+
+
 @pytest.mark.parametrize("fields", [
     {"input": []}, {"input": [{"type": "item_reference", "id": "msg_1"}]},
     {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
