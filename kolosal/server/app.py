@@ -11,7 +11,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from ..config import ServerSettings
-from ..engine import EngineRegistry
+from ..engine import EngineError, EngineRegistry
 from . import (
     auth,
     guards,
@@ -24,7 +24,7 @@ from . import (
     routes_site,
     routes_tokenize,
 )
-from .errors import APIError
+from .errors import APIError, from_engine_error
 from .http import json_response
 from .observe import Metrics
 
@@ -86,6 +86,12 @@ def install_error_handlers(app: Quart, settings: ServerSettings) -> None:
     @app.errorhandler(APIError)
     async def api_error(error: APIError) -> Response:
         return json_response(error.body(), status=error.status, headers=error.headers)
+
+    @app.errorhandler(EngineError)
+    async def engine_error(error: EngineError) -> Response:
+        """An engine refusal that escaped a handler: its meaning from the one error table."""
+        api_error = from_engine_error(error)
+        return json_response(api_error.body(), status=api_error.status, headers=api_error.headers)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
