@@ -266,42 +266,72 @@ def request_body(model: str, max_tokens: int, constrained: bool, index: int) -> 
 
 
 async def stream_one(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestRecord:
-    """One streamed completion: TTFT, gaps between text chunks, tokens from usage."""
+    """One streamed completion: TTFT, gaps between text chunks, tokens from usage. A pooled
+    connection the server closed while idle (llama-server does) fails before any response:
+    that request is resent once and counted as a reconnect, as loadgen.py does."""
     record = RequestRecord()
-    started = last = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                await response.aread()
-                record.error = f"HTTP {response.status_code}: {response.text[:120]}"
+    started = time.perf_counter()
+    for _ in range(2):
+        try:
+            await stream_into(record, client, body, started)
+            break
+        except httpx.RemoteProtocolError as error:
+            if record.chunks or record.error:
+                record.error = f"{type(error).__name__}: {error}"[:160]
                 return record
-            async for line in response.aiter_lines():
-                data = line[5:].strip() if line.startswith("data:") else ""
-                if not data or data == "[DONE]":
-                    continue
-                payload = json.loads(data)
-                if "error" in payload:
-                    record.error = str(payload["error"])[:160]
-                    return record
-                if payload.get("usage"):
-                    record.prompt_tokens = int(payload["usage"].get("prompt_tokens") or 0)
-                    record.completion_tokens = int(payload["usage"].get("completion_tokens") or 0)
-                if any(choice.get("text") for choice in payload.get("choices") or []):
-                    now = time.perf_counter()
-                    if record.chunks == 0:
-                        record.ttft_s = now - started
-                    else:
-                        record.inter_token_s.append(now - last)
-                    last = now
-                    record.chunks += 1
-    except (httpx.HTTPError, json.JSONDecodeError) as error:
-        record.error = f"{type(error).__name__}: {error}"[:160]
+            record.reconnects += 1
+        except (httpx.HTTPError, json.JSONDecodeError) as error:
+            record.error = f"{type(error).__name__}: {error}"[:160]
+            return record
+    else:
+        record.error = "the server closed the connection twice before responding"
+        return record
+    if record.error:
         return record
     record.ok = record.chunks > 0
     record.error = "" if record.ok else "no text in the stream"
     record.latency_s = time.perf_counter() - started
     record.completion_tokens = record.completion_tokens or record.chunks
     return record
+
+
+async def stream_into(record: RequestRecord, client: httpx.AsyncClient, body: dict[str, Any],
+                      started: float) -> None:
+    last = started
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            record.error = f"HTTP {response.status_code}: {response.text[:120]}"
+            return
+        async for line in response.aiter_lines():
+            data = line[5:].strip() if line.startswith("data:") else ""
+            if not data or data == "[DONE]":
+                continue
+            payload = json.loads(data)
+            if "error" in payload:
+                record.error = str(payload["error"])[:160]
+                return
+            if payload.get("usage"):
+                record.prompt_tokens = int(payload["usage"].get("prompt_tokens") or 0)
+                record.completion_tokens = int(payload["usage"].get("completion_tokens") or 0)
+            if any(choice.get("text") for choice in payload.get("choices") or []):
+                now = time.perf_counter()
+                if record.chunks == 0:
+                    record.ttft_s = now - started
+                else:
+                    record.inter_token_s.append(now - last)
+                last = now
+                record.chunks += 1
+
+
+def check_constrained(url: str, model: str) -> None:
+    """The server really applies the schema: a short output is the start of SCHEMA's JSON
+    (whitespace aside: llama-server's grammar lets the model indent, ours is compact)."""
+    body = {**request_body(model, 16, True, 0), "stream": False}
+    body.pop("stream_options")
+    text = httpx.post(url + "/v1/completions", json=body, timeout=300).json()["choices"][0]["text"]
+    if not "".join(text.split()).startswith('{"people":[{'):
+        raise RuntimeError(f"{url} did not follow the schema: {text!r}")
 
 
 async def run_level(url: str, model: str, constrained: bool, concurrency: int, num_requests: int,
@@ -324,6 +354,8 @@ def measure(target: Target, level: int, max_tokens: int, rounds: int, log_dir: P
     """One level on a freshly started server, after a warm-up request of the same kind."""
     with running(target.spec, log_dir / f"{target.name}.log") as url:
         asyncio.run(run_level(url, target.spec.model_id, target.constrained, 1, 1, 4))
+        if target.constrained:
+            check_constrained(url, target.spec.model_id)
         return asyncio.run(run_level(url, target.spec.model_id, target.constrained, level,
                                      requests_for(level, rounds=rounds), max_tokens))
 
