@@ -102,7 +102,7 @@ class EngineRegistry:
     async def _load_now(self, engine: EngineEntry) -> None:
         # a file that would crash libllama is refused by a child process, before the lock:
         # a slow check never holds up other loads (cached: a reload costs one stat)
-        file_error = await model_file_error(engine.config)
+        file_error = await model_file_error(engine.config.model_path)
         async with self._load_lock:
             if not self._needs_load(engine):
                 return
