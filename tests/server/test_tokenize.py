@@ -2,6 +2,8 @@
 (GET /v1/models/{id}), on the shared server (the default Gemma model as engine "gemma")."""
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -56,12 +58,12 @@ def test_model_field_and_errors(server: ServerProcess) -> None:
     assert named == post(server, "/tokenize", {"content": "abc"}).json()
     missing = post(server, "/tokenize", {"content": "abc", "model": "missing"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
-    for path, body, param in [("/detokenize", {"tokens": [10**8]}, "tokens"),
-                              ("/detokenize", {"tokens": [-1]}, "tokens.0"),
-                              ("/detokenize", {"tokens": "1 2"}, "tokens"),
-                              ("/tokenize", {"content": 5}, "content"),
-                              ("/tokenize", {"content": "x", "with_pieces": "yes"}, "with_pieces"),
-                              ("/tokenize", {"content": "x", "extra": 1}, "extra")]:
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("/detokenize", {"tokens": [10**8]}, "tokens"), ("/detokenize", {"tokens": [-1]}, "tokens.0"),
+        ("/detokenize", {"tokens": "1 2"}, "tokens"), ("/tokenize", {"content": 5}, "content"),
+        ("/tokenize", {"content": "x", "with_pieces": "yes"}, "with_pieces"),
+        ("/tokenize", {"content": "x", "extra": 1}, "extra")]
+    for path, body, param in cases:
         response = post(server, path, body)
         assert response.status_code == 400, (path, body, response.text)
         assert response.json()["error"]["param"] == param

@@ -88,7 +88,7 @@ def test_invalid_calls_are_rejected(family: ToolFamily, bad: tuple[str, dict[str
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_only_the_family_format_is_accepted(family: ToolFamily, grammars: dict[Any, str]) -> None:
-    call = ("get_time", {})
+    call: tuple[str, dict[str, Any]] = ("get_time", {})
     for other in FAMILIES:
         text = calls_text(other, call)
         assert accepts(grammars[family, True], text) == (text == calls_text(family, call))

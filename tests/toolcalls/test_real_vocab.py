@@ -18,7 +18,7 @@ from kolosal.toolcalls import (
     tool_call_grammar,
 )
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 

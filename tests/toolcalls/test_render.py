@@ -4,6 +4,7 @@ template."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 CALL = {"id": "call_Xq1", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-CONVERSATION = [
+CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Weather in Paris?"},
     {"role": "assistant", "content": None, "tool_calls": [CALL]},
@@ -163,7 +164,7 @@ def test_the_builtin_block_text() -> None:
 
 @pytest.mark.parametrize("family", list(ToolFamily))
 def test_builtin_history_calls_are_in_the_family_format(family: ToolFamily) -> None:
-    messages = [{"role": "user", "content": "Hi"},
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Checking.", "tool_calls": [CALL, {
                     "id": "call_2", "type": "function",
                     "function": {"name": "get_time", "arguments": "{}"}}]}]
@@ -177,7 +178,7 @@ def test_builtin_history_calls_are_in_the_family_format(family: ToolFamily) -> N
 
 
 def test_consecutive_results_and_next_user_turn_merge() -> None:
-    messages = [{"role": "user", "content": "Hi"},
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Hi"},
                 {"role": "assistant", "tool_calls": [CALL]},
                 {"role": "tool", "tool_call_id": "call_Xq1", "content": "22 C"},
                 {"role": "tool", "tool_call_id": "unknown", "name": "get_time", "content": "noon"},
