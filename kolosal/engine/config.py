@@ -3,22 +3,26 @@ it is set (flag, environment, config file, POST /engines), its default and its b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..options import check_options, option
+
+if TYPE_CHECKING:
+    from ..llama import ContextParams, ModelParams
 
 MAX_AUTO_PARALLEL = 64
 DAY_S = 86400
 POOLINGS = ("mean", "cls", "last")
-# KV cache element types offered, with their bytes per stored value: f16 is libllama's
-# default; q8_0 and q4_0 keep blocks of 32 values with one f16 scale (34 and 18 bytes).
-KV_CACHE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# KV cache element types offered: f16 is libllama's default; q8_0 and q4_0 keep blocks of
+# 32 values with one f16 scale (34 and 18 bytes).
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
+KV_CACHE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per stored value
 
 
 def _kv_cache_type(text: str) -> str:
-    if text not in KV_CACHE_BYTES:
-        raise ValueError(f"KV cache type must be one of {', '.join(KV_CACHE_BYTES)}, got {text!r}")
+    if text not in KV_CACHE_TYPES:
+        raise ValueError(f"KV cache type must be one of {', '.join(KV_CACHE_TYPES)}, got {text!r}")
     return text
 
 
@@ -54,11 +58,16 @@ class EngineConfig:
     cache_type_k: KvCacheType = option("f16", "KV cache type of keys: f16, q8_0 (about half the "
                                        "KV memory) or q4_0 (about a quarter)",
                                        flag="--cache-type-k", parse=_kv_cache_type,
-                                       choices=tuple(KV_CACHE_BYTES))
+                                       choices=KV_CACHE_TYPES)
     cache_type_v: KvCacheType = option("f16", "KV cache type of values: f16, q8_0 or q4_0; a "
                                        "quantized V cache runs with flash attention on",
                                        flag="--cache-type-v", parse=_kv_cache_type,
-                                       choices=tuple(KV_CACHE_BYTES))
+                                       choices=KV_CACHE_TYPES)
+    deterministic: bool = option(False, "greedy and seeded outputs independent of what else is "
+                                 "in the batch: flash attention on, weights not repacked, ggml's "
+                                 "tiled matmul off (for the whole process), a q8_0 V cache when K "
+                                 "and V are both f16; costs throughput (README, Known limits)",
+                                 flag="--deterministic")
     use_mmap: bool = option(True, "map the model file instead of reading it", http=False)
     keep_alive_s: float = option(0.0, "unload after this many idle seconds; it reloads on the next "
                                  "request (0 = stay loaded)", ge=0, le=365 * DAY_S,
@@ -78,14 +87,51 @@ class EngineConfig:
             _pooling(self.pooling)
         if self.cache_type_v != "f16" and self.flash_attn == "off":
             raise ValueError(f"cache_type_v {self.cache_type_v} needs flash attention, which is off")
+        if self.deterministic and self.flash_attn == "off":
+            raise ValueError("deterministic needs flash attention, which is off")
 
     @property
     def resolved_flash_attn(self) -> str:
         """What the context gets: a quantized V cache needs flash attention (libllama
-        refuses it without), so "auto" becomes "on" there."""
-        if self.cache_type_v != "f16":
+        refuses it without), and a deterministic engine runs on it, so "auto" becomes "on"."""
+        if self.cache_type_v != "f16" or self.deterministic:
             return "on"
         return self.flash_attn
+
+    @property
+    def resolved_cache_types(self) -> tuple[str, str]:
+        """(K, V) as stored. ggml-cpu's flash attention has a per-row kernel, a tiled one for
+        steps of 64+ rows and a split-KV one for single-row steps over 512+ cells, each with
+        its own rounding; only the per-row one runs when K is quantized or K and V differ in
+        type. So a deterministic engine with both f16 stores V as q8_0 (libllama casts an
+        f32 V back to f16 for flash attention, so f32 would not do)."""
+        if self.deterministic and self.cache_type_k == self.cache_type_v == "f16":
+            return "f16", "q8_0"
+        return self.cache_type_k, self.cache_type_v
+
+    @property
+    def resolved_spec_draft_max(self) -> int:
+        """Draft tokens per step by default: none on a deterministic engine, whose rejected
+        drafts would leave KV holes that later tokens fill out of position order (README,
+        Known limits); a request may still ask for them."""
+        return 0 if self.deterministic else self.spec_draft_max
+
+    def model_params(self) -> ModelParams:
+        """libllama model parameters of this engine."""
+        from ..llama import ModelParams
+
+        return ModelParams(n_gpu_layers=self.n_gpu_layers, main_gpu=self.main_gpu_id, use_mmap=self.use_mmap,
+                           use_extra_bufts=not self.deterministic)
+
+    def context_params(self) -> ContextParams:
+        """libllama context parameters of this (generation) engine."""
+        from ..llama import ContextParams
+
+        type_k, type_v = self.resolved_cache_types
+        return ContextParams(n_ctx=self.n_ctx, n_batch=self.n_batch, n_ubatch=self.n_batch,
+                             n_seq_max=self.resolved_parallel, n_threads=self.n_threads,
+                             flash_attn=self.resolved_flash_attn, type_k=type_k, type_v=type_v,
+                             batch_invariant=self.deterministic)
 
     @property
     def resolved_parallel(self) -> int:

@@ -93,8 +93,8 @@ def estimate_memory(config: EngineConfig) -> MemoryEstimate:
     stat = Path(config.model_path).stat()
     shape = _model_shape(config.model_path, stat.st_size, stat.st_mtime_ns)
     weights = stat.st_size
-    per_cell = (shape.k_dims_per_cell * KV_CACHE_BYTES[config.cache_type_k]
-                + shape.v_dims_per_cell * KV_CACHE_BYTES[config.cache_type_v])
+    type_k, type_v = config.resolved_cache_types
+    per_cell = shape.k_dims_per_cell * KV_CACHE_BYTES[type_k] + shape.v_dims_per_cell * KV_CACHE_BYTES[type_v]
     kv_cache = int(config.n_ctx * shape.n_layer * per_cell)
     logits = shape.n_vocab * F32_BYTES * max(config.resolved_parallel, 1)
     scratch = SCRATCH_FIXED_BYTES + int(SCRATCH_SHARE * (weights + kv_cache))

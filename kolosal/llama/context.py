@@ -27,8 +27,25 @@ class DecodeError(RuntimeError):
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 # llama_pooling_type values: how an embedding context reduces a sequence's token vectors.
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
-# KV cache element types are ggml_type names ("f16", "q8_0", "q4_0": those the cdef declares)
+# KV cache element types are ggml_type names ("f32", "f16", "q8_0", "q4_0": those the cdef declares)
 KV_UNQUANTIZED = frozenset({"f32", "f16"})
+# ggml-cpu's tiled K-quant matmul takes batches of 8+ rows, the vec_dot kernel fewer, with
+# other rounding. ggml reads this switch once per process, when it first plans a matmul.
+TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"
+_first_decode_done = False
+
+
+def untiled_matmul() -> None:
+    """Turn ggml-cpu's tiled matmul off for this process (every context), so a row's result
+    does not depend on how many rows share its matmul. Only possible before the process's
+    first decode: ggml has latched the switch by then."""
+    if os.environ.get(TILED_MATMUL_ENV) == "0":
+        return
+    if _first_decode_done:
+        raise RuntimeError(f"batch-invariant kernels need {TILED_MATMUL_ENV}=0 before the first decode "
+                           "in this process: set it in the environment (or start the server with the "
+                           "deterministic engine) before any other engine runs")
+    os.environ[TILED_MATMUL_ENV] = "0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +63,10 @@ class ContextParams:
     pooling: str | None = None  # a POOLING key; None = the model's own (none if it has none)
     type_k: str = "f16"      # KV cache element types; a quantized V cache needs flash
     type_v: str = "f16"      # attention: libllama turns "auto" on and refuses "off"
+    # ggml-cpu's tiled matmul off (process-wide, see untiled_matmul): with flash attention
+    # on, weights not repacked and K/V types that keep attention on its per-row kernel, a
+    # row's logits are then bitwise independent of the rest of its batch
+    batch_invariant: bool = False
 
     def resolved_threads(self) -> tuple[int, int]:
         cores = os.cpu_count() or 1
@@ -65,6 +86,8 @@ class Context:
             raise ValueError(f"pooling must be one of {sorted(POOLING)}")
         if self.params.type_v not in KV_UNQUANTIZED and self.params.flash_attn == "off":
             raise ValueError(f"a {self.params.type_v} V cache needs flash attention (not 'off')")
+        if self.params.batch_invariant:
+            untiled_matmul()
         c_params = self._lib.llama_context_default_params()
         n_threads, n_threads_batch = self.params.resolved_threads()
         c_params.n_ctx = self.params.n_ctx
@@ -119,6 +142,8 @@ class Context:
     # -- decode ---------------------------------------------------------------------------
     def decode(self, batch: Batch) -> DecodeStatus:
         """Run one batch. The GIL is released for the duration of the C call."""
+        global _first_decode_done
+        _first_decode_done = True
         code = self._lib.llama_decode(self.ptr, batch.c_batch)
         if code < -1:
             raise DecodeError(f"llama_decode failed with code {code}")

@@ -28,7 +28,7 @@ def test_settings_and_their_checks() -> None:
         EngineConfig("e", "m.gguf", cache_type_k="q5_0")  # type: ignore[arg-type]
     request = EngineCreateRequest.model_validate({"engine_id": "e", "model_path": "m.gguf",
                                                   "cache_type_k": "q8_0", "cache_type_v": "q8_0"})
-    assert request.engine_config("m.gguf").cache_type_v == "q8_0"  # type: ignore[attr-defined]
+    assert request.engine_config("m.gguf").cache_type_v == "q8_0"
     with pytest.raises(ValidationError, match="cache_type_v"):
         EngineCreateRequest.model_validate({"engine_id": "e", "model_path": "m.gguf", "cache_type_v": "bf16"})
 
