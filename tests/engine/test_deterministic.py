@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +164,37 @@ async def test_a_seeded_sample_is_the_same_alone_and_beside_others(
         async with fresh_engine(client, model_path, "seeded-beside") as engine:
             beside = await beside_others(client, engine, {**body, "model": engine})
     assert answer(alone) == answer(beside)
+
+
+SWITCH_PROBE = """
+import os, sys
+import numpy as np
+from kolosal.llama import Batch, Context, ContextParams, Model, ModelParams
+model = Model(sys.argv[1], ModelParams(n_gpu_layers=0, use_extra_bufts=False))
+def decode(params):
+    with Context(model, params) as context, Batch(8) as batch:
+        batch.fill(np.array([2]), np.array([0]), np.array([0]), np.array([1]))
+        assert context.decode(batch) == 0
+first, second = sys.argv[2] == "invariant", sys.argv[3] == "invariant"
+decode(ContextParams(n_ctx=64, n_batch=8, n_seq_max=1, flash_attn="on", batch_invariant=first))
+print(os.environ.get("GGML_CPU_TILED_MM"))
+try:
+    decode(ContextParams(n_ctx=64, n_batch=8, n_seq_max=1, flash_attn="on", batch_invariant=second))
+    print("ok")
+except RuntimeError as error:
+    print("refused:", error)
+"""
+
+
+@pytest.mark.parametrize(("first", "second", "expected"), [
+    ("invariant", "plain", ["0", "ok"]),      # the switch is set for the whole process
+    ("plain", "invariant", ["None", "refused: batch-invariant kernels need GGML_CPU_TILED_MM=0"]),
+])
+def test_the_tiled_matmul_switch_is_set_before_the_first_decode_or_refused(
+        model_path: Path, first: str, second: str, expected: list[str]) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "GGML_CPU_TILED_MM"}
+    done = subprocess.run([sys.executable, "-c", SWITCH_PROBE, str(model_path), first, second], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == expected[0] and lines[1].startswith(expected[1])
