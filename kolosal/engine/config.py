@@ -49,7 +49,9 @@ class EngineConfig:
     prefill_budget: int = option(256, "prompt tokens one step may carry while sequences decode "
                                  "(steps with nothing decoding take the whole n_batch); 0 = no bound",
                                  ge=0, le=65536, flag="--prefill-budget")
-    spec_draft_max: int = option(8, "speculative decoding: most draft tokens a sequence adds to a "
+    # Off by default: on only once measured never to lose (issue 14), and a sampled request's
+    # drafts consume its RNG, so a seed reproduces only with the same drafts.
+    spec_draft_max: int = option(0, "speculative decoding: most draft tokens a sequence adds to a "
                                  "step, looked up in its own prompt and output; 0 = off (a request "
                                  "may still ask)", ge=0, le=64, flag="--spec-draft-max")
     max_queue: int = option(256, "waiting requests before 503 (engine_overloaded)",
