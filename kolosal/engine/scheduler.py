@@ -30,7 +30,7 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
-from .speculative import Drafter, StepCost, worth_a_row
+from .speculative import PROBE_CHANCE, Drafter, StepCost, worth_a_row
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
@@ -444,8 +444,9 @@ class Scheduler:
         """Draft rows from the budget and the KV cells left, most promising sequence first,
         each draft token only while it raises the step's expected tokens per second
         (``worth_a_row``): at high concurrency a row costs as much as it can yield, and
-        drafting stops by itself. A sequence still owing its n > 1 siblings a KV copy does
-        not draft (the copy must hold the prompt only)."""
+        drafting stops by itself. A sequence whose estimate is not worth a row may probe
+        with one token now and then (speculative.py). A sequence still owing its n > 1
+        siblings a KV copy does not draft (the copy must hold the prompt only)."""
         step = self.counters.steps
         candidates = []
         for request in decoding:
@@ -461,18 +462,31 @@ class Scheduler:
         rows, expected = len(decoding), float(len(decoding))
         candidates.sort(key=lambda candidate: -candidate[0])
         for chance, request, drafter in candidates:
-            if room <= 0 or not worth_a_row(chance, rows, expected, fixed, per_row):
-                break  # the best remaining chance is not worth a row: none is
-            limit = min(drafter.n_max, room, request.params.max_tokens - request.num_generated - 1,
+            if room <= 0:
+                break
+            probe = not worth_a_row(chance, rows, expected, fixed, per_row)
+            if probe and not (drafter.may_probe(step)
+                              and worth_a_row(PROBE_CHANCE, rows, expected, fixed, per_row)):
+                continue
+            limit = min(1 if probe else drafter.n_max, room,
+                        request.params.max_tokens - request.num_generated - 1,
                         self.n_ctx - len(request.token_ids) - 1)
             draft = drafter.propose(request.token_ids, limit)
-            probability, count = 1.0, 0
-            for _ in draft:
-                probability *= chance
-                if not worth_a_row(probability, rows, expected, fixed, per_row):
-                    break
-                rows, expected, count = rows + 1, expected + probability, count + 1
+            if probe:
+                count = len(draft)
+                if count:
+                    drafter.start_probe(step)
+            else:
+                probability, count = 1.0, 0
+                for _ in draft:
+                    probability *= chance
+                    if not worth_a_row(probability, rows, expected, fixed, per_row):
+                        break
+                    count += 1
+                    rows, expected = rows + 1, expected + probability
             if count:
+                if probe:
+                    rows, expected = rows + 1, expected + chance
                 builder.add_draft(request, draft[:count])
                 room -= count
 

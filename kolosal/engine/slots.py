@@ -41,10 +41,11 @@ class SlotTable:
         return sum(1 for slot in self.slots if not slot.busy)
 
     def acquire(self, token_ids: list[int]) -> tuple[Slot, int] | None:
-        """Take a free slot: the one whose whole cache this request extends (the longest
-        such), else an empty one, else the least recently used, so the caches of other
-        conversations stay alive. Returns it and how many leading tokens its own KV
-        already holds (never the last token: its logits are needed)."""
+        """Take a free slot: the one whose whole cache this request extends, or that holds
+        the request's whole prompt (the longest such: nothing is lost, and a repeated
+        request lands in the same cells), else an empty one, else the least recently used,
+        so the caches of other conversations stay alive. Returns it and how many leading
+        tokens its own KV already holds (never the last token: its logits are needed)."""
         best: Slot | None = None
         best_rank: tuple[int, int, int] = (-1, 0, 0)
         best_prefix = 0
@@ -52,10 +53,10 @@ class SlotTable:
             if slot.busy:
                 continue
             prefix = common_prefix_length(slot.cached_ids, token_ids)
-            # whole cache reused (the longer the better) > empty > least recently used
+            # nothing lost (the longer the better) > empty > least recently used
             if not slot.cached_ids:
                 rank = (1, 0, 0)
-            elif prefix == len(slot.cached_ids):
+            elif prefix == len(slot.cached_ids) or prefix >= len(token_ids) - 1:
                 rank = (2, prefix, 0)
             else:
                 rank = (0, 0, -slot.last_used)

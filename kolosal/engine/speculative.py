@@ -17,13 +17,18 @@ NGRAM_SIZES = (3, 2)           # longest first: a longer match predicts better
 KEY_BITS = 21                  # token ids below 2**21 pack into one int per n-gram
 KEY_MASK = (1 << KEY_BITS) - 1
 
-# Acceptance estimate: decayed counts of accepted and rejected draft tokens, from a prior
-# that lets a new sequence try a short draft.
+# Acceptance estimate: decayed counts of accepted and rejected draft tokens on top of a
+# prior (0.6). MAX_FAILURES drafts in a row with nothing accepted pause the sequence (16
+# steps, doubling to 512). A sequence whose estimate is not worth a row may still probe with
+# a one-token draft when a sequence that copies its context (PROBE_CHANCE) would be worth
+# it, so a good sequence can prove itself; probes come 16 steps apart, then ever rarer
+# (doubling), until the sequence drafts on its own estimate again.
 PRIOR_HITS, PRIOR_MISSES = 1.2, 0.8
 DECAY = 0.85                   # per verified draft: the estimate follows ~7 recent drafts
-REFRESH_STEPS = 64             # a sequence that has not drafted this long starts afresh
-MAX_FAILURES = 3               # drafts in a row with nothing accepted before a pause
+MAX_FAILURES = 3
 BACKOFF_STEPS, MAX_BACKOFF_STEPS = 16, 512
+PROBE_CHANCE = 0.9
+PROBE_STEPS, MAX_PROBE_STEPS = 16, 1024
 
 
 def _key(tokens: list[int], start: int, size: int) -> int:
@@ -37,17 +42,19 @@ class Drafter:
     """Prompt-lookup drafting for one sequence and the record of how its drafts did."""
 
     __slots__ = ("n_max", "_index", "_indexed", "hits", "misses", "failures", "backoff",
-                 "resume_at", "last_step", "proposed", "accepted")
+                 "resume_at", "probe_at", "probe_gap", "probing", "proposed", "accepted")
 
     def __init__(self, n_max: int) -> None:
         self.n_max = n_max
         self._index: tuple[dict[int, int], ...] = tuple({} for _ in NGRAM_SIZES)
         self._indexed = 0          # n-grams ending before this position are indexed
-        self.hits, self.misses = PRIOR_HITS, PRIOR_MISSES
-        self.failures = 0
+        self.hits = self.misses = 0.0  # decayed evidence
+        self.failures = 0          # drafts in a row with nothing accepted
         self.backoff = BACKOFF_STEPS
-        self.resume_at = 0         # no drafts before this step (after repeated failures)
-        self.last_step = 0         # step of the last verified draft
+        self.resume_at = 0         # no drafts before this step (after failures)
+        self.probe_at = 0          # no probe before this step
+        self.probe_gap = PROBE_STEPS
+        self.probing = False       # the draft in flight is a probe
         self.proposed = 0          # totals, for the stats
         self.accepted = 0
 
@@ -56,10 +63,15 @@ class Drafter:
         was; 0 while paused."""
         if step < self.resume_at:
             return 0.0
-        if step - self.last_step > REFRESH_STEPS:
-            self.hits, self.misses = PRIOR_HITS, PRIOR_MISSES
-            self.last_step = step
-        return self.hits / (self.hits + self.misses)
+        return (self.hits + PRIOR_HITS) / (self.hits + self.misses + PRIOR_HITS + PRIOR_MISSES)
+
+    def may_probe(self, step: int) -> bool:
+        return step >= self.probe_at and step >= self.resume_at
+
+    def start_probe(self, step: int) -> None:
+        self.probing = True
+        self.probe_at = step + self.probe_gap
+        self.probe_gap = min(2 * self.probe_gap, MAX_PROBE_STEPS)
 
     def propose(self, tokens: list[int], limit: int) -> list[int]:
         """Up to ``limit`` tokens that followed the latest earlier occurrence of the
@@ -84,19 +96,20 @@ class Drafter:
         """A verified draft: ``accepted`` of its ``proposed`` tokens matched."""
         self.proposed += proposed
         self.accepted += accepted
-        self.last_step = step
         self.hits = self.hits * DECAY + accepted
         self.misses = self.misses * DECAY + (accepted < proposed)
+        probe, self.probing = self.probing, False
+        if probe:
+            return
         if accepted:
-            self.failures, self.backoff = 0, BACKOFF_STEPS
+            self.failures, self.backoff, self.probe_gap = 0, BACKOFF_STEPS, PROBE_STEPS
             return
         self.failures += 1
         if self.failures >= MAX_FAILURES:  # keeps failing: pause, longer each time
             self.resume_at = step + self.backoff
             self.backoff = min(2 * self.backoff, MAX_BACKOFF_STEPS)
             self.failures = 0
-            self.hits, self.misses = PRIOR_HITS, PRIOR_MISSES
-            self.last_step = self.resume_at
+            self.hits = self.misses = 0.0
 
     def _catch_up(self, tokens: list[int]) -> None:
         """Index the n-grams that end at positions [indexed, len - 1): each maps to the

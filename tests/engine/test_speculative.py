@@ -14,7 +14,14 @@ from kolosal.engine.request import (
     TokenEvent,
 )
 from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
-from kolosal.engine.speculative import BACKOFF_STEPS, MAX_FAILURES, Drafter, StepCost, worth_a_row
+from kolosal.engine.speculative import (
+    BACKOFF_STEPS,
+    MAX_FAILURES,
+    PROBE_STEPS,
+    Drafter,
+    StepCost,
+    worth_a_row,
+)
 
 from .test_scheduler import FakeMemory
 
@@ -240,3 +247,36 @@ def test_acceptance_steers_the_draft_length() -> None:
         plan = scheduler.schedule()  # type: ignore[assignment]
         lengths.append(plan.num_draft_rows)
     assert lengths[-1] > 3 and lengths == sorted(lengths)
+
+
+def costly(scheduler: Scheduler, fixed: float, per_row: float) -> Scheduler:
+    scheduler.cost = StepCost()
+    for rows in (1, 2, 3, 5) * 10:
+        scheduler.cost.observe(rows, fixed + per_row * rows)
+    return scheduler
+
+
+def test_a_sequence_not_worth_drafting_probes_now_and_then() -> None:
+    # One row costs twice the fixed part: a new sequence's 0.6 is not worth a row, but a
+    # sequence that copies its context (0.9) would be: it probes with one token.
+    scheduler = costly(make(), 0.010, 0.020)
+    r = request()
+    plan = prefill(scheduler, r)
+    assert plan.drafts == [(0, 1, 1)] and r.drafter is not None and r.drafter.probing
+    scheduler.update(plan, StepOutput(np.array([1]), drafted=[[]]))  # rejected
+    assert r.drafter.failures == 0  # a probe does not count towards a pause
+    r.token_ids[-1] = 8  # back on the loop: a draft exists
+    for _ in range(PROBE_STEPS - 1):
+        plan = scheduler.schedule()  # type: ignore[assignment]
+        assert plan is not None and not plan.drafts
+        scheduler.update(plan, StepOutput(np.array([8])))
+        r.token_ids[-1] = 8
+    plan = scheduler.schedule()  # type: ignore[assignment]
+    assert plan is not None and plan.num_draft_rows == 1  # the next probe
+
+
+def test_no_probe_where_no_draft_can_pay() -> None:
+    scheduler = costly(make(), 0.0, 0.010)  # compute-bound: a row costs what it yields
+    r = request()
+    plan = prefill(scheduler, r)
+    assert not plan.drafts

@@ -1,0 +1,116 @@
+"""Speculative decoding and prefix sharing with the real model: speculation never changes
+what a request generates, the switches work both ways, a prefix borrowed from another slot
+gives the cold run's output."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry, SamplingParams, TokenEvent
+from kolosal.engine.request import SPECULATE_ON
+from kolosal.llama import Model
+
+from .helpers import greedy, loaded, run
+
+TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a "
+        "single step. All that glitters is not gold. Actions speak louder than words. Beauty is in "
+        "the eye of the beholder. ")
+# The model echoes the text: its continuation can be read from the prompt.
+ECHO = "Repeat the text exactly.\nText: " + TEXT + "\nRepeat: " + TEXT[:40]
+
+
+async def speculated(engine: AsyncEngine, ids: list[int], params: SamplingParams) -> tuple[str, int, int]:
+    """(text, completion tokens, draft tokens accepted during the run)."""
+    before = engine.stats()["spec_accepted_tokens"]
+    result = await run(engine, ids, params)
+    assert result.finish is not None
+    return result.text, result.finish.usage.completion_tokens, engine.stats()["spec_accepted_tokens"] - before
+
+
+async def test_speculative_greedy_generates_what_plain_greedy_does(engine: AsyncEngine) -> None:
+    ids = await engine.tokenize(ECHO)
+    await run(engine, ids, greedy(1))  # the same cache state (the prompt cached) for both runs
+    plain, plain_count, none = await speculated(engine, ids, greedy(64, ignore_eos=True, speculative=0))
+    spec, spec_count, accepted = await speculated(engine, ids, greedy(64, ignore_eos=True, speculative=8))
+    assert none == 0 and accepted > 0  # the per-request switch, both ways
+    assert spec == plain and spec_count == plain_count == 64
+    assert "journey of a thousand miles" in spec
+
+
+async def test_seeded_sampling_draws_the_same_tokens_with_speculation(engine: AsyncEngine) -> None:
+    """A sampled draft token is accepted iff the request's own sampler chain draws it from
+    that row (the acceptance rule for a deterministic draft), so every emitted token costs
+    one draw and one penalty update, as without speculation: a seeded request generates
+    the same text either way. One-token drafts keep every batch under 4 rows, where
+    libllama's CPU kernels give bitwise the logits of a one-row decode (from 4 rows on a
+    gemm kernel moves them by up to ~0.9: README, Known limits)."""
+    ids = await engine.tokenize(ECHO)
+    await run(engine, ids, greedy(1))
+
+    def params(speculative: int) -> SamplingParams:
+        return SamplingParams(max_tokens=48, temperature=0.7, top_p=0.95, repeat_penalty=1.05, seed=11,
+                              ignore_eos=True, speculative=speculative)
+
+    plain, _, _ = await speculated(engine, ids, params(0))
+    spec, _, accepted = await speculated(engine, ids, params(1))
+    assert accepted > 0 and spec == plain
+
+
+async def test_a_stop_string_inside_an_accepted_draft(engine: AsyncEngine) -> None:
+    ids = await engine.tokenize(ECHO)
+    await run(engine, ids, greedy(1))
+    plain = await run(engine, ids, greedy(64, stop=("glitters",), speculative=0))
+    spec = await run(engine, ids, greedy(64, stop=("glitters",), speculative=8))
+    assert spec.finish is not None and spec.finish.finish_reason.value == "stop"
+    assert spec.text == plain.text and spec.text.endswith("All that ")
+    assert plain.finish is not None and spec.finish.usage == plain.finish.usage
+
+
+async def test_the_engine_switch(registry: EngineRegistry, model_path: Path) -> None:
+    config = EngineConfig("no-spec", str(model_path), n_ctx=1024, n_parallel=2, spec_draft_max=0)
+    async with loaded(registry, config) as engine:
+        ids = await engine.tokenize(ECHO)
+        off, _, none = await speculated(engine, ids, greedy(48, ignore_eos=True))
+        on, _, accepted = await speculated(engine, ids, greedy(48, ignore_eos=True, speculative=SPECULATE_ON))
+        stats = engine.stats()
+    assert none == 0 and accepted > 0, (stats, on, off)
+
+
+SYSTEM = ("You are a careful assistant. Answer briefly, in plain words, and never invent facts. "
+          "When the user lists things, continue the list in the same format.\n")
+QUESTION = "Count: 1, 2, 3, 4, 5,"
+
+
+async def test_a_prefix_shared_from_a_running_slot_gives_the_cold_output(
+        registry: EngineRegistry, model_path: Path, llama_model: Model) -> None:
+    system_ids = llama_model.vocab.tokenize(SYSTEM)
+    ids = llama_model.vocab.tokenize(SYSTEM + QUESTION)
+    other = llama_model.vocab.tokenize(SYSTEM + "Colours: red, green,")
+    assert ids[:len(system_ids)] == system_ids == other[:len(system_ids)]
+    assert ids[len(system_ids)] != other[len(system_ids)]
+    # n_batch = the shared prefix: the cold prefill splits where the shared cells end.
+    def config(engine_id: str) -> EngineConfig:
+        return EngineConfig(engine_id, str(model_path), n_ctx=1024, n_parallel=4, n_batch=len(system_ids))
+
+    async with loaded(registry, config("cold")) as cold:
+        expected = await run(cold, ids, greedy(12, speculative=0))
+    async with loaded(registry, config("prefix-shared")) as engine:
+        started, done = asyncio.Event(), asyncio.Event()
+
+        async def neighbour() -> None:
+            params = greedy(400, ignore_eos=True, speculative=0)
+            async for _, event in engine.generate(other, params, "other"):
+                if isinstance(event, TokenEvent):
+                    started.set()  # its prompt is computed: the system prompt is in its cells
+                if done.is_set():
+                    break
+
+        task = asyncio.create_task(neighbour())
+        await asyncio.wait_for(started.wait(), 120)
+        copies = engine.stats()["prefix_copies"]
+        result = await run(engine, ids, greedy(12, speculative=0))
+        done.set()
+        await task
+        assert engine.stats()["prefix_copies"] == copies + 1
+    assert result.finish is not None and result.finish.usage.cached_tokens == len(system_ids)
+    assert result.text == expected.text
