@@ -205,5 +205,6 @@ def configure(config: Config) -> None:
 
 def install() -> None:
     """Make Hypercorn build these protocols for every new connection."""
-    hypercorn.protocol.H11Protocol = HangupAwareH11Protocol  # type: ignore[misc]
-    hypercorn.protocol.H2Protocol = GuardedH2Protocol  # type: ignore[misc]
+    wrapper_namespace: Any = hypercorn.protocol  # ProtocolWrapper's globals
+    wrapper_namespace.H11Protocol = HangupAwareH11Protocol
+    wrapper_namespace.H2Protocol = GuardedH2Protocol
