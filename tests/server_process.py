@@ -47,7 +47,9 @@ def stop_server(server: ServerProcess) -> None:
     stop_process(server.process)
 
 
-def wait_idle(base_url: str, engine_id: str = ENGINE, timeout: float = 10.0) -> dict[str, Any]:
+def wait_idle(base_url: str, engine_id: str = ENGINE, timeout: float = 120.0) -> dict[str, Any]:
+    """The engine's status once no slot is busy and nothing is queued, or the last one at
+    ``timeout`` (generous: it returns as soon as the engine is idle, even on a loaded box)."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
