@@ -32,7 +32,7 @@ class ServerSettings:
     n_ctx: int          # total KV cells: ours is one shared pool, llama-server splits it per slot
     parallel: int
     peer_kv_unified: bool = False  # give llama-server one shared pool too (-kvu)
-    peer_chat_template: str | None = None  # llama-server --chat-template (e.g. "gemma")
+    peer_chat_template: str | None = None  # llama-server's built-in chat template (e.g. "gemma")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +84,8 @@ def llama_server_spec(settings: ServerSettings, binary: Path, spec_type: str | N
                "-t", str(settings.threads), "-c", str(settings.n_ctx), "-np", str(settings.parallel))
     if settings.peer_kv_unified:
         command += ("--kv-unified",)
-    if settings.peer_chat_template:
-        command += ("--chat-template", settings.peer_chat_template)
+    if settings.peer_chat_template:  # a built-in template's name: with jinja on it would be the template text
+        command += ("--no-jinja", "--chat-template", settings.peer_chat_template)
     if spec_type:
         command += ("--spec-type", spec_type)
     return ServerSpec(f"llama-server+{spec_type}" if spec_type else "llama-server", command, "bench", port)

@@ -113,7 +113,7 @@ def test_peer_configurations(model_path: Path) -> None:
                               peer_chat_template="gemma")
     spec = llama_server_spec(settings, Path("/bin/llama-server"), "ngram-mod")
     assert spec.name == "llama-server+ngram-mod"
-    assert spec.command[-4:] == ("--chat-template", "gemma", "--spec-type", "ngram-mod")
+    assert spec.command[-5:] == ("--no-jinja", "--chat-template", "gemma", "--spec-type", "ngram-mod")
     assert "--kv-unified" in spec.command
     specs = server_specs(settings, (), None, {"kolosal": (), "nospec": ("--spec-draft-max", "0")})
     assert [s.name for s in specs] == ["kolosal", "nospec"]
