@@ -9,7 +9,7 @@ compare.json, compare.txt, summary.md (medians and the spread of the repeats) an
     python build_llama.py --with-server          # once: builds the benchmark peer
     python benchmarks/compare.py --workload short --levels 1,4,8,16,32,64 --raw
     python benchmarks/compare.py --workload echo --peer-spec-type ngram-mod \
-        --ours nospec="--spec-draft-max 0"
+        --ours spec="--spec-draft-max 8"
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "ngram-map-k4v, ngram-mod, ngram-cache); repeatable")
     parser.add_argument("--ours", action="append", default=[], metavar='NAME="FLAGS"',
                         help="also run our server as NAME with extra flags, e.g. "
-                             'nospec="--spec-draft-max 0"; repeatable')
+                             'spec="--spec-draft-max 8"; repeatable')
     parser.add_argument("--peer-kv-unified", action="store_true", default=None,
                         help="llama-server with one shared KV pool (-kvu), as ours; needed for long prompts "
                              "when n_ctx / parallel is smaller than a prompt (default: the workload's)")
