@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..gguf_header import read_gguf_metadata
-from ..llama import Batch, Context, ContextParams, DecodeStatus, Model, ModelParams
+from ..llama import Batch, Context, ContextParams, DecodeStatus, Model
 from ..llama.model import ProgressCallback
 from .config import EngineConfig
 from .errors import EngineOverloadedError, EngineStoppedError, InferenceError, InvalidRequestError
@@ -136,9 +136,7 @@ class EmbeddingRunner:
 
     def __init__(self, config: EngineConfig, pooling: str,
                  progress: ProgressCallback | None = None) -> None:
-        self.model = Model(config.model_path,
-                           ModelParams(n_gpu_layers=config.n_gpu_layers, main_gpu=config.main_gpu_id,
-                                       use_mmap=config.use_mmap), progress=progress)
+        self.model = Model(config.model_path, config.model_params(), progress=progress)
         budget, n_seq_max = step_shape(config)
         try:
             # Pooling needs each sequence whole in one micro-batch: n_ubatch = n_batch.

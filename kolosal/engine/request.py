@@ -33,6 +33,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False             # benchmarks: generate exactly max_tokens
+    cache_prompt: bool = True            # start from the longest cached prefix of the prompt
     logprobs: int | None = None          # None: off; k: the sampled token's logprob + k best
     prompt_logprobs: bool = False        # also each prompt token's logprob (completions echo)
     grammar: str | None = None           # an llguidance grammar the output must match

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..llama import Batch, Context, ContextParams, DecodeStatus, Model, ModelParams, Sampler, SamplerSettings
+from ..llama import Batch, Context, DecodeStatus, Model, Sampler, SamplerSettings
 from ..llama.grammar import build_lltokenizer, is_grammar_special
 from ..llama.model import ProgressCallback
 from ..toolcalls.families import special_token_ids
@@ -43,14 +43,9 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, progress: ProgressCallback | None = None) -> None:
-        self.model = Model(config.model_path,
-                           ModelParams(n_gpu_layers=config.n_gpu_layers, main_gpu=config.main_gpu_id,
-                                       use_mmap=config.use_mmap), progress=progress)
+        self.model = Model(config.model_path, config.model_params(), progress=progress)
         try:
-            self.context = Context(self.model, ContextParams(
-                n_ctx=config.n_ctx, n_batch=config.n_batch, n_ubatch=config.n_batch,
-                n_seq_max=config.resolved_parallel, n_threads=config.n_threads,
-                flash_attn=config.flash_attn))
+            self.context = Context(self.model, config.context_params())
         except Exception:
             self.model.close()
             raise
@@ -58,7 +53,7 @@ class ModelRunner:
         self.vocab = self.model.vocab
         self.num_slots = config.resolved_parallel
         self.policy = SchedulerPolicy(prefill_budget=config.prefill_budget,
-                                      draft_max=config.spec_draft_max, swa_window=self.model.n_swa)
+                                      draft_max=config.resolved_spec_draft_max, swa_window=self.model.n_swa)
         self._grammar: GrammarEngine | None = None
         self._grammar_lock = threading.Lock()
 

@@ -346,7 +346,8 @@ class Scheduler:
             if self.running and active + request.num_pending > self.n_ctx:
                 break  # would not fit even with every cache evicted: wait for room
             self.waiting.popleft()
-            self._start(request, reuse_prefix=not request.params.prompt_logprobs)
+            params = request.params
+            self._start(request, reuse_prefix=params.cache_prompt and not params.prompt_logprobs)
             for fork in request.forks:
                 self._start(fork, reuse_prefix=False)
 
@@ -408,14 +409,16 @@ class Scheduler:
 
     def _drafter_for(self, request: Request) -> Drafter | None:
         """Requests with a grammar or logprobs do not speculate: their rows need masks or
-        log-probabilities that a draft row's verification does not compute."""
+        log-probabilities that a draft row's verification does not compute. A request that
+        asks for drafts itself gets them whenever the step has room (like llama-server's
+        per-request ``speculative.n_max``); the engine's default drafts only while worth it."""
         params = request.params
         n_max = self.policy.draft_max if params.speculative is None else params.speculative
         if n_max == SPECULATE_ON:
             n_max = self.policy.draft_max or DEFAULT_DRAFT_MAX
         if n_max <= 0 or request.constraint is not None or params.logprobs is not None:
             return None
-        return Drafter(n_max)
+        return Drafter(n_max, asked=params.speculative is not None)
 
     def _ensure_decode_room(self) -> list[Request]:
         """The sequences that decode one token this step, with KV room made for them."""
@@ -445,7 +448,8 @@ class Scheduler:
         each draft token only while it raises the step's expected tokens per second
         (``worth_a_row``): at high concurrency a row costs as much as it can yield, and
         drafting stops by itself. A sequence whose estimate is not worth a row may probe
-        with one token now and then (speculative.py). A sequence still owing its n > 1
+        with one token now and then (speculative.py). A request that asked for drafts takes
+        them without the cost check. A sequence still owing its n > 1
         siblings a KV copy does not draft (the copy must hold the prompt only)."""
         step = self.counters.steps
         candidates = []
@@ -457,6 +461,9 @@ class Scheduler:
                     candidates.append((chance, request, drafter))
         if not candidates:
             return
+        asked = sum(drafter.n_max for _, _, drafter in candidates if drafter.asked)
+        if asked:  # drafts a request asked for may evict prefix caches; the engine's own use free cells
+            self._make_room(len(builder.tokens) + min(asked, builder.budget))
         room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
         fixed, per_row = self.cost.line()
         rows, expected = len(decoding), float(len(decoding))
@@ -464,7 +471,7 @@ class Scheduler:
         for chance, request, drafter in candidates:
             if room <= 0:
                 break
-            probe = not worth_a_row(chance, rows, expected, fixed, per_row)
+            probe = not drafter.asked and not worth_a_row(chance, rows, expected, fixed, per_row)
             if probe and not (drafter.may_probe(step)
                               and worth_a_row(PROBE_CHANCE, rows, expected, fixed, per_row)):
                 continue
@@ -476,6 +483,9 @@ class Scheduler:
                 count = len(draft)
                 if count:
                     drafter.start_probe(step)
+            elif drafter.asked:
+                count = len(draft)
+                rows, expected = rows + count, expected + chance * count
             else:
                 probability, count = 1.0, 0
                 for _ in draft:

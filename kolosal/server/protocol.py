@@ -156,6 +156,7 @@ class SamplingFields(Strict):
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     user: str | None = None          # accepted, unused
     ignore_eos: bool = False         # non-standard, as in llama-server: fixed-length outputs
+    cache_prompt: bool = True        # non-standard, as in llama-server: False = compute the whole prompt
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # non-standard: seconds, whole request
     speculative: bool | SpeculativeOptions | None = None  # non-standard: prompt-lookup drafts
     response_format: ResponseFormat | None = None
@@ -231,7 +232,7 @@ class SamplingFields(Strict):
             seed=None if self.seed is None else self.seed & 0xFFFFFFFF,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repeat_penalty=self.repeat_penalty, logit_bias=bias,
-            stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos,
+            stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos, cache_prompt=self.cache_prompt,
             logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
             grammar=grammar, speculative=self.draft_max())
 

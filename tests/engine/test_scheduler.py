@@ -85,6 +85,22 @@ def test_prefix_cache_is_reused_by_the_next_request() -> None:
     assert scheduler.counters.cache_hits == 1
 
 
+def test_a_request_without_cache_prompt_computes_its_whole_prompt() -> None:
+    scheduler = make()
+    first = request([1, 2, 3, 4, 5], max_tokens=1)
+    scheduler.add(first)
+    plan = scheduler.schedule()
+    assert plan is not None
+    scheduler.update(plan, StepOutput(np.array([9])))
+    second = Request("uncached", [1, 2, 3, 4, 6],
+                     SamplingParams(max_tokens=1, temperature=0.0, cache_prompt=False), 0.0)
+    scheduler.add(second)
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert second.num_cached == 0 and plan.scheduled == [(second, 5)]
+    assert scheduler.counters.cache_hits == 0
+
+
 def memory_of(scheduler: Scheduler) -> FakeMemory:
     memory = scheduler.memory
     assert isinstance(memory, FakeMemory)

@@ -29,10 +29,11 @@ from .test_scheduler import FakeMemory
 PROMPT = [1, 5, 6, 7, 8, 9, 5, 6, 7]
 
 
-def make(draft_max: int = 4, n_batch: int = 32, num_slots: int = 2, **policy: int) -> Scheduler:
-    scheduler = Scheduler(num_slots, 64, n_batch, FakeMemory(), piece_of=lambda t, special: f"<{t}>".encode(),
-                          is_eog=lambda t: t == 0, clock=lambda: 0.0,
-                          policy=SchedulerPolicy(draft_max=draft_max, **policy))
+def make(draft_max: int = 4, n_batch: int = 32, num_slots: int = 2, n_ctx: int = 64,
+         **policy: int) -> Scheduler:
+    scheduler = Scheduler(num_slots, n_ctx, n_batch, FakeMemory(),
+                          piece_of=lambda t, special: f"<{t}>".encode(), is_eog=lambda t: t == 0,
+                          clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=draft_max, **policy))
     for _ in range(20):  # rows nearly free: every draft token is worth its row
         scheduler.cost.observe(1, 1.0)
         scheduler.cost.observe(33, 1.001)
@@ -188,12 +189,12 @@ def test_drafts_take_only_the_budget_left_after_decode_rows_and_prompts() -> Non
 
 
 def test_rows_that_cost_more_than_they_yield_are_not_drafted() -> None:
-    # Compute-bound: a step costs 10 ms per row and nothing fixed.
+    # Compute-bound: a step costs 10 ms per row and (almost) nothing fixed.
     cost = StepCost()
     for rows in (1, 2, 4, 8, 16, 32) * 10:
-        cost.observe(rows, 0.010 * rows)
+        cost.observe(rows, 0.001 + 0.010 * rows)
     fixed, per_row = cost.line()
-    assert abs(per_row - 0.010) < 1e-4 and fixed < 1e-3
+    assert abs(per_row - 0.010) < 5e-4 and abs(fixed - 0.5 * per_row) < 1e-9  # the floor
     assert not worth_a_row(0.9, 32, 32.0, fixed, per_row)
     # A memory-bound step (12 ms fixed, 1 ms per row): a likely token is worth a row...
     assert worth_a_row(0.6, 1, 1.0, 0.012, 0.001)
@@ -276,7 +277,32 @@ def test_a_sequence_not_worth_drafting_probes_now_and_then() -> None:
 
 
 def test_no_probe_where_no_draft_can_pay() -> None:
-    scheduler = costly(make(), 0.0, 0.010)  # compute-bound: a row costs what it yields
-    r = request()
-    plan = prefill(scheduler, r)
-    assert not plan.drafts
+    scheduler = costly(make(num_slots=8, n_batch=128, n_ctx=256), 0.0, 0.010)  # compute-bound
+    requests = [request(rid=f"r{i}") for i in range(8)]
+    plan = prefill(scheduler, *requests)
+    assert plan.num_decode_rows == 8 and not plan.drafts
+
+
+def test_a_request_that_asks_for_drafts_gets_them_where_the_engine_would_not() -> None:
+    scheduler = costly(make(num_slots=8, n_batch=128, n_ctx=256), 0.0, 0.010)  # no draft pays
+    engine_default = [request(rid=f"r{i}") for i in range(7)]
+    asked = request(rid="asked", speculative=2)
+    plan = prefill(scheduler, *engine_default, asked)
+    assert plan.num_decode_rows == 8
+    assert [count for _, _, count in plan.drafts] == [2]  # only the request that asked, all it asked
+
+
+def test_drafts_a_request_asked_for_evict_a_prefix_cache_where_the_cache_is_full() -> None:
+    def fill_then_draft(asked: bool) -> tuple[int, int]:
+        scheduler = make(num_slots=2, n_ctx=41)  # room for the decode row and one more
+        first = request(prompt=list(range(100, 130)), max_tokens=1, rid="cached")  # 30 cells stay
+        scheduler.add(first)
+        plan = scheduler.schedule()
+        assert plan is not None
+        scheduler.update(plan, StepOutput(np.array([8])))
+        second = request(rid="drafting", speculative=2) if asked else request(rid="drafting")
+        plan = prefill(scheduler, second)
+        return plan.num_draft_rows, scheduler.kv_cells_cached()
+
+    assert fill_then_draft(asked=False) == (1, 30)  # the engine's drafts use the one free cell
+    assert fill_then_draft(asked=True) == (2, 0)    # an asked draft evicts the cache

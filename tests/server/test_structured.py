@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import jsonschema
@@ -61,7 +61,7 @@ class Pet(BaseModel):
     species: Species
     age_years: int = Field(ge=0, le=30)
     weight_kg: float = Field(ge=0.5, le=80, multiple_of=0.5)
-    toys: list[str] = Field(max_length=3)
+    toys: list[Annotated[str, Field(max_length=20)]] = Field(max_length=3)  # each toy bounded too
     owner: Owner
     vaccinated: bool
     nickname: str | None = Field(default=None, max_length=16)
