@@ -72,16 +72,17 @@ async def first_token_s(client: httpx.AsyncClient, prompt: str, n: int, max_toke
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "n": n, "stream": True,
             "temperature": 0.0, "ignore_eos": True}
     started = time.perf_counter()
+    elapsed = None
     async with client.stream("POST", "/v1/completions", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-        async for line in response.aiter_lines():
+        async for line in response.aiter_lines():  # read to the end: the request completes
             data = line[5:].strip() if line.startswith("data:") else ""
-            if data and data != "[DONE]" and chunk_text(json.loads(data)):
+            if elapsed is None and data and data != "[DONE]" and chunk_text(json.loads(data)):
                 elapsed = time.perf_counter() - started
-                await response.aread()
-                return elapsed
-    raise RuntimeError("the stream had no text")
+    if elapsed is None:
+        raise RuntimeError("the stream had no text")
+    return elapsed
 
 
 def choices_check(settings: ServerSettings, requests: int, repeats: int, out: Path,

@@ -25,6 +25,20 @@ def needs_model(item: pytest.Item) -> bool:
     return bool(fixtures & MODEL_FIXTURES) or item.path.is_relative_to(LIBLLAMA_DIR)
 
 
+MODEL_MODULE = "pytestmark = pytest.mark.model"  # a module whose every test needs the model
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The pure lane (``-m "not model"``) does not even import a module that declares all its
+    tests model tests: the clients they drive (openai, LangChain, LiteLLM, schemathesis,
+    playwright) are most of the lane's collection time. Deselection gives the same set."""
+    if str(config.getoption("markexpr", "")).strip() != "not model" or collection_path.suffix != ".py":
+        return None
+    if collection_path.name.startswith("test_") and MODEL_MODULE in collection_path.read_text():
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if needs_model(item):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..gguf_header import ArrayInfo, read_gguf_metadata
 from .config import KV_CACHE_BYTES, EngineConfig
+from .embedding import resolve_pooling, step_shape
 
 F32_BYTES = 4
 # Compute scratch (activations of one ubatch) is not in the metadata; it is small next to
@@ -88,6 +89,15 @@ def _model_shape(path: str, size: int, mtime_ns: int) -> ModelShape:
                       n_vocab=tokens.length if isinstance(tokens, ArrayInfo) else 0)
 
 
+def _output_rows(config: EngineConfig) -> int:
+    """Rows of libllama's output buffer (n_vocab floats each): one per sequence for a
+    generation engine; every token of a step for an embedding context, where each token
+    is an output (512 rows: 512 MiB for a 262k vocabulary)."""
+    if resolve_pooling(config) is not None:
+        return step_shape(config)[0]
+    return max(config.resolved_parallel, 1)
+
+
 def estimate_memory(config: EngineConfig) -> MemoryEstimate:
     """Weights + KV cache + buffers of ``config``'s engine, before loading it."""
     stat = Path(config.model_path).stat()
@@ -96,6 +106,6 @@ def estimate_memory(config: EngineConfig) -> MemoryEstimate:
     type_k, type_v = config.resolved_cache_types
     per_cell = shape.k_dims_per_cell * KV_CACHE_BYTES[type_k] + shape.v_dims_per_cell * KV_CACHE_BYTES[type_v]
     kv_cache = int(config.n_ctx * shape.n_layer * per_cell)
-    logits = shape.n_vocab * F32_BYTES * max(config.resolved_parallel, 1)
+    logits = shape.n_vocab * F32_BYTES * _output_rows(config)
     scratch = SCRATCH_FIXED_BYTES + int(SCRATCH_SHARE * (weights + kv_cache))
     return MemoryEstimate(weights=weights, kv_cache=kv_cache, buffers=logits + scratch)

@@ -34,6 +34,7 @@ def _is_special(attr: int, piece: bytes, control: int, user_defined: int) -> boo
 def is_grammar_special(vocab: Vocab, token: int) -> bool:
     """Whether the grammar tokenizer marks this token special (grammars name it by id)."""
     native_lib = vocab._lib
+    vocab._check(token)
     attr = int(native_lib.llama_vocab_get_attr(vocab._ptr, token))
     return _is_special(attr, vocab.token_to_piece(token, special=True),
                        native_lib.LLAMA_TOKEN_ATTR_CONTROL, native_lib.LLAMA_TOKEN_ATTR_USER_DEFINED)

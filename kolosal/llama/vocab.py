@@ -4,8 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 
+class TokenOutOfRangeError(ValueError):
+    """A token id outside the vocabulary: libllama would throw across its C API (an abort)."""
+
+
 class Vocab:
-    """Borrowed view of a model's llama_vocab; valid while the model is open."""
+    """Borrowed view of a model's llama_vocab; valid while the model is open. Every call
+    that takes token ids checks them first: libllama indexes its token table with
+    ``.at()``, and the exception it throws for a bad id ends the process."""
 
     def __init__(self, ffi: Any, lib: Any, ptr: Any) -> None:
         self._ffi, self._lib, self._ptr = ffi, lib, ptr
@@ -34,12 +40,17 @@ class Vocab:
                                              add_special, parse_special)
         return list(self._ffi.unpack(tokens, count))
 
+    def _check(self, token: int) -> None:
+        if not 0 <= token < self.n_tokens:
+            raise TokenOutOfRangeError(f"token id {token} is outside the vocabulary (0-{self.n_tokens - 1})")
+
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         """The bytes of one token (cached: called once per generated token)."""
         if not special:
             cached = self._pieces.get(token)
             if cached is not None:
                 return cached
+        self._check(token)
         buf = self._ffi.new("char[]", 64)
         size = self._lib.llama_token_to_piece(self._ptr, token, buf, 64, 0, special)
         if size < 0:
@@ -52,6 +63,9 @@ class Vocab:
 
     def detokenize(self, tokens: list[int], remove_special: bool = False,
                    unparse_special: bool = False) -> bytes:
+        if tokens:
+            self._check(min(tokens))
+            self._check(max(tokens))
         array = self._ffi.new("llama_token[]", tokens)
         capacity = max(16, len(tokens) * 8)
         buf = self._ffi.new("char[]", capacity)
@@ -68,10 +82,12 @@ class Vocab:
         """End-of-generation (EOS, EOT, ...): cached per token id."""
         cached = self._eog.get(token)
         if cached is None:
+            self._check(token)
             cached = bool(self._lib.llama_vocab_is_eog(self._ptr, token))
             self._eog[token] = cached
         return cached
 
     def token_text(self, token: int) -> str:
+        self._check(token)
         text = self._ffi.string(self._lib.llama_vocab_get_text(self._ptr, token))
         return str(text.decode("utf-8", "replace"))

@@ -84,6 +84,9 @@ def test_memory_estimate_from_gguf_metadata(model_path: Path) -> None:
     assert estimate.buffers >= 8 * 262144 * 4  # one step's logits rows
     bigger = estimate_memory(EngineConfig("m", str(model_path), n_ctx=8192, n_parallel=8))
     assert bigger.kv_cache == 2 * estimate.kv_cache
+    # An embedding context outputs every token of a step: 512 rows of 262k floats (512 MiB).
+    embedding = estimate_memory(EngineConfig("e", str(model_path), n_ctx=4096, n_parallel=8, embedding=True))
+    assert embedding.buffers - estimate.buffers >= (512 - 8) * 262144 * 4
 
 
 def test_metadata_of_a_truncated_file_is_refused(model_path: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from kolosal.gguf_header import InvalidModelFileError
 from kolosal.llama import Batch, Context, ContextParams, Model, ModelLoadError, ModelParams
+from kolosal.llama.vocab import TokenOutOfRangeError
 
 
 def test_model_facts(llama_model: Model) -> None:
@@ -30,6 +31,17 @@ def test_tokenize_round_trip(llama_model: Model, text: str) -> None:
     assert llama_model.vocab.detokenize(tokens).decode("utf-8") == text
     pieces = b"".join(llama_model.vocab.token_to_piece(t) for t in tokens)
     assert pieces.decode("utf-8") == text
+
+
+@pytest.mark.parametrize("token", [-1, 262144, 2**31 - 1])
+def test_token_ids_outside_the_vocabulary_raise_instead_of_aborting(llama_model: Model, token: int) -> None:
+    vocab = llama_model.vocab
+    calls = (lambda: vocab.token_to_piece(token), lambda: vocab.token_to_piece(token, special=True),
+             lambda: vocab.detokenize([2, token]), lambda: vocab.is_eog(token),
+             lambda: vocab.token_text(token))
+    for call in calls:
+        with pytest.raises(TokenOutOfRangeError):
+            call()
 
 
 def greedy(context: Context, batch: Batch, prompt: list[int], n: int, seq_id: int = 0,

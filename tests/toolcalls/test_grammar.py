@@ -64,11 +64,13 @@ def grammars() -> dict[tuple[ToolFamily, bool], str]:
 def test_valid_calls_are_accepted(family: ToolFamily, grammars: dict[Any, str]) -> None:
     one = calls_text(family, ("get_weather", {"city": "Paris", "unit": "celsius", "days": 3}))
     several = calls_text(family, ("get_weather", {"city": "Oslo"}), ("get", {"n": 0.5}),
-                         ("get_time", {}), ("no_params", {"anything": [1]}))
+                         ("get_time", {}), ("no_params", {}))
     assert accepts(grammars[family, True], one)
     assert accepts(grammars[family, True], several)
     assert accepts(grammars[family, False], one)
     assert not accepts(grammars[family, False], several)  # parallel_tool_calls: false
+    # A function without parameters takes none (OpenAI: "an empty parameter list").
+    assert not accepts(grammars[family, True], calls_text(family, ("no_params", {"anything": [1]})))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -267,3 +269,20 @@ def test_grammars_validate_against_a_tokenizer() -> None:
     with pytest.raises(GrammarError):
         tool_call_grammar(ToolFamily.HERMES, TOOLS, special_tokens={"<tool_call>": 99999},
                           tokenizer=TOKENIZER)
+
+
+def test_objects_without_a_word_on_extra_keys_admit_none() -> None:
+    """As llama.cpp's grammars: a schema must say ``additionalProperties`` to allow other
+    keys; otherwise a small model can invent keys until max_tokens."""
+    tag = {"type": "object", "properties": {"t": {"type": "integer"}}}
+    person = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "tags": {"type": "array", "items": tag}}}
+    grammar = json_schema_grammar(person)
+    assert accepts(grammar, '{"name": "Ada", "tags": [{"t": 1}]}')
+    assert not accepts(grammar, '{"name": "Ada", "age": 3}')
+    assert not accepts(grammar, '{"tags": [{"t": 1, "u": 2}]}')
+    assert accepts(json_schema_grammar({**person, "additionalProperties": True}), '{"name": "Ada", "age": 3}')
+    call = tool_call_grammar(ToolFamily.HERMES, [{"type": "function", "function": {
+        "name": "f", "parameters": person}}], reasoning="none")
+    assert accepts(call, format_tool_calls(ToolFamily.HERMES, [("f", '{"name": "Ada"}')]))
+    assert not accepts(call, format_tool_calls(ToolFamily.HERMES, [("f", '{"name": "Ada", "x": 1}')]))
