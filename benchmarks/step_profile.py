@@ -46,8 +46,9 @@ def phase_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str
             "deliver_s": delta["deliver_s"]}
 
 
-async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: str) -> None:
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: str,
+                       logprobs: int | None = None) -> None:
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True, logprobs=logprobs)
 
     async def one(index: int) -> None:
         ids = await engine.tokenize(f"Request {tag}-{index}: once upon a time")
@@ -58,7 +59,7 @@ async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: 
 
 
 async def profile(concurrency: int, tokens: int, model: str | None = None, threads: int = 0,
-                  n_ctx: int = 0) -> Profile:
+                  n_ctx: int = 0, logprobs: int | None = None) -> Profile:
     registry = EngineRegistry()
     config = EngineConfig("profile", model or str(default_model_path()),
                           n_ctx=n_ctx or max(2048, concurrency * (tokens + 32)), n_parallel=concurrency,
@@ -69,7 +70,7 @@ async def profile(concurrency: int, tokens: int, model: str | None = None, threa
             await run_requests(engine, 1, 2, "warmup")  # page in weights; not counted below
             before = engine.stats()
             started = time.perf_counter()
-            await run_requests(engine, concurrency, tokens, "p")
+            await run_requests(engine, concurrency, tokens, "p", logprobs)
             wall = time.perf_counter() - started
             after = engine.stats()
     finally:
@@ -102,9 +103,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
     parser.add_argument("--n-ctx", type=int, default=0, help="KV cells (default: enough for C requests)")
+    parser.add_argument("--logprobs", type=int, default=None, help="top log-probabilities per token (0-20)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
-    result = asyncio.run(profile(args.concurrency, args.tokens, args.model, args.threads, args.n_ctx))
+    result = asyncio.run(profile(args.concurrency, args.tokens, args.model, args.threads, args.n_ctx,
+                                 args.logprobs))
     print(format_profile(result))
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(result), indent=2))

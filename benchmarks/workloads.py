@@ -92,7 +92,9 @@ WORKLOADS: dict[str, Workload] = {
                      notes=("llama-server gets --chat-template gemma: the default GGUF has no template, "
                             "and ours falls back to Gemma's turn format",)),
     "echo": Workload("echo", "a document, then 'repeat it' (or fix its typos) and its first line: "
-                     "outputs that copy the prompt", echo_sessions(), max_tokens=192, levels=(1, 8)),
+                     "outputs that copy the prompt", echo_sessions(), max_tokens=192, levels=(1, 8),
+                     # a 260-token prompt + 192 tokens do not fit llama-server's 8192/32 cells a slot
+                     peer_kv_unified=True),
 }
 
 

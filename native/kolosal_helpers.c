@@ -24,11 +24,12 @@ void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llam
  * top_ids/top_logprobs. k may be 0. Used only for rows that asked for logprobs, before any
  * grammar mask or sampler touches the row.
  *
- * Two passes written for the vectorizer (with -fno-trapping-math, see _ffi_build.py): the
+ * Written for the vectorizer (with -fno-trapping-math, see _ffi_build.py) and for one read
+ * of the row from memory (a 262k row is 1 MiB, and a step's rows are not in cache): the
  * k best (whose first is the max) by LANES-wide blocks that only fall back to scalar
  * insertion when a block holds a value above the k-th best, and the sum of exponentials in
- * LANES double accumulators with a polynomial float exp (glibc's expf does not vectorize:
- * 1.1-1.9 ms a 262k row before, 0.22-0.35 ms now on a 2-core AVX2 EPYC). */
+ * LANES double accumulators with a polynomial float exp (glibc's expf does not vectorize).
+ * 1.1-1.9 ms a 262k row before, ~0.3 ms now on a 2-core AVX2 EPYC. */
 #define LANES 16
 
 /* exp(x) for x <= 0 (Cephes' expf polynomial, relative error ~1e-7). Below -87 it returns
@@ -67,6 +68,55 @@ static inline void top_insert(int32_t token, float value, int32_t k, int32_t * f
     ids[at] = token;
 }
 
+/* The k best of logits[start, end) merged into the sorted top list; LANES-wide blocks are
+ * skipped with one vector compare unless they hold a value above the k-th best. */
+static void top_scan(const float * logits, int32_t start, int32_t end, int32_t k,
+                     int32_t * filled, int32_t * ids, float * values) {
+    int32_t token = start;
+    for (; token + LANES <= end; token += LANES) {
+        if (*filled == k) {
+            const float threshold = values[k - 1];
+            int32_t above = 0;
+            for (int32_t i = 0; i < LANES; ++i) {
+                above |= logits[token + i] > threshold;
+            }
+            if (!above) {
+                continue;
+            }
+        }
+        for (int32_t i = 0; i < LANES; ++i) {
+            top_insert(token + i, logits[token + i], k, filled, ids, values);
+        }
+    }
+    for (; token < end; ++token) {
+        top_insert(token, logits[token], k, filled, ids, values);
+    }
+}
+
+/* sum(exp(logits[start, end) - max)), every value <= max. */
+static double exp_sum(const float * logits, int32_t start, int32_t end, float max) {
+    double lane_sum[LANES] = {0};   /* float terms, double sums: the lse matches a scalar double sum */
+    int32_t token = start;
+    for (; token + LANES <= end; token += LANES) {
+        for (int32_t i = 0; i < LANES; ++i) {
+            lane_sum[i] += exp_nonpositive(logits[token + i] - max);
+        }
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < LANES; ++i) {
+        sum += lane_sum[i];
+    }
+    for (; token < end; ++token) {
+        sum += exp_nonpositive(logits[token] - max);
+    }
+    return sum;
+}
+
+/* One pass over the row from memory: each BLOCK (8 KiB, stays in L1) is scanned for the top
+ * k, whose first is the max so far, then summed against that max; when the max rises, the
+ * sum so far is rescaled once (online softmax). */
+#define BLOCK 2048
+
 float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k,
                        int32_t * top_ids, float * top_logprobs) {
     int32_t own_id;                 /* k == 0: still find the max, as the top 1 */
@@ -75,39 +125,19 @@ float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k,
     float * values = k > 0 ? top_logprobs : &own_value;
     const int32_t kk = k > 0 ? k : 1;
     int32_t filled = 0;
-    const int32_t blocked = n_vocab - n_vocab % LANES;
-    for (int32_t base = 0; base < blocked; base += LANES) {
-        if (filled == kk) {
-            const float threshold = values[kk - 1];
-            int32_t above = 0;
-            for (int32_t i = 0; i < LANES; ++i) {
-                above |= logits[base + i] > threshold;
-            }
-            if (!above) {
-                continue;
-            }
-        }
-        for (int32_t i = 0; i < LANES; ++i) {
-            top_insert(base + i, logits[base + i], kk, &filled, ids, values);
-        }
-    }
-    for (int32_t token = blocked; token < n_vocab; ++token) {
-        top_insert(token, logits[token], kk, &filled, ids, values);
-    }
-    const float max = filled > 0 ? values[0] : 0.0f;
-
-    double lane_sum[LANES] = {0};   /* float terms, double sums: the lse matches a scalar double sum */
-    for (int32_t base = 0; base < blocked; base += LANES) {
-        for (int32_t i = 0; i < LANES; ++i) {
-            lane_sum[i] += exp_nonpositive(logits[base + i] - max);
-        }
-    }
+    float max = -INFINITY;
     double sum = 0.0;
-    for (int32_t i = 0; i < LANES; ++i) {
-        sum += lane_sum[i];
-    }
-    for (int32_t token = blocked; token < n_vocab; ++token) {
-        sum += exp_nonpositive(logits[token] - max);
+    for (int32_t start = 0; start < n_vocab; start += BLOCK) {
+        const int32_t end = start + BLOCK < n_vocab ? start + BLOCK : n_vocab;
+        top_scan(logits, start, end, kk, &filled, ids, values);
+        if (filled == 0 || values[0] == -INFINITY) {
+            continue;               /* nothing finite yet: every term so far is 0 */
+        }
+        if (values[0] > max) {
+            sum = max == -INFINITY ? 0.0 : sum * exp((double) max - (double) values[0]);
+            max = values[0];
+        }
+        sum += exp_sum(logits, start, end, max);
     }
     const float lse = max + (float) log(sum);
     for (int32_t i = 0; i < filled && k > 0; ++i) {

@@ -14,6 +14,7 @@ import pytest
 from kolosal.default_model import default_model_path
 from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry
 
+from . import lanes
 from .server_process import ServerProcess, start_server, stop_server
 
 MODEL_FIXTURES = frozenset({"model_path", "llama_model", "registry", "engine", "server", "keyed_server"})
@@ -28,11 +29,19 @@ def needs_model(item: pytest.Item) -> bool:
 MODEL_MODULE = "pytestmark = pytest.mark.model"  # a module whose every test needs the model
 
 
+def in_pure_lane(config: pytest.Config) -> bool:
+    return str(config.getoption("markexpr", "")).strip() == lanes.PURE_LANE_MARKEXPR
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    lanes.pure_lane = in_pure_lane(config)
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """The pure lane (``-m "not model"``) does not even import a module that declares all its
     tests model tests: the clients they drive (openai, LangChain, LiteLLM, schemathesis,
     playwright) are most of the lane's collection time. Deselection gives the same set."""
-    if str(config.getoption("markexpr", "")).strip() != "not model" or collection_path.suffix != ".py":
+    if not in_pure_lane(config) or collection_path.suffix != ".py":
         return None
     if collection_path.name.startswith("test_") and MODEL_MODULE in collection_path.read_text():
         return True

@@ -143,7 +143,15 @@ class ModelRunner:
             for index, request in constrained:
                 self.context.mask_row(int(rows[index]), grammar.mask(request.seq_id))
         tokens = output.tokens
-        greedy = [index for index, r in enumerate(requests) if r.sampler is None]
+        greedy = []
+        for index, request in enumerate(requests):
+            if request.sampler is not None:
+                continue
+            fact = facts.get(index)
+            if fact is not None and len(fact[1]) and request.constraint is None:
+                tokens[index] = fact[1][0]  # the row's best, already found (argmax's tie rule)
+            else:
+                greedy.append(index)
         if greedy:
             tokens[greedy] = self.context.argmax_rows(rows[greedy])
         for index, request in enumerate(requests):

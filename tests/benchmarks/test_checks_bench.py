@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.checks import choices_check, format_ratios, logprobs_check
 from benchmarks.servers import ServerSettings
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 
 def test_both_checks_run_and_report(model_path: Path, tmp_path: Path) -> None:

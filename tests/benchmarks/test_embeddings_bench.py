@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.embeddings import (
     EmbedSettings,
     agreement,
@@ -15,6 +17,8 @@ from benchmarks.embeddings import (
     median_level,
 )
 from benchmarks.servers import find_llama_server
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 
 def test_embeddings_level_on_fresh_servers(model_path: Path, tmp_path: Path) -> None:

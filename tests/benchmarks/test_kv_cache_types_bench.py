@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.kv_cache_types import markdown, measure_types, parse_types
 from benchmarks.servers import ServerSettings
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 
 def test_two_cache_types_on_fresh_servers(model_path: Path, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import pytest
 from benchmarks.servers import ServerSettings, kolosal_spec, running_process
 from benchmarks.soak import SoakReport, soak
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 
 def soak_once(model_path: Path, minutes: float, clients: int) -> SoakReport:
     import asyncio

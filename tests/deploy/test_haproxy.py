@@ -25,7 +25,7 @@ import pytest
 
 from ..server_process import ENGINE, ServerProcess, free_port
 
-pytestmark = pytest.mark.haproxy
+pytestmark = [pytest.mark.haproxy, pytest.mark.model]
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 REPLICA_FLAGS = ("--engine-id", ENGINE, "--n-ctx", "1024", "--parallel", "4", "--threads", "1",

@@ -5,10 +5,13 @@ import math
 import re
 
 import llguidance
+import pytest
 
 from kolosal.engine import AsyncEngine, ErrorEvent, FinishEvent, SamplingParams, TokenEvent, TokenLogprob
 
 from .helpers import greedy
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 
 async def collect(engine: AsyncEngine, ids: list[int], params: SamplingParams, n: int = 1,

@@ -31,6 +31,8 @@ from kolosal.engine.memory import estimate_memory
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 SYSTEM = ("You are a patient assistant who explains how things work in plain words, with one "
           "concrete example for every idea, and who never uses jargon without explaining it.")
 QUESTION = "How does a refrigerator keep food cold? Explain it in a few sentences."

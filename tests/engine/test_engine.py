@@ -19,6 +19,8 @@ from kolosal.engine import (
 
 from .helpers import greedy, loaded, run, wait_until_idle
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
            "def fibonacci(n):", "The three primary colors are", "My favourite recipe for bread",
            "In 1969, astronauts", "The quick brown fox", "Water boils at"]

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry, SamplingParams, TokenEvent
 from kolosal.engine.request import SPECULATE_ON
 from kolosal.llama import Model
 
 from .helpers import greedy, loaded, run
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a "
         "single step. All that glitters is not gold. Actions speak louder than words. Beauty is in "
@@ -37,22 +41,27 @@ async def test_speculative_greedy_generates_what_plain_greedy_does(engine: Async
     assert "journey of a thousand miles" in spec
 
 
-async def test_seeded_sampling_draws_the_same_tokens_with_speculation(engine: AsyncEngine) -> None:
+async def test_seeded_sampling_draws_the_same_tokens_with_speculation(registry: EngineRegistry,
+                                                                     model_path: Path) -> None:
     """A sampled draft token is accepted iff the request's own sampler chain draws it from
     that row (the acceptance rule for a deterministic draft), so every emitted token costs
     one draw and one penalty update, as without speculation: a seeded request generates
     the same text either way. One-token drafts keep every batch under 4 rows, where
     libllama's CPU kernels give bitwise the logits of a one-row decode (from 4 rows on a
-    gemm kernel moves them by up to ~0.9: README, Known limits)."""
-    ids = await engine.tokenize(ECHO)
-    await run(engine, ids, greedy(1))
+    gemm kernel moves them by up to ~0.9: README, Known limits). Its own engine: the KV
+    cell order of a long-shared one (README, Known limits) would make the two runs differ
+    in ways speculation has no part in."""
+    config = EngineConfig("seeded-spec", str(model_path), n_ctx=1024, n_parallel=2)
+    async with loaded(registry, config) as engine:
+        ids = await engine.tokenize(ECHO)
+        await run(engine, ids, greedy(1))
 
-    def params(speculative: int) -> SamplingParams:
-        return SamplingParams(max_tokens=48, temperature=0.7, top_p=0.95, repeat_penalty=1.05, seed=11,
-                              ignore_eos=True, speculative=speculative)
+        def params(speculative: int) -> SamplingParams:
+            return SamplingParams(max_tokens=48, temperature=0.7, top_p=0.95, repeat_penalty=1.05,
+                                  seed=11, ignore_eos=True, speculative=speculative)
 
-    plain, _, _ = await speculated(engine, ids, params(0))
-    spec, _, accepted = await speculated(engine, ids, params(1))
+        plain, _, _ = await speculated(engine, ids, params(0))
+        spec, _, accepted = await speculated(engine, ids, params(1))
     assert accepted > 0 and spec == plain
 
 

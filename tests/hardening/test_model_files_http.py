@@ -18,6 +18,8 @@ import pytest
 from ..server_process import ENGINE, ServerProcess
 from . import crafted_gguf as craft
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 GIB = 1 << 30
 LONG = httpx.Timeout(180.0)
 

@@ -18,6 +18,8 @@ from kolosal.llama import Model
 
 from ..engine.helpers import greedy, loaded, run
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 PREFIX = ("The history of the printing press begins in the fifteenth century, when Johannes "
           "Gutenberg combined movable metal type, oil-based ink and a screw press into a system that")
 EARLIER = PREFIX + " was slow at first"   # what the warm engine's cache holds beyond the prefix

@@ -12,6 +12,8 @@ from playwright.async_api import Locator, Page, async_playwright
 
 from ..server_process import ENGINE, ServerProcess, wait_idle
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

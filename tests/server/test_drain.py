@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 STREAM_TIMEOUT = httpx.Timeout(300.0, connect=30.0)
 

@@ -14,6 +14,8 @@ import pytest
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 QUERY = "The cat sat on the mat."
 PARAPHRASE = "A cat was sitting on the rug."
 UNRELATED = "Quarterly tax filings are due at the end of April."

@@ -9,6 +9,8 @@ import pytest
 
 from ..server_process import ENGINE, ServerProcess
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None,
                  param: str | None = None) -> dict:

@@ -33,6 +33,8 @@ from kolosal.server.openapi import OPERATIONS, openapi_document
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server, wait_idle
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 # Each operation once (aliases answer alike); invalid data where there is a body to spoil
 # (path parameters are any string, and Authorization is fixed).

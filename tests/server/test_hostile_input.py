@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server, wait_idle
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/engines")

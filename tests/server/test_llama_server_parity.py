@@ -17,6 +17,8 @@ from benchmarks.servers import ServerSettings, find_llama_server, llama_server_s
 
 from ..server_process import ENGINE, ServerProcess
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 LLAMA_SERVER = find_llama_server()
 PROMPTS = ["The three primary colors are", "def fibonacci(n):", "Monday, Tuesday, Wednesday,"]
 

@@ -9,6 +9,8 @@ import pytest
 
 from ..server_process import ENGINE, ServerProcess
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:

@@ -13,6 +13,8 @@ from kolosal.engine import EngineConfig, estimate_memory
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 Spawn = Callable[..., ServerProcess]
 
 

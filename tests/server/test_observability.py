@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server, wait_idle
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 PARAMETERS: dict[str, Any] = {
     "type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
     "required": ["city"], "additionalProperties": False}

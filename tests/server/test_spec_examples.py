@@ -5,8 +5,11 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from ..server_process import ENGINE, ServerProcess
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
 
 def sse_events(text: str) -> list[str]:

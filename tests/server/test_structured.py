@@ -36,6 +36,8 @@ from .constrained import (
     warm_prefix_cache,
 )
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:

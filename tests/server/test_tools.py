@@ -25,6 +25,8 @@ from .constrained import (
     warm_prefix_cache,
 )
 
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
 # Typed Any: the SDK's TypedDict overloads reject plain dicts that are valid requests.
 QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 NAMED_TIME: Any = {"type": "function", "function": {"name": "get_time"}}

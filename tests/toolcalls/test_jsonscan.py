@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from kolosal.toolcalls.jsonscan import JsonScanner, ScanStatus
 
+from ..lanes import examples
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
@@ -32,7 +34,7 @@ def scan(text: str, step: int = 0) -> JsonScanner:
     return scanner
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(containers, styles, st.integers(0, 3))
 def test_documents_prefixes_and_trailing_text(value: object, style: dict[str, object], step: int) -> None:
     text = json.dumps(value, **style)  # type: ignore[arg-type]
@@ -45,7 +47,7 @@ def test_documents_prefixes_and_trailing_text(value: object, style: dict[str, ob
     assert scanner.status is ScanStatus.COMPLETE and scanner.end == len(text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(alphabet='{}[]",:0123456789.eE+-tfnrulase \\\n', max_size=30).map(lambda t: "{" + t))
 def test_agrees_with_json_loads(text: str) -> None:
     scanner = scan(text)

@@ -26,6 +26,7 @@ from kolosal.toolcalls import (
 )
 from kolosal.toolcalls.render import format_tool_calls
 
+from ..lanes import examples
 from .cases import CASES, TOOL_NAMES, Case
 from .helpers import random_cuts
 
@@ -136,7 +137,7 @@ def documents(draw: st.DrawFn) -> tuple[ToolFamily, str, list[int]]:
     return family, text, sorted(set(cuts))
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(documents())
 def test_any_document_any_split_streams_like_the_whole(document: tuple[ToolFamily, str, list[int]]) -> None:
     family, text, cuts = document
@@ -144,7 +145,7 @@ def test_any_document_any_split_streams_like_the_whole(document: tuple[ToolFamil
         assert aggregate(stream(text, cuts, family, names)) == whole(text, family, names)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.sampled_from(list(ToolFamily)), st.lists(st.sampled_from(_CALLS), min_size=1, max_size=4),
        st.sampled_from(["", "Sure.", "Let me call two tools:\n"]))
 def test_calls_after_plain_content_are_all_found(family: ToolFamily, calls: list[tuple[str, str]],
@@ -184,7 +185,7 @@ def test_plain_format_passes_text_through() -> None:
     assert parse_output(text, fmt) == ParsedOutput(text)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(documents(), st.sampled_from(["", "<think>", "  <think>\n", "<thi"]),
        st.lists(st.sampled_from(["plan", " ", "\n", "</think>", "</thi", "<think>", "{"]), max_size=6),
        st.booleans())
