@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kolosal.engine.request import FinishEvent, Request, RequestStatus, SamplingParams, TokenEvent
-from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput
+from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
 
 
 class FakeMemory:
@@ -70,33 +70,31 @@ def test_finish_on_max_tokens_frees_the_slot_and_keeps_the_prefix() -> None:
     assert scheduler.slots.slots[0].cached_ids == [5, 6, 7, 8]  # the last token never ran
 
 
-def test_prefix_cache_is_reused_by_the_next_request() -> None:
+def after_a_cached_request(second: Request) -> tuple[Scheduler, StepPlan]:
+    """The plan for ``second`` once [1, 2, 3, 4, 5] ran and left its cache."""
     scheduler = make()
     first = request([1, 2, 3, 4, 5], max_tokens=1)
     scheduler.add(first)
     plan = scheduler.schedule()
     assert plan is not None
     scheduler.update(plan, StepOutput(np.array([9])))
-    second = request([1, 2, 3, 4, 6, 7], max_tokens=1)
     scheduler.add(second)
     plan = scheduler.schedule()
     assert plan is not None
+    return scheduler, plan
+
+
+def test_prefix_cache_is_reused_by_the_next_request() -> None:
+    second = request([1, 2, 3, 4, 6, 7], max_tokens=1)
+    scheduler, plan = after_a_cached_request(second)
     assert second.num_cached == 4 and plan.scheduled == [(second, 2)]
     assert scheduler.counters.cache_hits == 1
 
 
 def test_a_request_without_cache_prompt_computes_its_whole_prompt() -> None:
-    scheduler = make()
-    first = request([1, 2, 3, 4, 5], max_tokens=1)
-    scheduler.add(first)
-    plan = scheduler.schedule()
-    assert plan is not None
-    scheduler.update(plan, StepOutput(np.array([9])))
     second = Request("uncached", [1, 2, 3, 4, 6],
                      SamplingParams(max_tokens=1, temperature=0.0, cache_prompt=False), 0.0)
-    scheduler.add(second)
-    plan = scheduler.schedule()
-    assert plan is not None
+    scheduler, plan = after_a_cached_request(second)
     assert second.num_cached == 0 and plan.scheduled == [(second, 5)]
     assert scheduler.counters.cache_hits == 0
 

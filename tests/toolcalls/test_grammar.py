@@ -24,6 +24,7 @@ from kolosal.toolcalls import (
 )
 from kolosal.toolcalls.output import OutputFormat
 
+from ..lanes import examples
 from .helpers import SPECIALS, TOKENIZER, accepts, sample
 
 WEATHER_PARAMS = {
@@ -119,7 +120,7 @@ def test_every_sampled_string_parses_to_valid_calls(family: ToolFamily, grammars
     rng = random.Random(family.value)
     done = 0
     for parallel in (True, False):
-        for _ in range(25):
+        for _ in range(examples(25)):
             text = sample(grammars[family, parallel], rng)
             if text is None:
                 continue
@@ -129,7 +130,7 @@ def test_every_sampled_string_parses_to_valid_calls(family: ToolFamily, grammars
             assert result.tool_calls and (parallel or len(result.tool_calls) == 1), text
             for call in result.tool_calls:
                 jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
-    assert done >= 40
+    assert done >= 0.8 * 2 * examples(25)
 
 
 @pytest.mark.parametrize("family", [ToolFamily.HERMES, ToolFamily.MISTRAL, ToolFamily.MISTRAL_ARGS])
@@ -139,7 +140,7 @@ def test_markers_can_be_special_tokens(family: ToolFamily) -> None:
     assert accepts(grammar, text, SPECIALS)
     assert not accepts(grammar, text)  # the marker spelled out in bytes is not the token
     rng = random.Random(7)
-    for _ in range(10):
+    for _ in range(examples(10)):
         sampled = sample(grammar, rng)
         if sampled is not None:
             assert parse_tool_calls(sampled, family, NAMES).content == ""
@@ -157,7 +158,7 @@ def test_reasoning_before_enforced_calls(special: dict[str, int] | None) -> None
     assert not accepts(opened, call, special)
     rng = random.Random(3)
     fmt = OutputFormat(ToolFamily.HERMES, NAMES, reasoning=True)
-    for _ in range(10):
+    for _ in range(examples(10)):
         text = sample(optional, rng)
         if text is not None:
             result = parse_output(text, fmt)
@@ -203,8 +204,8 @@ def test_json_schema_response_format() -> None:
     assert not accepts(grammar, json.dumps({"name": "Ann", "role": "user"}))
     assert not accepts(grammar, '{"name":"Ann","role":"user","age":3}')  # compact style only
     rng = random.Random(11)
-    sampled = [text for text in (sample(grammar, rng) for _ in range(30)) if text is not None]
-    assert len(sampled) >= 20
+    sampled = [text for text in (sample(grammar, rng) for _ in range(examples(30))) if text is not None]
+    assert len(sampled) >= 2 * examples(30) // 3
     for text in sampled:
         jsonschema.validate(json.loads(text), PERSON)
 
