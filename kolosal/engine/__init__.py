@@ -14,6 +14,7 @@ from .errors import (
     InsufficientMemoryError,
     InvalidGrammarError,
     InvalidRequestError,
+    ModelLoadFailedError,
 )
 from .memory import MemoryEstimate, estimate_memory, parse_size
 from .registry import EngineExistsError, EngineNotFoundError, EngineRegistry, MemoryPolicy
@@ -33,5 +34,5 @@ __all__ = ["AsyncEngine", "ContextLengthExceededError", "DeadlineExceededError",
            "EngineOverloadedError", "EngineRegistry", "EngineReloadError", "EngineState",
            "EngineStoppedError", "ErrorEvent", "Event", "FinishEvent", "FinishReason", "InferenceError",
            "InsufficientMemoryError", "InvalidGrammarError", "InvalidRequestError", "MemoryEstimate",
-           "MemoryPolicy", "ModelInfo", "SamplingParams", "TokenEvent", "TokenLogprob", "Usage",
-           "estimate_memory", "parse_size"]
+           "MemoryPolicy", "ModelInfo", "ModelLoadFailedError", "SamplingParams", "TokenEvent",
+           "TokenLogprob", "Usage", "estimate_memory", "parse_size"]

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..llama import ModelLoadError
 from .config import EngineConfig
 from .constraint import Constraint
 from .embedding import (
@@ -24,7 +25,7 @@ from .embedding import (
 )
 from .engine_thread import EngineThread
 from .entry import Holders
-from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError
+from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
 from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams
 from .runner import ModelRunner
@@ -114,7 +115,10 @@ class AsyncEngine:
                    on_progress: Callable[[float], bool]) -> AsyncEngine:
         """Load the model off the event loop and start the engine thread. A failure after
         the model loaded frees it again."""
-        runner = await asyncio.to_thread(make_runner, config, on_progress)
+        try:
+            runner = await asyncio.to_thread(make_runner, config, on_progress)
+        except ModelLoadError as error:
+            raise ModelLoadFailedError(str(error)) from error
         try:
             return cls(config, runner, holders)
         except BaseException:

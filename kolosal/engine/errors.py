@@ -58,6 +58,13 @@ class DeadlineExceededError(EngineError):
     code = "deadline_exceeded"
 
 
+class ModelLoadFailedError(EngineError):
+    """libllama could not load a model file that passed the header check (HTTP 400): the
+    engine's own form of the native layer's ModelLoadError, so the server never imports it."""
+
+    code = "model_load_failed"
+
+
 class InsufficientMemoryError(EngineError):
     """Loading this engine would exceed the memory budget (HTTP 503, or 400 when the model
     alone is larger than the budget)."""

@@ -17,10 +17,10 @@ from ..engine import (
     EngineRegistry,
     EngineState,
     InsufficientMemoryError,
+    ModelLoadFailedError,
 )
 from ..engine.model_check import check_model_file
 from ..gguf_header import InvalidModelFileError
-from ..llama import ModelLoadError
 from .errors import APIError, bad_request, from_engine_error
 from .http import json_response, parse_body
 from .protocol import EngineCreateRequest
@@ -112,7 +112,7 @@ async def create_engine() -> Response:
         raise from_engine_error(error) from None
     except InvalidModelFileError as error:  # replaced since the check
         raise bad_request(str(error), param="model_path", code="invalid_model_file") from None
-    except (ModelLoadError, ValueError, OSError) as error:
+    except (ModelLoadFailedError, ValueError, OSError) as error:
         raise bad_request(str(error), param="model_path", code="model_load_failed") from None
     except RuntimeError as error:  # e.g. the context could not be allocated
         raise APIError(500, str(error), type="server_error", code="engine_load_failed") from None

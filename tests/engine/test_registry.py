@@ -20,11 +20,11 @@ from kolosal.engine import (
     EngineState,
     InsufficientMemoryError,
     MemoryPolicy,
+    ModelLoadFailedError,
     estimate_memory,
     parse_size,
 )
 from kolosal.gguf_header import InvalidModelFileError, read_gguf_metadata
-from kolosal.llama import ModelLoadError
 
 from .helpers import Result, greedy, run
 
@@ -192,7 +192,7 @@ async def test_failed_load_is_listed_with_its_reason(model_path: Path, tmp_path:
     with model_path.open("rb") as handle:  # header and metadata whole, tensor data cut off
         broken.write_bytes(handle.read(10_000_000))
     async with fresh_registry() as engines:
-        with pytest.raises((ModelLoadError, InvalidModelFileError)):  # refused by a check or the load
+        with pytest.raises((ModelLoadFailedError, InvalidModelFileError)):  # refused by a check or the load
             await engines.add(small("broken", broken))
         [engine] = engines.list()
         assert engine.state == EngineState.FAILED and engine.error
