@@ -3,6 +3,7 @@ are refused from their declared size without being read, so are huge strings and
 anything that is not a regular file is refused before it is opened."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -51,8 +52,10 @@ def test_the_crafted_layout_is_a_valid_model_when_small(model_path: Path, tmp_pa
     assert [k for k in metadata if k.startswith("junk.")] == ["junk.a__", "junk.s__"]
 
 
-def _returns_within(call: Callable[[], object], seconds: float) -> BaseException | None:
-    """Run ``call`` on a daemon thread; fail if it blocks (a FIFO open would, forever)."""
+def _outcome(call: Callable[[], object], unblock: Callable[[], None]) -> BaseException | None:
+    """Run ``call`` on a thread. If it is still waiting after a moment, ``unblock`` releases
+    what it waits on (the other end of its pipe: a reader that opened it then reads a few
+    bytes and EOF), so the test never hangs; what it returns or raises tells whether it read."""
     outcome: list[BaseException | None] = []
 
     def target() -> None:
@@ -63,22 +66,43 @@ def _returns_within(call: Callable[[], object], seconds: float) -> BaseException
             outcome.append(error)
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    thread.join(seconds)
-    assert outcome, f"blocked for {seconds}s"
+    thread.join(2)
+    if thread.is_alive():
+        unblock()
+        thread.join()
     return outcome[0]
+
+
+def _feed_and_close(fifo: Path) -> None:
+    """A writer for a reader blocked on the FIFO: 4 bytes, then EOF."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader has it open
+    os.write(fd, b"GGUF")
+    os.close(fd)
 
 
 @pytest.mark.parametrize("reader", [read_gguf_header, read_gguf_metadata])
 def test_a_fifo_is_refused_without_blocking(reader: Callable[[Path], object], tmp_path: Path) -> None:
     fifo = tmp_path / "x.gguf"
     os.mkfifo(fifo)
-    error = _returns_within(lambda: reader(fifo), 30)
+    error = _outcome(lambda: reader(fifo), lambda: _feed_and_close(fifo))
+    # Refused by its type: a reader that had opened it would have failed on the 4 bytes instead.
     assert isinstance(error, InvalidModelFileError) and "not a regular file" in str(error)
 
 
-@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/stdin"])
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "stdin"])
 def test_devices_are_refused(device: str) -> None:
-    error = _returns_within(lambda: read_gguf_header(device), 30)
-    if device == "/dev/stdin" and isinstance(error, FileNotFoundError):
-        return  # pytest was started with stdin closed: nothing there to block on
-    assert isinstance(error, InvalidModelFileError), error
+    """Character devices, and a pipe standing for the terminal of ``model_path: /dev/stdin``
+    (the test holds its write end, so a reader would wait on it)."""
+    read_end, write_end = os.pipe()
+    path = f"/dev/fd/{read_end}" if device == "stdin" else device
+
+    def feed_and_close() -> None:
+        os.write(write_end, b"GGUF")
+        os.close(write_end)
+    try:
+        error = _outcome(lambda: read_gguf_header(path), feed_and_close)
+    finally:
+        for fd in (read_end, write_end):
+            with contextlib.suppress(OSError):  # the write end may be closed already
+                os.close(fd)
+    assert isinstance(error, InvalidModelFileError) and "not a regular file" in str(error), error
