@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -32,8 +31,13 @@ from benchmarks.compare import SweepOptions, measure_level  # noqa: E402
 from benchmarks.loadgen import chunk_text, parse_levels  # noqa: E402
 from benchmarks.metrics import LevelResult  # noqa: E402
 from benchmarks.prompts import long_prompt  # noqa: E402
-from benchmarks.servers import ServerSettings, kolosal_spec, running  # noqa: E402
-from kolosal.default_model import default_model_path  # noqa: E402
+from benchmarks.servers import (  # noqa: E402
+    ServerSettings,
+    add_server_options,
+    kolosal_spec,
+    running,
+    settings_from_args,
+)
 
 CHOICES_PROMPT_WORDS = 430  # about 500 Gemma tokens with the header and the question
 
@@ -122,18 +126,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("check", choices=["logprobs", "choices"])
-    parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--levels", type=parse_levels, default=parse_levels("8,32"))
     parser.add_argument("--rounds", type=int, default=2, help="logprobs: requests per client")
     parser.add_argument("--requests", type=int, default=8, help="choices: requests per run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--n-ctx", type=int, default=8192)
-    parser.add_argument("--parallel", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/checks"))
+    add_server_options(parser, n_ctx=8192)
     args = parser.parse_args()
-    settings = ServerSettings(model=args.model or default_model_path(), threads=args.threads,
-                              n_ctx=args.n_ctx, parallel=args.parallel)
+    settings = settings_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.check == "logprobs":
         ratios = logprobs_check(settings, args.levels, args.repeats, args.rounds, args.out, progress=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +22,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks.loadgen import LoadConfig, parse_levels, requests_for, run_level  # noqa: E402
 from benchmarks.machine import busy_fraction, machine_info  # noqa: E402
 from benchmarks.metrics import LevelResult  # noqa: E402
-from benchmarks.servers import ServerSettings, kolosal_spec, running_process  # noqa: E402
-from kolosal.default_model import default_model_path  # noqa: E402
+from benchmarks.servers import (  # noqa: E402
+    ServerSettings,
+    add_server_options,
+    kolosal_spec,
+    running_process,
+    settings_from_args,
+)
 
 
 @dataclass(slots=True)
@@ -92,19 +96,15 @@ def markdown(results: list[TypeResult]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--types", type=parse_types, help="comma-separated K/V pairs",
                         default=parse_types("f16/f16,q8_0/q8_0,q4_0/q4_0,f16/q8_0"))
     parser.add_argument("--levels", type=parse_levels, default=parse_levels("1,8"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--n-ctx", type=int, default=32768, help="large, so the KV cache dominates memory")
-    parser.add_argument("--parallel", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/kv_cache_types"))
+    add_server_options(parser, n_ctx=32768, n_ctx_help="large, so the KV cache dominates memory")
     args = parser.parse_args()
-    settings = ServerSettings(model=args.model or default_model_path(), threads=args.threads,
-                              n_ctx=args.n_ctx, parallel=args.parallel)
+    settings = settings_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for type_k, type_v in args.types:

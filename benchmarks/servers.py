@@ -4,6 +4,7 @@ stops one. llama-server is a benchmark peer built from the same pinned llama.cpp
 (``python build_llama.py --with-server``), never a runtime dependency."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -33,6 +34,21 @@ class ServerSettings:
     parallel: int
     peer_kv_unified: bool = False  # give llama-server one shared pool too (-kvu)
     peer_chat_template: str | None = None  # llama-server's built-in chat template (e.g. "gemma")
+
+
+def add_server_options(parser: argparse.ArgumentParser, n_ctx: int, n_ctx_help: str | None = None) -> None:
+    """--model, --threads, --n-ctx, --parallel: what every server of a run gets."""
+    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the default model)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--n-ctx", type=int, default=n_ctx, help=n_ctx_help)
+    parser.add_argument("--parallel", type=int, default=32)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    from kolosal.default_model import default_model_path
+
+    return ServerSettings(model=args.model or default_model_path(), threads=args.threads,
+                          n_ctx=args.n_ctx, parallel=args.parallel)
 
 
 @dataclass(frozen=True, slots=True)

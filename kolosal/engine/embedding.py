@@ -13,12 +13,14 @@ kernel). With both, one input alone and the same input among others agree to ~1e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +63,14 @@ class NotAnEmbeddingEngineError(InvalidRequestError):
 
 
 def gguf_pooling(model_path: str) -> str | None:
-    """The GGUF's own pooling (``<arch>.pooling_type``) when it is an embedding model."""
+    """The GGUF's own pooling (``<arch>.pooling_type``) when it is an embedding model; read
+    once per file version (the memory estimate and the load both ask)."""
+    stat = Path(model_path).stat()
+    return _gguf_pooling(model_path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _gguf_pooling(model_path: str, size: int, mtime_ns: int) -> str | None:
     metadata = read_gguf_metadata(model_path)
     value = metadata.get(f"{metadata.get('general.architecture', '')}.pooling_type")
     return _GGUF_POOLING.get(value) if isinstance(value, int) else None
