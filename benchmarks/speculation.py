@@ -57,10 +57,11 @@ async def one(engine: AsyncEngine, ids: list[int], max_tokens: int, speculative:
             after["spec_accepted_tokens"] - before["spec_accepted_tokens"])
 
 
-async def measure(kind: str, prompts: int, repeats: int, max_tokens: int, threads: int) -> KindResult:
+async def measure(kind: str, prompts: int, repeats: int, max_tokens: int, threads: int,
+                  draft_max: int) -> KindResult:
     registry = EngineRegistry()
     await registry.add(EngineConfig("spec-bench", str(default_model_path()), n_ctx=4096, n_parallel=4,
-                                    n_threads=threads))
+                                    n_threads=threads, spec_draft_max=draft_max))
     off: list[float] = []
     on: list[float] = []
     drafted = accepted = generated = same = 0
@@ -97,9 +98,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--spec-draft-max", type=int, default=8,
+                        help="the engine's draft length: the 'on' runs use the engine's own drafting")
     parser.add_argument("--json")
     args = parser.parse_args()
-    results = [asyncio.run(measure(kind, args.prompts, args.repeats, args.max_tokens, args.threads))
+    results = [asyncio.run(measure(kind, args.prompts, args.repeats, args.max_tokens, args.threads,
+                                       args.spec_draft_max))
                for kind in args.kinds.split(",")]
     for result in results:
         print(json.dumps(asdict(result)))

@@ -59,11 +59,11 @@ async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: 
 
 
 async def profile(concurrency: int, tokens: int, model: str | None = None, threads: int = 0,
-                  n_ctx: int = 0, logprobs: int | None = None) -> Profile:
+                  n_ctx: int = 0, logprobs: int | None = None, spec_draft_max: int = 0) -> Profile:
     registry = EngineRegistry()
     config = EngineConfig("profile", model or str(default_model_path()),
                           n_ctx=n_ctx or max(2048, concurrency * (tokens + 32)), n_parallel=concurrency,
-                          n_threads=threads)
+                          n_threads=threads, spec_draft_max=spec_draft_max)
     try:
         await registry.add(config)
         async with registry.lease("profile") as engine:
@@ -104,10 +104,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
     parser.add_argument("--n-ctx", type=int, default=0, help="KV cells (default: enough for C requests)")
     parser.add_argument("--logprobs", type=int, default=None, help="top log-probabilities per token (0-20)")
+    parser.add_argument("--spec-draft-max", type=int, default=0,
+                        help="the engine's speculative draft length (0 = off, the default)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
     result = asyncio.run(profile(args.concurrency, args.tokens, args.model, args.threads, args.n_ctx,
-                                 args.logprobs))
+                                 args.logprobs, args.spec_draft_max))
     print(format_profile(result))
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(result), indent=2))

@@ -30,7 +30,7 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
-from .speculative import PROBE_CHANCE, Drafter, StepCost, worth_a_row
+from .speculative import PROBE_CHANCE, Drafter, StepCost, best_draft_length
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
@@ -179,7 +179,7 @@ class Scheduler:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.policy = policy or SchedulerPolicy()
-        self.cost = StepCost()  # decode time per row, for the drafting decision
+        self.cost = StepCost()  # decode time by row count, for the drafting decision
         self.last_accepted = 0  # draft tokens accepted in the last update
         self.memory = memory
         self.piece_of = piece_of
@@ -445,12 +445,12 @@ class Scheduler:
 
     def _plan_drafts(self, builder: _PlanBuilder, decoding: list[Request]) -> None:
         """Draft rows from the budget and the KV cells left, most promising sequence first,
-        each draft token only while it raises the step's expected tokens per second
-        (``worth_a_row``): at high concurrency a row costs as much as it can yield, and
-        drafting stops by itself. A sequence whose estimate is not worth a row may probe
-        with one token now and then (speculative.py). A request that asked for drafts takes
-        them without the cost check. A sequence still owing its n > 1
-        siblings a KV copy does not draft (the copy must hold the prompt only)."""
+        each draft cut to the length that maximises the step's expected tokens per second
+        (``best_draft_length``, on step times measured by row count): at high concurrency a
+        row costs as much as it can yield, and drafting stops by itself. A sequence whose
+        estimate is not worth a row may probe with one token now and then (speculative.py).
+        A request that asked for drafts takes them without the cost check. A sequence still
+        owing its n > 1 siblings a KV copy does not draft (the copy must hold the prompt only)."""
         step = self.counters.steps
         candidates = []
         for request in decoding:
@@ -465,40 +465,26 @@ class Scheduler:
         if asked:  # drafts a request asked for may evict prefix caches; the engine's own use free cells
             self._make_room(len(builder.tokens) + min(asked, builder.budget))
         room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
-        fixed, per_row = self.cost.line()
         rows, expected = len(decoding), float(len(decoding))
         candidates.sort(key=lambda candidate: -candidate[0])
         for chance, request, drafter in candidates:
             if room <= 0:
                 break
-            probe = not drafter.asked and not worth_a_row(chance, rows, expected, fixed, per_row)
-            if probe and not (drafter.may_probe(step)
-                              and worth_a_row(PROBE_CHANCE, rows, expected, fixed, per_row)):
-                continue
-            limit = min(1 if probe else drafter.n_max, room,
-                        request.params.max_tokens - request.num_generated - 1,
+            limit = min(drafter.n_max, room, request.params.max_tokens - request.num_generated - 1,
                         self.n_ctx - len(request.token_ids) - 1)
             draft = drafter.propose(request.token_ids, limit)
-            if probe:
-                count = len(draft)
-                if count:
-                    drafter.start_probe(step)
-            elif drafter.asked:
-                count = len(draft)
-                rows, expected = rows + count, expected + chance * count
-            else:
-                probability, count = 1.0, 0
-                for _ in draft:
-                    probability *= chance
-                    if not worth_a_row(probability, rows, expected, fixed, per_row):
-                        break
-                    count += 1
-                    rows, expected = rows + 1, expected + probability
-            if count:
-                if probe:
-                    rows, expected = rows + 1, expected + chance
-                builder.add_draft(request, draft[:count])
-                room -= count
+            if not draft:
+                continue
+            chances = [chance ** (i + 1) for i in range(len(draft))]  # token i and all before it
+            count = len(draft) if drafter.asked else best_draft_length(chances, rows, expected, self.cost)
+            if count == 0:
+                if not (drafter.may_probe(step)
+                        and best_draft_length([PROBE_CHANCE], rows, expected, self.cost)):
+                    continue
+                drafter.start_probe(step)
+                count = 1
+            builder.add_draft(request, draft[:count])
+            rows, expected, room = rows + count, expected + sum(chances[:count]), room - count
 
     def _preempt_youngest(self) -> bool:
         if len(self.running) <= 1:

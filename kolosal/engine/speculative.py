@@ -4,12 +4,13 @@ model that decides how many draft rows a step can afford. Pure Python + numpy.
 
 A draft is read from the context: the last n tokens (n = 3, else 2) are looked up where
 they occurred before, and the tokens that followed that occurrence are the draft. Drafts
-cost batch rows (each with a logits row), so the scheduler adds a draft token only when
-its expected gain beats its cost (``worth_a_row``): a token accepted with probability p
-is worth a row while p * T > G * b, where T is the step's estimated time, G the tokens
-it is expected to yield and b the time of one more row.
+cost batch rows (each with a logits row), so the scheduler verifies as many draft tokens
+as maximise the step's expected tokens per second (``best_draft_length``), with the step's
+time by row count measured as the engine runs (``StepCost``).
 """
 from __future__ import annotations
+
+import bisect
 
 import numpy as np
 
@@ -30,6 +31,9 @@ BACKOFF_STEPS, MAX_BACKOFF_STEPS = 16, 512
 PROBE_CHANCE = 0.9
 PROBE_STEPS, MAX_PROBE_STEPS = 16, 1024
 MIN_FIXED_SHARE = 0.5          # StepCost: the fixed part of a step is at least half a row
+MAX_TABLE_ROWS = 320           # StepCost times row counts up to this one by their own steps ...
+MIN_SAMPLES = 2                # ... once seen this often
+TABLE_WEIGHT = 0.2             # each new step's share of its row count's mean
 
 
 def _key(tokens: list[int], start: int, size: int) -> int:
@@ -142,18 +146,24 @@ class Drafter:
 
 
 class StepCost:
-    """Decode time of a step as ``a + b * rows``, fitted online (exponentially weighted
-    least squares) on steps whose every row has logits: decode rows and draft rows.
-    Until the row counts vary enough, the slope leans on a prior of one row costing as
-    much as the fixed part (b = a). A row is never taken to cost more than twice the fixed
-    part (every step reads all the weights once, whatever its rows; measured idle on a
-    2-core CPU with Gemma 3 270M: b = 0.75 a): on a machine whose other load changes
-    between steps, an unlucky fit would otherwise stop drafting for good."""
+    """Decode time of a step by its number of rows, for steps whose every row has logits
+    (decode rows and draft rows), learned online.
+
+    The time is far from a line in the rows: measured on a 2-core CPU with Gemma 3 270M
+    (``benchmarks/row_cost.py``), 8 rows took 62 ms, 9 rows 83 and 10 rows 77 (ggml's CPU
+    matmul kernels work on blocks of rows). A row count seen ``MIN_SAMPLES`` times is timed
+    from its own steps (exponentially weighted); one not seen yet is taken optimistically
+    (``seconds``). Before any step is measured, a line ``a + b * rows`` fitted on every
+    step (exponentially weighted least squares) estimates: its slope leans on a prior of
+    one row costing as much as the fixed part (b = a) until the row counts vary enough,
+    and a row is taken as at most twice the fixed part."""
 
     def __init__(self, decay: float = 0.98, prior_weight: float = 4.0) -> None:
         self.decay = decay
         self.prior_weight = prior_weight
         self._w = self._r = self._rr = self._t = self._rt = 0.0
+        self._by_rows: dict[int, tuple[float, int]] = {}  # rows -> (weighted mean seconds, samples)
+        self._measured: list[int] = []  # sorted: the row counts seen MIN_SAMPLES times
 
     def observe(self, rows: int, seconds: float) -> None:
         d = self.decay
@@ -162,6 +172,12 @@ class StepCost:
         self._rr = self._rr * d + rows * rows
         self._t = self._t * d + seconds
         self._rt = self._rt * d + rows * seconds
+        if rows <= MAX_TABLE_ROWS:
+            mean, samples = self._by_rows.get(rows, (seconds, 0))
+            self._by_rows[rows] = (mean + TABLE_WEIGHT * (seconds - mean) if samples else seconds,
+                                   samples + 1)
+            if samples + 1 == MIN_SAMPLES:
+                bisect.insort(self._measured, rows)
 
     def line(self) -> tuple[float, float]:
         """(a, b): fixed seconds per step and seconds per row (b > 0). (1, 1) with no data:
@@ -178,8 +194,31 @@ class StepCost:
         a = max(mean_t - b * mean_r, MIN_FIXED_SHARE * b)
         return a, b
 
+    def seconds(self, rows: int) -> float:
+        """Expected decode time of a step of ``rows`` rows, all with logits: its own mean;
+        for a row count not measured yet, optimistically the time of the nearest smaller one
+        measured (as if the extra rows were free), so that drafting tries it and measures
+        it: each row count is tried at most ``MIN_SAMPLES`` times before its own time
+        decides. With nothing measured at or below ``rows``, or more than
+        ``MAX_TABLE_ROWS`` rows, the line."""
+        below = bisect.bisect_right(self._measured, rows)
+        if rows <= MAX_TABLE_ROWS and below:
+            return self._by_rows[self._measured[below - 1]][0]
+        a, b = self.line()
+        return a + b * rows
 
-def worth_a_row(probability: float, rows: int, expected: float, a: float, b: float) -> bool:
-    """Does one more draft row, accepted with ``probability``, raise the step's expected
-    tokens per second? The step has ``rows`` rows and yields ``expected`` tokens."""
-    return probability * (a + b * rows) > expected * b
+
+def best_draft_length(chances: list[float], rows: int, expected: float, cost: StepCost) -> int:
+    """How many of a draft's tokens to verify in a step that has ``rows`` rows and is
+    expected to yield ``expected`` tokens: the count that maximises the step's expected
+    tokens per second, token i (1-based) being accepted with probability ``chances[i-1]``
+    (its own and every earlier one's). 0 when no count beats the step without the draft.
+    Every count is tried, not just while each next row pays: when the step time falls from
+    an odd row count to the next even one, two rows can pay where one would not."""
+    best, best_rate = 0, expected / cost.seconds(rows)
+    for count, chance in enumerate(chances, start=1):
+        expected += chance
+        rate = expected / cost.seconds(rows + count)
+        if rate > best_rate:
+            best, best_rate = count, rate
+    return best

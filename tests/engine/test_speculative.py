@@ -20,7 +20,7 @@ from kolosal.engine.speculative import (
     PROBE_STEPS,
     Drafter,
     StepCost,
-    worth_a_row,
+    best_draft_length,
 )
 
 from .test_scheduler import FakeMemory
@@ -188,18 +188,48 @@ def test_drafts_take_only_the_budget_left_after_decode_rows_and_prompts() -> Non
     assert plan.num_tokens == 6
 
 
+def line_cost(fixed: float, per_row: float, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> StepCost:
+    cost = StepCost()
+    for count in rows * 10:
+        cost.observe(count, fixed + per_row * count)
+    return cost
+
+
 def test_rows_that_cost_more_than_they_yield_are_not_drafted() -> None:
     # Compute-bound: a step costs 10 ms per row and (almost) nothing fixed.
-    cost = StepCost()
-    for rows in (1, 2, 4, 8, 16, 32) * 10:
-        cost.observe(rows, 0.001 + 0.010 * rows)
+    cost = line_cost(0.001, 0.010, rows=(1, 2, 4, 8, 16, 32, 33, 34))
     fixed, per_row = cost.line()
     assert abs(per_row - 0.010) < 5e-4 and abs(fixed - 0.5 * per_row) < 1e-9  # the floor
-    assert not worth_a_row(0.9, 32, 32.0, fixed, per_row)
+    assert best_draft_length([0.9, 0.81], 32, 32.0, cost) == 0
     # A memory-bound step (12 ms fixed, 1 ms per row): a likely token is worth a row...
-    assert worth_a_row(0.6, 1, 1.0, 0.012, 0.001)
+    memory_bound = line_cost(0.012, 0.001, rows=tuple(range(1, 10)))
+    assert best_draft_length([0.6], 1, 1.0, memory_bound) == 1
     # ... until the step already expects as much as it costs.
-    assert not worth_a_row(0.05, 4, 3.5, 0.012, 0.001)
+    assert best_draft_length([0.05], 4, 3.5, memory_bound) == 0
+
+
+def test_the_measured_time_of_each_row_count_decides_not_a_line() -> None:
+    # ggml's CPU matmuls take rows in blocks: measured, 9 rows cost far more than 8 or 10.
+    cost = line_cost(0.008, 0.0065, rows=(1, 2))
+    for _ in range(3):
+        cost.observe(8, 0.062)
+        cost.observe(9, 0.083)
+        cost.observe(10, 0.069)
+    assert abs(cost.seconds(9) - 0.083) < 0.005 and abs(cost.seconds(10) - 0.069) < 0.005
+    # One draft token at 0.9 does not pay for the ninth row; two pay for the tenth.
+    assert best_draft_length([0.9], 8, 8.0, cost) == 0
+    assert best_draft_length([0.9, 0.81], 8, 8.0, cost) == 2
+    for _ in range(10):  # the tenth row turns out dearer: no draft at all
+        cost.observe(10, 0.078)
+    assert best_draft_length([0.9, 0.81], 8, 8.0, cost) == 0
+    # A row count not measured yet is taken at the time of the nearest smaller one, so a
+    # draft tries it; measured twice, its own time decides.
+    assert cost.seconds(12) == cost.seconds(10) and best_draft_length([0.9, 0.81], 10, 10.0, cost) == 2
+    cost.observe(12, 0.095)
+    assert best_draft_length([0.9, 0.81], 10, 10.0, cost) == 2
+    cost.observe(12, 0.095)
+    assert cost.seconds(12) == 0.095  # dear: the draft is cut to the row count still untried
+    assert best_draft_length([0.9, 0.81], 10, 10.0, cost) == 1
 
 
 def test_a_sequence_whose_drafts_keep_failing_pauses_with_backoff() -> None:
@@ -233,9 +263,9 @@ def test_a_paused_sequence_plans_no_draft_rows() -> None:
 def test_acceptance_steers_the_draft_length() -> None:
     scheduler = Scheduler(1, 256, 64, FakeMemory(), piece_of=lambda t, special: b"x", is_eog=lambda t: False,
                           clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=16))
-    for _ in range(20):  # a realistic CPU curve: 8 ms fixed, 6 ms per row
-        scheduler.cost.observe(1, 0.014)
-        scheduler.cost.observe(5, 0.038)
+    for _ in range(2):  # a CPU curve, every row count measured: 8 ms fixed, 6 ms per row
+        for rows in range(1, 18):
+            scheduler.cost.observe(rows, 0.008 + 0.006 * rows)
     r = Request("loop", [3, 4, 5] * 6, SamplingParams(max_tokens=200, temperature=0.0), 0.0)
     plan = prefill(scheduler, r, first=[3])
     assert plan.num_draft_rows == 1  # a new sequence starts with a short draft
@@ -251,9 +281,7 @@ def test_acceptance_steers_the_draft_length() -> None:
 
 
 def costly(scheduler: Scheduler, fixed: float, per_row: float) -> Scheduler:
-    scheduler.cost = StepCost()
-    for rows in (1, 2, 3, 5) * 10:
-        scheduler.cost.observe(rows, fixed + per_row * rows)
+    scheduler.cost = line_cost(fixed, per_row, rows=tuple(range(1, 41)))  # every count measured
     return scheduler
 
 
