@@ -50,6 +50,9 @@ class SchedulerPolicy:
     prefill_budget: int = 0   # prompt tokens per step while sequences decode; 0: no bound
     draft_max: int = 0        # draft tokens per sequence and step, for requests that do not say
     swa_window: int = 0       # sliding attention window (0: none): older cells may be reused
+    # (rows, seconds) of decode steps timed when the engine loaded (ModelRunner), for the
+    # drafting decision: the step time by row count is far from a line (speculative.StepCost)
+    row_seconds: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(slots=True)
@@ -180,6 +183,8 @@ class Scheduler:
         self.n_batch = n_batch
         self.policy = policy or SchedulerPolicy()
         self.cost = StepCost()  # decode time by row count, for the drafting decision
+        for rows, seconds in self.policy.row_seconds:
+            self.cost.observe(rows, seconds)
         self.last_accepted = 0  # draft tokens accepted in the last update
         self.memory = memory
         self.piece_of = piece_of

@@ -152,11 +152,12 @@ class StepCost:
     The time is far from a line in the rows: measured on a 2-core CPU with Gemma 3 270M
     (``benchmarks/row_cost.py``), 8 rows took 62 ms, 9 rows 83 and 10 rows 77 (ggml's CPU
     matmul kernels work on blocks of rows). A row count seen ``MIN_SAMPLES`` times is timed
-    from its own steps (exponentially weighted); one not seen yet is taken optimistically
-    (``seconds``). Before any step is measured, a line ``a + b * rows`` fitted on every
-    step (exponentially weighted least squares) estimates: its slope leans on a prior of
-    one row costing as much as the fixed part (b = a) until the row counts vary enough,
-    and a row is taken as at most twice the fixed part."""
+    from its own steps (exponentially weighted): the engine times the row counts that
+    drafting at low concurrency needs when it loads (``SchedulerPolicy.row_seconds``) and
+    every decode-only step after. Other counts are estimated from a line ``a + b * rows``
+    fitted on every step (exponentially weighted least squares; ``seconds``): its slope
+    leans on a prior of one row costing as much as the fixed part (b = a) until the row
+    counts vary enough, and a row is taken as at most twice the fixed part."""
 
     def __init__(self, decay: float = 0.98, prior_weight: float = 4.0) -> None:
         self.decay = decay
@@ -196,15 +197,13 @@ class StepCost:
 
     def seconds(self, rows: int) -> float:
         """Expected decode time of a step of ``rows`` rows, all with logits: its own mean;
-        for a row count not measured yet, optimistically the time of the nearest smaller one
-        measured (as if the extra rows were free), so that drafting tries it and measures
-        it: each row count is tried at most ``MIN_SAMPLES`` times before its own time
-        decides. With nothing measured at or below ``rows``, or more than
-        ``MAX_TABLE_ROWS`` rows, the line."""
-        below = bisect.bisect_right(self._measured, rows)
-        if rows <= MAX_TABLE_ROWS and below:
-            return self._by_rows[self._measured[below - 1]][0]
+        for a row count not measured yet, the nearest smaller one measured plus the line's
+        slope for each further row; with none measured at or below, the line."""
         a, b = self.line()
+        below = bisect.bisect_right(self._measured, min(rows, MAX_TABLE_ROWS))
+        if below:
+            known = self._measured[below - 1]
+            return self._by_rows[known][0] + b * (rows - known)
         return a + b * rows
 
 

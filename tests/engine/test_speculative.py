@@ -222,14 +222,19 @@ def test_the_measured_time_of_each_row_count_decides_not_a_line() -> None:
     for _ in range(10):  # the tenth row turns out dearer: no draft at all
         cost.observe(10, 0.078)
     assert best_draft_length([0.9, 0.81], 8, 8.0, cost) == 0
-    # A row count not measured yet is taken at the time of the nearest smaller one, so a
-    # draft tries it; measured twice, its own time decides.
-    assert cost.seconds(12) == cost.seconds(10) and best_draft_length([0.9, 0.81], 10, 10.0, cost) == 2
-    cost.observe(12, 0.095)
-    assert best_draft_length([0.9, 0.81], 10, 10.0, cost) == 2
-    cost.observe(12, 0.095)
-    assert cost.seconds(12) == 0.095  # dear: the draft is cut to the row count still untried
-    assert best_draft_length([0.9, 0.81], 10, 10.0, cost) == 1
+    # A row count not measured yet: the nearest smaller one measured, plus the line's slope
+    # for each further row.
+    _, per_row = cost.line()
+    assert abs(cost.seconds(12) - (cost.seconds(10) + 2 * per_row)) < 1e-12
+
+
+def test_the_engine_starts_from_the_step_times_measured_at_load() -> None:
+    timed = ((1, 0.015), (2, 0.028), (3, 0.052), (4, 0.046)) * 2
+    scheduler = Scheduler(1, 64, 32, FakeMemory(), piece_of=lambda t, special: b"x", is_eog=lambda t: False,
+                          clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=4, row_seconds=timed))
+    assert [round(scheduler.cost.seconds(rows), 3) for rows in (1, 2, 3, 4)] == [0.015, 0.028, 0.052, 0.046]
+    # With drafts accepted 9 times in 10: three draft tokens (4 rows) beat two (3 rows).
+    assert best_draft_length([0.9, 0.81, 0.729], 1, 1.0, scheduler.cost) == 3
 
 
 def test_a_sequence_whose_drafts_keep_failing_pauses_with_backoff() -> None:
