@@ -20,9 +20,6 @@ from .constraint import GrammarEngine
 from .request import Request, SamplingParams, TokenLogprob
 from .scheduler import SchedulerPolicy, StepOutput, StepPlan
 
-CALIBRATION_MAX_ROWS = 18     # row counts timed at load when speculation is on ...
-CALIBRATION_REPEATS = 2       # ... this many times each
-
 
 @dataclass(slots=True)
 class StepResult:
@@ -55,34 +52,10 @@ class ModelRunner:
         self.batch = Batch(self.context.n_batch)
         self.vocab = self.model.vocab
         self.num_slots = config.resolved_parallel
-        draft_max = config.resolved_spec_draft_max
-        self.policy = SchedulerPolicy(prefill_budget=config.prefill_budget, draft_max=draft_max,
-                                      swa_window=self.model.n_swa,
-                                      row_seconds=self._time_rows(draft_max) if draft_max else ())
+        self.policy = SchedulerPolicy(prefill_budget=config.prefill_budget,
+                                      draft_max=config.resolved_spec_draft_max, swa_window=self.model.n_swa)
         self._grammar: GrammarEngine | None = None
         self._grammar_lock = threading.Lock()
-
-    def _time_rows(self, draft_max: int) -> tuple[tuple[int, float], ...]:
-        """Decode steps of 1 to 2 * (draft_max + 1) rows (at most CALIBRATION_MAX_ROWS),
-        every row with logits, each timed twice on a scratch sequence in the empty KV cache:
-        what the drafting decision needs before the engine's own steps refine it (about
-        2.5 s on a 2-core CPU with Gemma 3 270M at draft_max 8)."""
-        top = min(2 * (draft_max + 1), CALIBRATION_MAX_ROWS, self.context.n_batch, self.context.n_ctx)
-        token = max(self.vocab.bos, 0)
-        timed: list[tuple[int, float]] = []
-        for repeat in range(1 + CALIBRATION_REPEATS):  # the first pass warms up, untimed
-            for rows in range(1, top + 1):
-                self.batch.fill(np.full(rows, token, dtype=np.int32), np.arange(rows, dtype=np.int32),
-                                np.zeros(rows, dtype=np.int32), np.ones(rows, dtype=np.int8))
-                started = time.perf_counter()
-                status = self.context.decode(self.batch)
-                seconds = time.perf_counter() - started
-                self.context.seq_remove(0)
-                if status != DecodeStatus.OK:
-                    break
-                if repeat:
-                    timed.append((rows, seconds))
-        return tuple(timed)
 
     def close(self) -> None:
         self.batch.close()

@@ -30,7 +30,7 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
-from .speculative import PROBE_CHANCE, Drafter, StepCost, best_draft_length
+from .speculative import PROBE_CHANCE, Drafter, DraftPayoff, StepCost, best_draft_length
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
@@ -50,9 +50,6 @@ class SchedulerPolicy:
     prefill_budget: int = 0   # prompt tokens per step while sequences decode; 0: no bound
     draft_max: int = 0        # draft tokens per sequence and step, for requests that do not say
     swa_window: int = 0       # sliding attention window (0: none): older cells may be reused
-    # (rows, seconds) of decode steps timed when the engine loaded (ModelRunner), for the
-    # drafting decision: the step time by row count is far from a line (speculative.StepCost)
-    row_seconds: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(slots=True)
@@ -183,8 +180,7 @@ class Scheduler:
         self.n_batch = n_batch
         self.policy = policy or SchedulerPolicy()
         self.cost = StepCost()  # decode time by row count, for the drafting decision
-        for rows, seconds in self.policy.row_seconds:
-            self.cost.observe(rows, seconds)
+        self.payoff = DraftPayoff()  # ... and whether drafting has realised more tokens per second
         self.last_accepted = 0  # draft tokens accepted in the last update
         self.memory = memory
         self.piece_of = piece_of
@@ -452,7 +448,9 @@ class Scheduler:
         """Draft rows from the budget and the KV cells left, most promising sequence first,
         each draft cut to the length that maximises the step's expected tokens per second
         (``best_draft_length``, on step times measured by row count): at high concurrency a
-        row costs as much as it can yield, and drafting stops by itself. A sequence whose
+        row costs as much as it can yield, and drafting stops by itself; where drafted steps
+        have realised fewer tokens per second than plain ones, the engine's own drafts stop
+        (``DraftPayoff``). A sequence whose
         estimate is not worth a row may probe with one token now and then (speculative.py).
         A request that asked for drafts takes them without the cost check. A sequence still
         owing its n > 1 siblings a KV copy does not draft (the copy must hold the prompt only)."""
@@ -471,23 +469,29 @@ class Scheduler:
             self._make_room(len(builder.tokens) + min(asked, builder.budget))
         room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
         rows, expected = len(decoding), float(len(decoding))
+        engine_drafts = self.payoff.allows(rows)
+        explore = True  # one draft a step may try a row count whose time is not measured yet
         candidates.sort(key=lambda candidate: -candidate[0])
         for chance, request, drafter in candidates:
             if room <= 0:
                 break
+            if not (drafter.asked or engine_drafts):
+                continue
             limit = min(drafter.n_max, room, request.params.max_tokens - request.num_generated - 1,
                         self.n_ctx - len(request.token_ids) - 1)
             draft = drafter.propose(request.token_ids, limit)
             if not draft:
                 continue
             chances = [chance ** (i + 1) for i in range(len(draft))]  # token i and all before it
-            count = len(draft) if drafter.asked else best_draft_length(chances, rows, expected, self.cost)
+            count = len(draft) if drafter.asked else best_draft_length(chances, rows, expected, self.cost,
+                                                                       explore)
             if count == 0:
                 if not (drafter.may_probe(step)
-                        and best_draft_length([PROBE_CHANCE], rows, expected, self.cost)):
+                        and best_draft_length([PROBE_CHANCE], rows, expected, self.cost, explore)):
                     continue
                 drafter.start_probe(step)
                 count = 1
+            explore = explore and self.cost.measured(rows + count)
             builder.add_draft(request, draft[:count])
             rows, expected, room = rows + count, expected + sum(chances[:count]), room - count
 
@@ -562,9 +566,12 @@ class Scheduler:
         return emissions
 
     def observe_step(self, plan: StepPlan, decode_s: float) -> None:
-        """Feed the draft cost model with a step whose every row has logits."""
+        """Feed the drafting decision with a step whose every row has logits (after
+        ``update``, which counted its accepted draft tokens)."""
         if plan.num_tokens == plan.num_decode_rows + plan.num_draft_rows:
             self.cost.observe(plan.num_tokens, decode_s)
+            self.payoff.observe(plan.num_decode_rows, plan.num_draft_rows > 0,
+                                plan.num_decode_rows + self.last_accepted, decode_s)
 
     def _commit_drafts(self, plan: StepPlan, output: StepOutput) -> dict[int, list[int]]:
         """Keep the cells of accepted draft tokens, remove the rest, record how each

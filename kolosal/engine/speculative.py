@@ -34,6 +34,13 @@ MIN_FIXED_SHARE = 0.5          # StepCost: the fixed part of a step is at least 
 MAX_TABLE_ROWS = 320           # StepCost times row counts up to this one by their own steps ...
 MIN_SAMPLES = 2                # ... once seen this often
 TABLE_WEIGHT = 0.2             # each new step's share of its row count's mean
+# DraftPayoff: realised tokens per second of steps with and without drafts, per number of
+# decoding sequences; drafting stops where it realises less, but is let through every
+# EXPLORE_STEPS-th step there so that the comparison stays current.
+PAYOFF_WEIGHT = 0.1
+PAYOFF_MIN_SAMPLES = 4
+EXPLORE_STEPS = 32
+MAX_PAYOFF_ROWS = 64           # more decoding sequences than this share one record
 
 
 def _key(tokens: list[int], start: int, size: int) -> int:
@@ -152,12 +159,12 @@ class StepCost:
     The time is far from a line in the rows: measured on a 2-core CPU with Gemma 3 270M
     (``benchmarks/row_cost.py``), 8 rows took 62 ms, 9 rows 83 and 10 rows 77 (ggml's CPU
     matmul kernels work on blocks of rows). A row count seen ``MIN_SAMPLES`` times is timed
-    from its own steps (exponentially weighted): the engine times the row counts that
-    drafting at low concurrency needs when it loads (``SchedulerPolicy.row_seconds``) and
-    every decode-only step after. Other counts are estimated from a line ``a + b * rows``
-    fitted on every step (exponentially weighted least squares; ``seconds``): its slope
-    leans on a prior of one row costing as much as the fixed part (b = a) until the row
-    counts vary enough, and a row is taken as at most twice the fixed part."""
+    from its own steps (exponentially weighted); the others are estimated (``seconds``),
+    with the help of a line ``a + b * rows`` fitted on every step (exponentially weighted
+    least squares) whose slope leans on a prior of one row costing as much as the fixed
+    part (b = a) until the row counts vary enough, and takes a row as at most twice the
+    fixed part. (Timing the row counts at load on an idle engine was tried and misled:
+    steps under HTTP load and with real contexts take longer.)"""
 
     def __init__(self, decay: float = 0.98, prior_weight: float = 4.0) -> None:
         self.decay = decay
@@ -195,29 +202,69 @@ class StepCost:
         a = max(mean_t - b * mean_r, MIN_FIXED_SHARE * b)
         return a, b
 
-    def seconds(self, rows: int) -> float:
-        """Expected decode time of a step of ``rows`` rows, all with logits: its own mean;
-        for a row count not measured yet, the nearest smaller one measured plus the line's
-        slope for each further row; with none measured at or below, the line."""
+    def measured(self, rows: int) -> bool:
+        return self._by_rows.get(rows, (0.0, 0))[1] >= MIN_SAMPLES
+
+    def seconds(self, rows: int, explore: bool = False) -> float:
+        """Expected decode time of a step of ``rows`` rows, all with logits: its own mean.
+        A row count not measured yet costs the nearest smaller one measured, plus the line's
+        slope for each further row, or, to ``explore``, nothing more (as if the extra rows
+        were free: so a draft tries it, and after ``MIN_SAMPLES`` steps its own time
+        decides). With nothing measured at or below ``rows``, the line."""
         a, b = self.line()
         below = bisect.bisect_right(self._measured, min(rows, MAX_TABLE_ROWS))
         if below:
             known = self._measured[below - 1]
-            return self._by_rows[known][0] + b * (rows - known)
+            return self._by_rows[known][0] + (0.0 if explore else b * (rows - known))
         return a + b * rows
 
 
-def best_draft_length(chances: list[float], rows: int, expected: float, cost: StepCost) -> int:
+def best_draft_length(chances: list[float], rows: int, expected: float, cost: StepCost,
+                      explore: bool = False) -> int:
     """How many of a draft's tokens to verify in a step that has ``rows`` rows and is
     expected to yield ``expected`` tokens: the count that maximises the step's expected
     tokens per second, token i (1-based) being accepted with probability ``chances[i-1]``
     (its own and every earlier one's). 0 when no count beats the step without the draft.
     Every count is tried, not just while each next row pays: when the step time falls from
-    an odd row count to the next even one, two rows can pay where one would not."""
-    best, best_rate = 0, expected / cost.seconds(rows)
+    an odd row count to the next even one, two rows can pay where one would not.
+    ``explore``: row counts not measured yet are taken optimistically (``StepCost.seconds``)."""
+    best, best_rate = 0, expected / cost.seconds(rows, explore)
     for count, chance in enumerate(chances, start=1):
         expected += chance
-        rate = expected / cost.seconds(rows + count)
+        rate = expected / cost.seconds(rows + count, explore)
         if rate > best_rate:
             best, best_rate = count, rate
     return best
+
+
+class DraftPayoff:
+    """Does drafting pay at this many decoding sequences, in what it realises? The cost
+    model decides from estimates (acceptance, step time by row count), which can be off:
+    the time of rows measured at load on an idle machine, or acceptance that differs from
+    the sequence's recent drafts. This record compares the tokens per second that steps
+    with drafts actually yielded (decode rows plus accepted draft tokens) with steps
+    without, per number of decoding sequences, and stops the engine's own drafting where
+    drafts realise less: so speculation, switched on, cannot keep losing."""
+
+    def __init__(self) -> None:
+        self._rates: dict[tuple[int, bool], tuple[float, int]] = {}  # (rows, drafted) -> (rate, samples)
+        self._held_back: dict[int, int] = {}  # rows -> steps whose drafts were stopped since the last try
+
+    def observe(self, decode_rows: int, drafted: bool, tokens: int, seconds: float) -> None:
+        if seconds <= 0.0 or decode_rows <= 0:
+            return
+        key = (min(decode_rows, MAX_PAYOFF_ROWS), drafted)
+        rate = tokens / seconds
+        mean, samples = self._rates.get(key, (rate, 0))
+        self._rates[key] = (mean + PAYOFF_WEIGHT * (rate - mean) if samples else rate, samples + 1)
+
+    def allows(self, decode_rows: int) -> bool:
+        """Whether this step may draft (call once per step that has a draft to propose)."""
+        rows = min(decode_rows, MAX_PAYOFF_ROWS)
+        with_drafts, tried = self._rates.get((rows, True), (0.0, 0))
+        without, plain = self._rates.get((rows, False), (0.0, 0))
+        if tried < PAYOFF_MIN_SAMPLES or plain < PAYOFF_MIN_SAMPLES or with_drafts >= without:
+            return True
+        held = self._held_back.get(rows, 0) + 1
+        self._held_back[rows] = 0 if held >= EXPLORE_STEPS else held
+        return held >= EXPLORE_STEPS

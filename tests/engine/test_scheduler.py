@@ -1,6 +1,8 @@
 """Scheduler planning with no library: a fake KV memory that records removals."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kolosal.engine.request import FinishEvent, Request, RequestStatus, SamplingParams, TokenEvent
@@ -26,7 +28,7 @@ class FakeMemory:
         return self.pos_min.get(seq_id, 0)
 
 
-def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8, **policy: int) -> Scheduler:
+def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8, **policy: Any) -> Scheduler:
     return Scheduler(num_slots, n_ctx, n_batch, FakeMemory(), piece_of=lambda t, special: f"<{t}>".encode(),
                      is_eog=lambda t: t == 0, clock=lambda: 0.0, policy=SchedulerPolicy(**policy))
 

@@ -2,6 +2,8 @@
 acceptance and rollback bookkeeping, the adaptive pause."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kolosal.engine.request import (
@@ -16,9 +18,12 @@ from kolosal.engine.request import (
 from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
 from kolosal.engine.speculative import (
     BACKOFF_STEPS,
+    EXPLORE_STEPS,
     MAX_FAILURES,
+    PAYOFF_MIN_SAMPLES,
     PROBE_STEPS,
     Drafter,
+    DraftPayoff,
     StepCost,
     best_draft_length,
 )
@@ -30,7 +35,7 @@ PROMPT = [1, 5, 6, 7, 8, 9, 5, 6, 7]
 
 
 def make(draft_max: int = 4, n_batch: int = 32, num_slots: int = 2, n_ctx: int = 64,
-         **policy: int) -> Scheduler:
+         **policy: Any) -> Scheduler:
     scheduler = Scheduler(num_slots, n_ctx, n_batch, FakeMemory(),
                           piece_of=lambda t, special: f"<{t}>".encode(), is_eog=lambda t: t == 0,
                           clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=draft_max, **policy))
@@ -223,18 +228,50 @@ def test_the_measured_time_of_each_row_count_decides_not_a_line() -> None:
         cost.observe(10, 0.078)
     assert best_draft_length([0.9, 0.81], 8, 8.0, cost) == 0
     # A row count not measured yet: the nearest smaller one measured, plus the line's slope
-    # for each further row.
+    # for each further row; or, to explore, nothing more, so a draft tries it ...
     _, per_row = cost.line()
     assert abs(cost.seconds(12) - (cost.seconds(10) + 2 * per_row)) < 1e-12
+    assert cost.seconds(12, explore=True) == cost.seconds(10)
+    assert best_draft_length([0.9, 0.81], 10, 10.0, cost, explore=True) == 2
+    # ... until it is measured (twice) and its own time decides.
+    for _ in range(2):
+        cost.observe(12, 0.095)
+    assert cost.measured(12) and best_draft_length([0.9, 0.81], 10, 10.0, cost, explore=True) == 1
 
 
-def test_the_engine_starts_from_the_step_times_measured_at_load() -> None:
-    timed = ((1, 0.015), (2, 0.028), (3, 0.052), (4, 0.046)) * 2
-    scheduler = Scheduler(1, 64, 32, FakeMemory(), piece_of=lambda t, special: b"x", is_eog=lambda t: False,
-                          clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=4, row_seconds=timed))
-    assert [round(scheduler.cost.seconds(rows), 3) for rows in (1, 2, 3, 4)] == [0.015, 0.028, 0.052, 0.046]
-    # With drafts accepted 9 times in 10: three draft tokens (4 rows) beat two (3 rows).
-    assert best_draft_length([0.9, 0.81, 0.729], 1, 1.0, scheduler.cost) == 3
+def test_one_draft_a_step_explores_an_unmeasured_row_count() -> None:
+    scheduler = make(num_slots=4, n_batch=64, n_ctx=256)
+    scheduler.cost = line_cost(0.001, 0.010, rows=(1, 2, 3, 4))  # compute-bound; nothing above 4 measured
+    plan = prefill(scheduler, *[request(rid=f"r{i}") for i in range(4)])
+    assert plan.num_decode_rows == 4
+    counts = [count for _, _, count in plan.drafts]
+    # The first sequence's whole draft tries 8 rows (a fresh sequence's 0.6 would not pay
+    # for one row at the line's cost); the others are measured against the line: probes at most.
+    assert counts[0] == 4 and all(count == 1 for count in counts[1:])
+
+
+def test_drafting_stops_where_it_realises_fewer_tokens_per_second() -> None:
+    payoff = DraftPayoff()
+    for _ in range(PAYOFF_MIN_SAMPLES):
+        assert payoff.allows(8)  # too little evidence yet
+        payoff.observe(8, drafted=False, tokens=8, seconds=0.062)   # 129 tokens/s
+        payoff.observe(8, drafted=True, tokens=9, seconds=0.083)    # 108 tokens/s
+        payoff.observe(1, drafted=False, tokens=1, seconds=0.016)   # 62 tokens/s
+        payoff.observe(1, drafted=True, tokens=3, seconds=0.046)    # 65 tokens/s
+    assert payoff.allows(1)  # one sequence: drafts pay
+    allowed = [payoff.allows(8) for _ in range(2 * EXPLORE_STEPS)]
+    assert sum(allowed) == 2 and allowed[EXPLORE_STEPS - 1]  # held back, but tried now and then
+
+
+def test_the_engine_stops_its_drafts_where_they_did_not_pay_but_not_the_drafts_asked_for() -> None:
+    scheduler = make(num_slots=2)
+    for _ in range(PAYOFF_MIN_SAMPLES):
+        scheduler.payoff.observe(2, drafted=False, tokens=2, seconds=0.02)
+        scheduler.payoff.observe(2, drafted=True, tokens=2, seconds=0.05)
+    engine_default, asked = request(rid="engine"), request(rid="asked", speculative=2)
+    plan = prefill(scheduler, engine_default, asked)
+    assert plan.num_decode_rows == 2
+    assert [plan.sampled[index].request_id for index, _, _ in plan.drafts] == ["asked"]
 
 
 def test_a_sequence_whose_drafts_keep_failing_pauses_with_backoff() -> None:

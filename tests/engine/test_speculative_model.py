@@ -132,24 +132,3 @@ async def test_a_prefix_shared_from_a_running_slot_gives_the_cold_output(
     assert result.finish is not None and result.finish.usage.cached_tokens == len(system_ids)
     assert result.text == expected.text
 
-
-def test_an_engine_that_speculates_times_its_steps_by_row_count_at_load(model_path: Path) -> None:
-    from kolosal.engine.runner import CALIBRATION_REPEATS, ModelRunner
-
-    def runner(draft_max: int) -> ModelRunner:
-        return ModelRunner(EngineConfig("timed", str(model_path), n_ctx=256, n_parallel=2,
-                                        spec_draft_max=draft_max))
-
-    speculating = runner(2)
-    try:
-        timed = speculating.policy.row_seconds
-        assert sorted(rows for rows, _ in timed) == sorted(list(range(1, 7)) * CALIBRATION_REPEATS)
-        assert all(seconds > 0 for _, seconds in timed)
-        assert speculating.context.seq_pos_max(0) == -1  # the scratch sequence is gone
-    finally:
-        speculating.close()
-    plain = runner(0)
-    try:
-        assert plain.policy.row_seconds == ()  # no speculation: nothing timed, no load delay
-    finally:
-        plain.close()
