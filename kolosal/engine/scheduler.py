@@ -450,10 +450,11 @@ class Scheduler:
         (``best_draft_length``, on step times measured by row count): at high concurrency a
         row costs as much as it can yield, and drafting stops by itself; where drafted steps
         have realised fewer tokens per second than plain ones, the engine's own drafts stop
-        (``DraftPayoff``). A sequence whose
-        estimate is not worth a row may probe with one token now and then (speculative.py).
-        A request that asked for drafts takes them without the cost check. A sequence still
-        owing its n > 1 siblings a KV copy does not draft (the copy must hold the prompt only)."""
+        (``DraftPayoff``). One draft a step may try a row count not measured yet. A sequence
+        whose estimate is not worth a row may probe with one token now and then
+        (speculative.py). A request that asked for drafts takes them without the cost check.
+        A sequence still owing its n > 1 siblings a KV copy does not draft (the copy must
+        hold the prompt only)."""
         step = self.counters.steps
         candidates = []
         for request in decoding:

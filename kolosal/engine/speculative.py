@@ -163,8 +163,8 @@ class StepCost:
     with the help of a line ``a + b * rows`` fitted on every step (exponentially weighted
     least squares) whose slope leans on a prior of one row costing as much as the fixed
     part (b = a) until the row counts vary enough, and takes a row as at most twice the
-    fixed part. (Timing the row counts at load on an idle engine was tried and misled:
-    steps under HTTP load and with real contexts take longer.)"""
+    fixed part. (Timing the row counts when the engine loads was tried: steps on an idle
+    engine with an empty cache misled the decision under real load.)"""
 
     def __init__(self, decay: float = 0.98, prior_weight: float = 4.0) -> None:
         self.decay = decay
@@ -239,12 +239,12 @@ def best_draft_length(chances: list[float], rows: int, expected: float, cost: St
 
 class DraftPayoff:
     """Does drafting pay at this many decoding sequences, in what it realises? The cost
-    model decides from estimates (acceptance, step time by row count), which can be off:
-    the time of rows measured at load on an idle machine, or acceptance that differs from
-    the sequence's recent drafts. This record compares the tokens per second that steps
-    with drafts actually yielded (decode rows plus accepted draft tokens) with steps
-    without, per number of decoding sequences, and stops the engine's own drafting where
-    drafts realise less: so speculation, switched on, cannot keep losing."""
+    model decides from estimates (acceptance from a sequence's recent drafts, step times
+    by row count from earlier steps), which other load or a change in the text can put
+    off. This record compares the tokens per second that steps with drafts actually
+    yielded (decode rows plus accepted draft tokens) with steps without, per number of
+    decoding sequences, and stops the engine's own drafting where drafts realise less: so
+    speculation, switched on, cannot keep losing."""
 
     def __init__(self) -> None:
         self._rates: dict[tuple[int, bool], tuple[float, int]] = {}  # (rows, drafted) -> (rate, samples)
@@ -259,11 +259,18 @@ class DraftPayoff:
         self._rates[key] = (mean + PAYOFF_WEIGHT * (rate - mean) if samples else rate, samples + 1)
 
     def allows(self, decode_rows: int) -> bool:
-        """Whether this step may draft (call once per step that has a draft to propose)."""
+        """Whether this step may draft (call once per step that has a draft to propose).
+        Each side needs ``PAYOFF_MIN_SAMPLES`` steps first: drafts are let through until
+        they have them, then held back until plain steps have them too (with many
+        sequences, nearly every step would otherwise carry some draft)."""
         rows = min(decode_rows, MAX_PAYOFF_ROWS)
         with_drafts, tried = self._rates.get((rows, True), (0.0, 0))
         without, plain = self._rates.get((rows, False), (0.0, 0))
-        if tried < PAYOFF_MIN_SAMPLES or plain < PAYOFF_MIN_SAMPLES or with_drafts >= without:
+        if tried < PAYOFF_MIN_SAMPLES:
+            return True
+        if plain < PAYOFF_MIN_SAMPLES:
+            return False
+        if with_drafts >= without:
             return True
         held = self._held_back.get(rows, 0) + 1
         self._held_back[rows] = 0 if held >= EXPLORE_STEPS else held

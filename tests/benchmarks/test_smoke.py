@@ -16,6 +16,7 @@ from benchmarks.plots import plot_comparison
 from benchmarks.prompts import long_prompt, pick_prompt
 from benchmarks.raw_decode import measure
 from benchmarks.report import markdown_summary, ratio_table, raw_share_table
+from benchmarks.row_cost import measure as measure_rows
 from benchmarks.servers import ServerSettings, find_llama_server, server_specs
 from benchmarks.step_profile import format_profile, profile
 
@@ -27,6 +28,13 @@ def test_raw_decode_probe(llama_model: object) -> None:
         result = measure(llama_model, batch_size=size, tokens=4)  # type: ignore[arg-type]
         assert result.batch_size == size and result.tokens == 4 * size
         assert result.tok_s > 0 and 0 < result.decode_s <= result.elapsed_s
+
+
+def test_row_cost_probe(llama_model: object) -> None:
+    results = measure_rows(llama_model, [1, 3], repeats=1, n_threads=0)  # type: ignore[arg-type]
+    assert [r.rows for r in results] == [1, 3]
+    assert all(r.all_logits_ms > 0 and r.last_logits_ms > 0 and r.ceiling > 0 for r in results)
+    assert results[0].ceiling == 1.0
 
 
 @pytest.mark.model  # the profile loads the default model itself

@@ -259,6 +259,9 @@ def test_drafting_stops_where_it_realises_fewer_tokens_per_second() -> None:
         payoff.observe(1, drafted=False, tokens=1, seconds=0.016)   # 62 tokens/s
         payoff.observe(1, drafted=True, tokens=3, seconds=0.046)    # 65 tokens/s
     assert payoff.allows(1)  # one sequence: drafts pay
+    for _ in range(PAYOFF_MIN_SAMPLES):
+        payoff.observe(4, drafted=True, tokens=5, seconds=0.05)
+    assert not payoff.allows(4)  # drafted steps measured, plain ones not yet: a plain step
     allowed = [payoff.allows(8) for _ in range(2 * EXPLORE_STEPS)]
     assert sum(allowed) == 2 and allowed[EXPLORE_STEPS - 1]  # held back, but tried now and then
 
