@@ -157,7 +157,7 @@ class StepCost:
     (decode rows and draft rows), learned online.
 
     The time is far from a line in the rows: measured on a 2-core CPU with Gemma 3 270M
-    (``benchmarks/row_cost.py``), 8 rows took 62 ms, 9 rows 83 and 10 rows 77 (ggml's CPU
+    (``benchmarks/row_cost.py``), 8 rows took 58 ms, 9 rows 79 and 10 rows 70 (ggml's CPU
     matmul kernels work on blocks of rows). A row count seen ``MIN_SAMPLES`` times is timed
     from its own steps (exponentially weighted); the others are estimated (``seconds``),
     with the help of a line ``a + b * rows`` fitted on every step (exponentially weighted

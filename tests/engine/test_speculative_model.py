@@ -131,4 +131,3 @@ async def test_a_prefix_shared_from_a_running_slot_gives_the_cold_output(
         assert engine.stats()["prefix_copies"] == copies + 1
     assert result.finish is not None and result.finish.usage.cached_tokens == len(system_ids)
     assert result.text == expected.text
-
