@@ -211,11 +211,12 @@ class StepCost:
         slope for each further row, or, to ``explore``, nothing more (as if the extra rows
         were free: so a draft tries it, and after ``MIN_SAMPLES`` steps its own time
         decides). With nothing measured at or below ``rows``, the line."""
-        a, b = self.line()
         below = bisect.bisect_right(self._measured, min(rows, MAX_TABLE_ROWS))
         if below:
             known = self._measured[below - 1]
-            return self._by_rows[known][0] + (0.0 if explore else b * (rows - known))
+            mean = self._by_rows[known][0]
+            return mean if known == rows or explore else mean + self.line()[1] * (rows - known)
+        a, b = self.line()
         return a + b * rows
 
 
