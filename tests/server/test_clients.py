@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from ..server_process import ENGINE, ServerProcess, wait_idle
+from .constrained import warm_prefix_cache
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
@@ -40,10 +41,11 @@ def test_sdk_chat_stream(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 10
 
 
-def test_sdk_completions_and_prompt_list(client: openai.OpenAI) -> None:
+def test_sdk_completions_and_prompt_list(server: ServerProcess, client: openai.OpenAI) -> None:
     completion = client.completions.create(model=ENGINE, prompt=["Hello", "Goodbye"], max_tokens=4,
                                            temperature=0)
     assert [c.index for c in completion.choices] == [0, 1]
+    warm_prefix_cache(server, "/v1/completions", {"prompt": "The sky is", "temperature": 0})
     whole = client.completions.create(model=ENGINE, prompt="The sky is", max_tokens=4, temperature=0)
     stream = client.completions.create(model=ENGINE, prompt="The sky is", max_tokens=4, temperature=0,
                                        stream=True)

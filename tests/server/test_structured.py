@@ -280,9 +280,7 @@ def test_no_op_fields_are_accepted(server: ServerProcess, body: dict[str, Any]) 
 def test_text_response_format_changes_nothing(server: ServerProcess) -> None:
     body: dict[str, Any] = {"messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 12,
             "temperature": 0}
-    # Warm the prompt cache first: both compared requests then start from the same cached prefix and
-    # evaluate the same last prompt token alone, so a near tie cannot flip between batch shapes.
-    assert chat(server, **body).status_code == 200
+    warm_prefix_cache(server, "/v1/chat/completions", body)
     plain = chat(server, **body).json()["choices"][0]["message"]["content"]
     assert chat(server, **body, response_format={"type": "text"}).json()["choices"][0]["message"][
         "content"] == plain
