@@ -55,6 +55,10 @@ class EngineConfig:
     spec_draft_max: int = option(0, "speculative decoding: most draft tokens a sequence adds to a "
                                  "step, looked up in its own prompt and output; 0 = off (a request "
                                  "may still ask)", ge=0, le=64, flag="--spec-draft-max")
+    row_padding: str = option(
+        "auto", "auto: a decode step takes one to three extra rows (one-token drafts) where "
+        "its measured time says that makes it cheaper (CPU matmul kernels work in tiles of "
+        "rows); off: never", flag="--row-padding", choices=("auto", "off"))
     max_queue: int = option(256, "waiting requests before 503 (engine_overloaded)",
                             ge=0, le=1_000_000, flag="--max-queue")
     flash_attn: str = option("auto", "flash attention", choices=("auto", "on", "off"), http=False)
@@ -118,6 +122,12 @@ class EngineConfig:
         drafts would leave KV holes that later tokens fill out of position order (README,
         Known limits); a request may still ask for them."""
         return 0 if self.deterministic else self.spec_draft_max
+
+    @property
+    def pads_rows(self) -> bool:
+        """Whether steps take padding rows: not on a deterministic engine (its point is
+        that a step's composition does not matter; padding changes it)."""
+        return self.row_padding == "auto" and not self.deterministic
 
     def model_params(self) -> ModelParams:
         """libllama model parameters of this engine."""

@@ -53,7 +53,8 @@ class ModelRunner:
         self.vocab = self.model.vocab
         self.num_slots = config.resolved_parallel
         self.policy = SchedulerPolicy(prefill_budget=config.prefill_budget,
-                                      draft_max=config.resolved_spec_draft_max, swa_window=self.model.n_swa)
+                                      draft_max=config.resolved_spec_draft_max, swa_window=self.model.n_swa,
+                                      pad_rows=config.pads_rows)
         self._grammar: GrammarEngine | None = None
         self._grammar_lock = threading.Lock()
 

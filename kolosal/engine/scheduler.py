@@ -50,6 +50,7 @@ class SchedulerPolicy:
     prefill_budget: int = 0   # prompt tokens per step while sequences decode; 0: no bound
     draft_max: int = 0        # draft tokens per sequence and step, for requests that do not say
     swa_window: int = 0       # sliding attention window (0: none): older cells may be reused
+    pad_rows: bool = False    # add rows to a step where measured times say that makes it cheaper
 
 
 @dataclass(slots=True)
@@ -69,6 +70,7 @@ class StepPlan:
     drafts: list[tuple[int, int, int]] = field(default_factory=list)
     # (index in sampled, first batch row, count) of draft tokens to verify, after the
     # sequence's decode row; their tokens are tokens[first:first + count]
+    num_padding: int = 0                      # the last this many drafts are padding rows
 
     @property
     def num_tokens(self) -> int:
@@ -77,6 +79,9 @@ class StepPlan:
     @property
     def num_draft_rows(self) -> int:
         return sum(count for _, _, count in self.drafts)
+
+    def is_padding(self, draft_index: int) -> bool:
+        return draft_index >= len(self.drafts) - self.num_padding
 
 
 @dataclass(slots=True)
@@ -108,6 +113,8 @@ class SchedulerCounters:
     prefix_copied_tokens: int = 0
     draft_tokens: int = 0    # speculative decoding: draft tokens verified
     accepted_tokens: int = 0  # ... and accepted
+    padding_rows: int = 0    # one-token drafts added only to make a step cheaper
+    padding_accepted: int = 0  # ... that were accepted all the same
 
 
 class _PlanBuilder:
@@ -121,6 +128,7 @@ class _PlanBuilder:
         self.scheduled: list[tuple[Request, int]] = []
         self.prompt_rows: list[tuple[Request, int, int]] = []
         self.drafts: list[tuple[Request, int, int]] = []
+        self.num_padding = 0
 
     def add(self, request: Request, start: int, count: int) -> None:
         if request.params.prompt_logprobs and start < request.num_prompt - 1:
@@ -131,9 +139,11 @@ class _PlanBuilder:
         self.scheduled.append((request, count))
         self.budget -= count
 
-    def add_draft(self, request: Request, draft: list[int]) -> None:
+    def add_draft(self, request: Request, draft: list[int], padding: bool = False) -> None:
         """Draft tokens after the request's decode row (already added), at the positions
-        that follow it."""
+        that follow it. Padding drafts come after every other draft."""
+        assert padding or not self.num_padding
+        self.num_padding += padding
         start = request.num_computed + 1
         self.drafts.append((request, len(self.tokens), len(draft)))
         self.tokens.extend(draft)
@@ -169,7 +179,8 @@ class _PlanBuilder:
         return StepPlan(np.asarray(self.tokens, dtype=np.int32),
                         np.asarray(self.positions, dtype=np.int32),
                         np.asarray(self.seq_ids, dtype=np.int32), logits, self.scheduled, sampled,
-                        np.asarray(rows, dtype=np.int32), num_decode_rows, self.prompt_rows, drafts)
+                        np.asarray(rows, dtype=np.int32), num_decode_rows, self.prompt_rows, drafts,
+                        self.num_padding)
 
 
 class Scheduler:
@@ -181,7 +192,7 @@ class Scheduler:
         self.policy = policy or SchedulerPolicy()
         self.cost = StepCost()  # decode time by row count, for the drafting decision
         self.payoff = DraftPayoff()  # ... and whether drafting has realised more tokens per second
-        self.last_accepted = 0  # draft tokens accepted in the last update
+        self.last_accepted = 0  # draft tokens (padding rows too) accepted in the last update
         self.memory = memory
         self.piece_of = piece_of
         self.is_eog = is_eog
@@ -320,6 +331,8 @@ class Scheduler:
            Siblings of an n > 1 group wait for their first request's prompt instead of
            computing it again.
         5. What is left goes to draft rows of speculating sequences (``_plan_drafts``).
+        6. A step whose every row has logits may take a row or more where that makes it
+           cheaper (``_pad``).
         """
         self._admit()
         if not self.running:
@@ -335,6 +348,8 @@ class Scheduler:
         self._plan_prompt_chunks(builder, prompt_budget)
         if builder.budget > 0 and num_decode_rows:
             self._plan_drafts(builder, decoding[:num_decode_rows])
+            if self.policy.pad_rows and len(builder.scheduled) == num_decode_rows:
+                self._pad(builder, decoding[:num_decode_rows])
         return builder.build(num_decode_rows)
 
     def _admit(self) -> None:
@@ -417,8 +432,10 @@ class Scheduler:
         n_max = self.policy.draft_max if params.speculative is None else params.speculative
         if n_max == SPECULATE_ON:
             n_max = self.policy.draft_max or DEFAULT_DRAFT_MAX
-        if n_max <= 0 or request.constraint is not None or params.logprobs is not None:
+        if request.constraint is not None or params.logprobs is not None or params.speculative == 0:
             return None
+        if n_max <= 0:  # no drafts of its own; padding rows only (``_pad``)
+            return Drafter(0) if self.policy.pad_rows else None
         return Drafter(n_max, asked=params.speculative is not None)
 
     def _ensure_decode_room(self) -> list[Request]:
@@ -459,7 +476,7 @@ class Scheduler:
         candidates = []
         for request in decoding:
             drafter = request.drafter
-            if drafter is not None and not request.forks:
+            if drafter is not None and drafter.n_max > 0 and not request.forks:
                 chance = drafter.acceptance(step)
                 if chance > 0.0:
                     candidates.append((chance, request, drafter))
@@ -495,6 +512,29 @@ class Scheduler:
             explore = explore and self.cost.measured(rows + count)
             builder.add_draft(request, draft[:count])
             rows, expected, room = rows + count, expected + sum(chances[:count]), room - count
+
+    def _pad(self, builder: _PlanBuilder, decoding: list[Request]) -> None:
+        """Rows that make the step cheaper (``StepCost.padding``), each a one-token draft of
+        a sequence not drafting yet this step: its prompt-lookup guess, else its last token
+        again. Verified like any draft, so an accepted one is a token gained and a rejected
+        one only costs its cell, removed after the step; a sequence's drafting record does
+        not count them."""
+        room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
+        extra = self.cost.padding(len(builder.tokens), room)
+        if not extra:
+            return
+        drafting = {id(request) for request, _, _ in builder.drafts}
+        for request in decoding:
+            drafter = request.drafter
+            if (drafter is None or request.forks or id(request) in drafting
+                    or request.num_generated + 1 >= request.params.max_tokens
+                    or len(request.token_ids) + 1 >= self.n_ctx):
+                continue
+            guess = drafter.propose(request.token_ids, 1) or request.token_ids[-1:]
+            builder.add_draft(request, guess, padding=True)
+            extra -= 1
+            if not extra:
+                return
 
     def _preempt_youngest(self) -> bool:
         if len(self.running) <= 1:
@@ -571,7 +611,7 @@ class Scheduler:
         ``update``, which counted its accepted draft tokens)."""
         if plan.num_tokens == plan.num_decode_rows + plan.num_draft_rows:
             self.cost.observe(plan.num_tokens, decode_s)
-            self.payoff.observe(plan.num_decode_rows, plan.num_draft_rows > 0,
+            self.payoff.observe(plan.num_decode_rows, plan.num_draft_rows > plan.num_padding,
                                 plan.num_decode_rows + self.last_accepted, decode_s)
 
     def _commit_drafts(self, plan: StepPlan, output: StepOutput) -> dict[int, list[int]]:
@@ -579,20 +619,25 @@ class Scheduler:
         sequence's draft did. Returns, per sampled index, the tokens after the first."""
         accepted_after: dict[int, list[int]] = {}
         step = self.counters.steps
-        total = 0
-        for (index, _, count), after in zip(plan.drafts, output.drafted, strict=True):
+        total = padded = 0
+        for number, ((index, _, count), after) in enumerate(zip(plan.drafts, output.drafted, strict=True)):
             request = plan.sampled[index]
             accepted = len(after)
             request.num_computed += accepted
             if accepted < count:
                 self.memory.seq_remove(request.seq_id, request.num_computed, -1)
+            accepted_after[index] = after
+            if plan.is_padding(number):
+                self.counters.padding_rows += count
+                padded += accepted
+                continue
             if request.drafter is not None:
                 request.drafter.record(count, accepted, step)
             self.counters.draft_tokens += count
             total += accepted
-            accepted_after[index] = after
         self.counters.accepted_tokens += total
-        self.last_accepted = total
+        self.counters.padding_accepted += padded
+        self.last_accepted = total + padded
         return accepted_after
 
     def _advance_many(self, request: Request, tokens: list[int]) -> list[Emission]:

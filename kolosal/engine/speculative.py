@@ -34,6 +34,10 @@ MIN_FIXED_SHARE = 0.5          # StepCost: the fixed part of a step is at least 
 MAX_TABLE_ROWS = 320           # StepCost times row counts up to this one by their own steps ...
 MIN_SAMPLES = 2                # ... once seen this often
 TABLE_WEIGHT = 0.2             # each new step's share of its row count's mean
+# Padding (StepCost.padding): a step of r rows may take up to MAX_PAD_ROWS more when their
+# measured time is at least PAD_MARGIN below r's (so noise between equal counts does not pad).
+MAX_PAD_ROWS = 3
+PAD_MARGIN = 0.03
 # DraftPayoff: realised tokens per second of steps with and without drafts, per number of
 # decoding sequences; drafting stops where it realises less, but is let through every
 # EXPLORE_STEPS-th step there so that the comparison stays current.
@@ -218,6 +222,25 @@ class StepCost:
             return mean if known == rows or explore else mean + self.line()[1] * (rows - known)
         a, b = self.line()
         return a + b * rows
+
+
+    def padding(self, rows: int, most: int) -> int:
+        """How many rows (at most ``most``) to add to a step of ``rows`` rows, all with
+        logits, to make it cheaper: ggml's CPU matmul kernels take output rows in tiles, and
+        a count that does not fill them costs an extra pass over the weights (on a 2-core
+        AVX2 CPU, 9 rows took 89 ms and 10 rows 77: ``benchmarks/row_cost.py``). Decided on
+        measured times only; a count one above a measured one is tried (``MIN_SAMPLES``
+        steps) before it is known. Never for one row: a single stream's steps stay as they
+        are."""
+        if rows < 2 or most <= 0 or not self.measured(rows):
+            return 0
+        if not self.measured(rows + 1):
+            return 1
+        best, best_seconds = 0, self.seconds(rows) * (1.0 - PAD_MARGIN)
+        for extra in range(1, min(most, MAX_PAD_ROWS) + 1):
+            if self.measured(rows + extra) and self.seconds(rows + extra) < best_seconds:
+                best, best_seconds = extra, self.seconds(rows + extra)
+        return best
 
 
 def best_draft_length(chances: list[float], rows: int, expected: float, cost: StepCost,

@@ -65,6 +65,8 @@ class EngineStats:
     prefix_copied_tokens: int = 0   # ... and how many tokens those prefixes held
     spec_draft_tokens: int = 0      # speculative decoding: draft tokens verified
     spec_accepted_tokens: int = 0   # ... and accepted (each saves a decode step)
+    padding_rows: int = 0           # rows added only because they made a step cheaper
+    padding_accepted_tokens: int = 0  # ... whose one-token draft was accepted all the same
     profile: StepProfile = StepProfile()
 
     @property
@@ -103,7 +105,9 @@ class StatsRecorder:
                 "prefix_copies": scheduler.counters.prefix_copies,
                 "prefix_copied_tokens": scheduler.counters.prefix_copied_tokens,
                 "spec_draft_tokens": scheduler.counters.draft_tokens,
-                "spec_accepted_tokens": scheduler.counters.accepted_tokens}
+                "spec_accepted_tokens": scheduler.counters.accepted_tokens,
+                "padding_rows": scheduler.counters.padding_rows,
+                "padding_accepted_tokens": scheduler.counters.padding_accepted}
 
     def record_idle(self, scheduler: Scheduler) -> None:
         prefill, decode = self._rates(time.monotonic())

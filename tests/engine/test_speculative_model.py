@@ -131,3 +131,27 @@ async def test_a_prefix_shared_from_a_running_slot_gives_the_cold_output(
         assert engine.stats()["prefix_copies"] == copies + 1
     assert result.finish is not None and result.finish.usage.cached_tokens == len(system_ids)
     assert result.text == expected.text
+
+
+async def test_padding_rows_on_the_real_model(registry: EngineRegistry, model_path: Path) -> None:
+    """Three sequences decode in 3-row steps; once 3 rows are timed, the next steps try a
+    4th (a one-token draft) to time it (whether padding then stays depends on this CPU's
+    kernels). Every request still gets exactly its tokens, and no padding cell is left in
+    libllama's KV: each slot's sequence ends where its cached tokens do."""
+    config = EngineConfig("padding", str(model_path), n_ctx=1024, n_parallel=3, spec_draft_max=0)
+    async with loaded(registry, config) as engine:
+        prompts = ["The capital of France is", "Water boils at", "Once upon a time"]
+        results = await asyncio.gather(*(run(engine, p, greedy(24, ignore_eos=True), f"p{i}")
+                                         for i, p in enumerate(prompts)))
+        stats = engine.stats()
+        assert all(r.finish is not None and r.finish.usage.completion_tokens == 24 for r in results)
+        assert stats["padding_rows"] >= 2 and stats["spec_draft_tokens"] == 0
+        assert 0 <= stats["padding_accepted_tokens"] <= stats["padding_rows"]
+        scheduler, context = engine._thread.scheduler, engine._runner.context  # type: ignore[union-attr]
+        for slot in scheduler.slots.slots:
+            assert not slot.busy
+            assert len(slot.cached_ids) > 24 and context.seq_pos_max(slot.seq_id) == len(slot.cached_ids) - 1
+    async with loaded(registry, EngineConfig("no-padding", str(model_path), n_ctx=1024, n_parallel=3,
+                                             row_padding="off")) as engine:
+        await asyncio.gather(*(run(engine, p, greedy(24, ignore_eos=True)) for p in prompts))
+        assert engine.stats()["padding_rows"] == 0
