@@ -83,16 +83,22 @@ class StatsRecorder:
     def __init__(self, slots_total: int, kv_cells_total: int) -> None:
         self.snapshot = EngineStats(slots_total=slots_total, kv_cells_total=kv_cells_total)
         self._window: deque[tuple[float, int, int]] = deque()  # (time, prefill, decode)
+        self._prefill_in_window = self._decode_in_window = 0  # sums over the window, kept as it moves
+
+    def _add_to_window(self, now: float, prefill: int, decode: int) -> None:
+        self._window.append((now, prefill, decode))
+        self._prefill_in_window += prefill
+        self._decode_in_window += decode
 
     def _rates(self, now: float) -> tuple[float, float]:
         while self._window and now - self._window[0][0] > RATE_WINDOW_S:
-            self._window.popleft()
+            _, prefill, decode = self._window.popleft()
+            self._prefill_in_window -= prefill
+            self._decode_in_window -= decode
         if not self._window:
             return 0.0, 0.0
         span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else RATE_WINDOW_S
-        prefill = sum(item[1] for item in self._window)
-        decode = sum(item[2] for item in self._window)
-        return prefill / span, decode / span
+        return self._prefill_in_window / span, self._decode_in_window / span
 
     def _occupancy(self, scheduler: Scheduler) -> dict[str, Any]:
         return {"slots_busy": len(scheduler.running), "queue_depth": len(scheduler.waiting),
@@ -120,7 +126,7 @@ class StatsRecorder:
         now = time.monotonic()
         prefill_rows = plan.num_tokens - plan.num_decode_rows - plan.num_draft_rows
         if ok:
-            self._window.append((now, prefill_rows, plan.num_decode_rows + scheduler.last_accepted))
+            self._add_to_window(now, prefill_rows, plan.num_decode_rows + scheduler.last_accepted)
         prefill, decode = self._rates(now)
         old = self.snapshot
         profile = old.profile
