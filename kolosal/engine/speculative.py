@@ -223,7 +223,6 @@ class StepCost:
         a, b = self.line()
         return a + b * rows
 
-
     def padding(self, rows: int, most: int) -> int:
         """How many rows (at most ``most``) to add to a step of ``rows`` rows, all with
         logits, to make it cheaper: ggml's CPU matmul kernels take output rows in tiles, and
