@@ -230,8 +230,8 @@ class StepCost:
         AVX2 CPU, 9 rows took 89 ms and 10 rows 77: ``benchmarks/row_cost.py``). Decided on
         measured times only; a count one above a measured one is tried (``MIN_SAMPLES``
         steps) before it is known. Never for one row: a single stream's steps stay as they
-        are."""
-        if rows < 2 or most <= 0 or not self.measured(rows):
+        are; nor beyond the row counts the table times."""
+        if rows < 2 or most <= 0 or rows >= MAX_TABLE_ROWS or not self.measured(rows):
             return 0
         if not self.measured(rows + 1):
             return 1

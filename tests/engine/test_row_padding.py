@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from kolosal.engine.scheduler import Scheduler, StepOutput
-from kolosal.engine.speculative import MIN_SAMPLES, StepCost
+from kolosal.engine.speculative import MAX_TABLE_ROWS, MIN_SAMPLES, StepCost
 
 from .test_scheduler import FakeMemory
 from .test_speculative import PROMPT, make, prefill, request
@@ -46,6 +46,9 @@ def test_padding_is_decided_on_measured_times_only() -> None:
     cheap_at_8 = table(r5=0.070, r6=0.069, r7=0.068, r8=0.050)
     assert cheap_at_8.padding(5, most=8) == 3 and cheap_at_8.padding(5, most=2) == 0
     assert table(r3=0.050, r4=0.0495).padding(3, most=8) == 0
+    # The table times row counts up to MAX_TABLE_ROWS: past it a count could never be
+    # measured, and would be "tried" on every step.
+    assert table(**{f"r{MAX_TABLE_ROWS}": 1.0}).padding(MAX_TABLE_ROWS, most=8) == 0
 
 
 def test_an_odd_step_takes_a_padding_row_that_is_a_one_token_draft() -> None:
