@@ -102,8 +102,9 @@ def test_keep_alive_unloads_an_idle_engine_and_reloads_it(spawn: Spawn, model_pa
         "engine_id": "napper", "model_path": str(model_path), "n_ctx": 512, "keep_alive": 1})
     assert created.status_code == 201 and created.json()["keep_alive"] == 1
     first = complete(server, "napper").json()["choices"][0]["text"]
-    deadline = time.monotonic() + 120  # a bound for a busy machine, not a speed claim (~2 s idle)
-    while status_of(server, "napper")["state"] != "unloaded" and time.monotonic() < deadline:
+    # How soon the unloader runs is not what this tests (the registry tests expiry without a
+    # clock): wait for the state itself; a server that never unloads hits pytest's timeout.
+    while status_of(server, "napper")["state"] != "unloaded":
         time.sleep(0.2)
     assert status_of(server, "napper")["state"] == "unloaded"
     assert status_of(server, ENGINE)["state"] == "ready"  # no keep_alive: stays
