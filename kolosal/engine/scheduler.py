@@ -519,10 +519,15 @@ class Scheduler:
         again. Verified like any draft, so an accepted one is a token gained and a rejected
         one only costs its cell, removed after the step; a sequence's drafting record does
         not count them."""
-        room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
-        extra = self.cost.padding(len(builder.tokens), room)
-        if not extra:
+        rows = len(builder.tokens)
+        extra = self.cost.padding(rows, builder.budget)
+        if not extra:  # most steps: no need to count the KV cells
             return
+        free_cells = self.n_ctx - self.kv_cells_used() - rows
+        if free_cells < extra:
+            extra = self.cost.padding(rows, free_cells)
+            if not extra:
+                return
         drafting = {id(request) for request, _, _ in builder.drafts}
         for request in decoding:
             drafter = request.drafter

@@ -21,10 +21,10 @@ def table(**seconds_by_rows: float) -> StepCost:
     return cost
 
 
-def padded(num_requests: int = 3) -> Scheduler:
+def padded(num_requests: int = 3, n_ctx: int = 64) -> Scheduler:
     """A scheduler that pads (its engine not speculating) and on whose CPU 3 rows cost
     more than 4, as measured on a 2-core AVX2 machine (benchmarks/RESULTS.md)."""
-    scheduler = make(draft_max=0, num_slots=num_requests, pad_rows=True)
+    scheduler = make(draft_max=0, num_slots=num_requests, n_ctx=n_ctx, pad_rows=True)
     scheduler.cost = table(r1=0.017, r2=0.028, r3=0.052, r4=0.040)
     return scheduler
 
@@ -96,6 +96,10 @@ def test_where_no_padding_goes() -> None:
     # One more token would pass max_tokens: no padding row for that sequence.
     scheduler = padded()
     plan = prefill(scheduler, *(request(rid=f"m{i}", max_tokens=2) for i in range(3)))
+    assert plan.num_tokens == 3 and not plan.drafts
+    # No free KV cell for it (3 prompts of 9 tokens and 3 decode rows fill 30 cells).
+    scheduler = padded(n_ctx=3 * len(PROMPT) + 3)
+    plan = prefill(scheduler, *(request(rid=f"k{i}") for i in range(3)))
     assert plan.num_tokens == 3 and not plan.drafts
     # Off by policy (row_padding off, or a deterministic engine).
     scheduler = make(draft_max=0, num_slots=3)
