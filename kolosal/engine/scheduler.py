@@ -30,7 +30,7 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
-from .speculative import PROBE_CHANCE, Drafter, DraftPayoff, StepCost, best_draft_length
+from .speculative import SURE_CHANCE, Drafter, DraftPayoff, MatchOdds, StepCost, best_draft_length
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
@@ -192,6 +192,7 @@ class Scheduler:
         self.policy = policy or SchedulerPolicy()
         self.cost = StepCost()  # decode time by row count, for the drafting decision
         self.payoff = DraftPayoff()  # ... and whether drafting has realised more tokens per second
+        self.odds = MatchOdds()  # acceptance of draft tokens by the match length they continue
         self.last_accepted = 0  # draft tokens (padding rows too) accepted in the last update
         self.memory = memory
         self.piece_of = piece_of
@@ -462,52 +463,50 @@ class Scheduler:
             budget -= chunk
 
     def _plan_drafts(self, builder: _PlanBuilder, decoding: list[Request]) -> None:
-        """Draft rows from the budget and the KV cells left, most promising sequence first,
-        each draft cut to the length that maximises the step's expected tokens per second
-        (``best_draft_length``, on step times measured by row count): at high concurrency a
-        row costs as much as it can yield, and drafting stops by itself; where drafted steps
-        have realised fewer tokens per second than plain ones, the engine's own drafts stop
-        (``DraftPayoff``). One draft a step may try a row count not measured yet. A sequence
-        whose estimate is not worth a row may probe with one token now and then
-        (speculative.py). A request that asked for drafts takes them without the cost check.
-        A sequence still owing its n > 1 siblings a KV copy does not draft (the copy must
-        hold the prompt only)."""
+        """Draft rows from the budget and the KV cells left, most promising draft first,
+        each cut to the length that maximises the step's expected tokens per second
+        (``best_draft_length``: acceptance odds by match length from ``MatchOdds``, step times
+        by row count measured): at high concurrency a row costs as much as it can yield, and
+        drafting stops by itself; where drafted steps have realised fewer tokens per second
+        than plain ones, the engine's own drafts stop (``DraftPayoff``). One draft a step may
+        try a row count not measured yet; a draft not worth a row is tried with one token now
+        and then (``MatchOdds.explore``). A request that asked for drafts takes them without
+        the cost check. A sequence still owing its n > 1 siblings a KV copy does not draft
+        (the copy must hold the prompt only)."""
         step = self.counters.steps
-        candidates = []
-        for request in decoding:
-            drafter = request.drafter
-            if drafter is not None and drafter.n_max > 0 and not request.forks:
-                chance = drafter.acceptance(step)
-                if chance > 0.0:
-                    candidates.append((chance, request, drafter))
-        if not candidates:
+        drafters = [(request, request.drafter) for request in decoding
+                    if request.drafter is not None and request.drafter.n_max > 0 and not request.forks
+                    and not request.drafter.paused(step)]
+        if not drafters:
             return
-        asked = sum(drafter.n_max for _, _, drafter in candidates if drafter.asked)
+        rows, expected = len(decoding), float(len(decoding))
+        engine_drafts = self.payoff.allows(rows)
+        if not engine_drafts:
+            drafters = [(request, drafter) for request, drafter in drafters if drafter.asked]
+        asked = sum(drafter.n_max for _, drafter in drafters if drafter.asked)
         if asked:  # drafts a request asked for may evict prefix caches; the engine's own use free cells
             self._make_room(len(builder.tokens) + min(asked, builder.budget))
         room = min(builder.budget, self.n_ctx - self.kv_cells_used() - len(builder.tokens))
-        rows, expected = len(decoding), float(len(decoding))
-        engine_drafts = self.payoff.allows(rows)
-        explore = True  # one draft a step may try a row count whose time is not measured yet
-        candidates.sort(key=lambda candidate: -candidate[0])
-        for chance, request, drafter in candidates:
-            if room <= 0:
-                break
-            if not (drafter.asked or engine_drafts):
-                continue
+        candidates = []
+        for request, drafter in drafters:
             limit = min(drafter.n_max, room, request.params.max_tokens - request.num_generated - 1,
                         self.n_ctx - len(request.token_ids) - 1)
             draft = drafter.propose(request.token_ids, limit)
-            if not draft:
-                continue
-            chances = [chance ** (i + 1) for i in range(len(draft))]  # token i and all before it
-            count = len(draft) if drafter.asked else best_draft_length(chances, rows, expected, self.cost,
-                                                                       explore)
+            if draft:
+                chances = self.odds.chances(drafter.match, len(draft), request.sampler is not None)
+                candidates.append((chances, draft, request, drafter))
+        explore = True  # one draft a step may try a row count whose time is not measured yet
+        candidates.sort(key=lambda candidate: -candidate[0][0])
+        for chances, draft, request, drafter in candidates:
+            if room <= 0:
+                break
+            draft = draft[:room]
+            count = len(draft) if drafter.asked else best_draft_length(chances[:room], rows, expected,
+                                                                       self.cost, explore)
             if count == 0:
-                if not (drafter.may_probe(step)
-                        and best_draft_length([PROBE_CHANCE], rows, expected, self.cost, explore)):
+                if not (best_draft_length([SURE_CHANCE], rows, expected, self.cost, explore)
+                        and self.odds.explore(drafter.match, request.sampler is not None)):
                     continue
-                drafter.start_probe(step)
                 count = 1
             explore = explore and self.cost.measured(rows + count)
             builder.add_draft(request, draft[:count])
@@ -638,6 +637,7 @@ class Scheduler:
                 continue
             if request.drafter is not None:
                 request.drafter.record(count, accepted, step)
+                self.odds.record(request.drafter.match, count, accepted, request.sampler is not None)
             self.counters.draft_tokens += count
             total += accepted
         self.counters.accepted_tokens += total

@@ -21,11 +21,12 @@ from kolosal.engine.speculative import (
     EXPLORE_STEPS,
     MAX_FAILURES,
     PAYOFF_MIN_SAMPLES,
-    PROBE_STEPS,
     Drafter,
     DraftPayoff,
+    MatchOdds,
     StepCost,
     best_draft_length,
+    match_bucket,
 )
 
 from .test_scheduler import FakeMemory
@@ -280,16 +281,16 @@ def test_the_engine_stops_its_drafts_where_they_did_not_pay_but_not_the_drafts_a
 def test_a_sequence_whose_drafts_keep_failing_pauses_with_backoff() -> None:
     drafter = Drafter(4)
     for step in range(MAX_FAILURES):
-        assert drafter.acceptance(step) > 0
+        assert not drafter.paused(step)
         drafter.record(4, 0, step)
     paused_at = MAX_FAILURES - 1
-    assert drafter.acceptance(paused_at + 1) == 0.0
-    assert drafter.acceptance(paused_at + BACKOFF_STEPS) > 0.0  # tries again ...
+    assert drafter.paused(paused_at + 1)
+    assert not drafter.paused(paused_at + BACKOFF_STEPS)  # tries again ...
     for step in range(paused_at + BACKOFF_STEPS, paused_at + BACKOFF_STEPS + MAX_FAILURES):
         drafter.record(4, 0, step)
     resumed = paused_at + BACKOFF_STEPS + MAX_FAILURES - 1
-    assert drafter.acceptance(resumed + BACKOFF_STEPS) == 0.0  # ... and waits twice as long
-    assert drafter.acceptance(resumed + 2 * BACKOFF_STEPS) > 0.0
+    assert drafter.paused(resumed + BACKOFF_STEPS)  # ... and waits twice as long
+    assert not drafter.paused(resumed + 2 * BACKOFF_STEPS)
     drafter.record(4, 3, resumed + 2 * BACKOFF_STEPS)
     assert drafter.backoff == BACKOFF_STEPS  # a success resets the backoff
 
@@ -330,26 +331,45 @@ def costly(scheduler: Scheduler, fixed: float, per_row: float) -> Scheduler:
     return scheduler
 
 
-def test_a_sequence_not_worth_drafting_probes_now_and_then() -> None:
-    # One row costs twice the fixed part: a new sequence's 0.6 is not worth a row, but a
-    # sequence that copies its context (0.9) would be: it probes with one token.
-    scheduler = costly(make(), 0.010, 0.020)
-    r = request()
-    plan = prefill(scheduler, r)
-    assert plan.drafts == [(0, 1, 1)] and r.drafter is not None and r.drafter.probing
-    scheduler.update(plan, StepOutput(np.array([1]), drafted=[[]]))  # rejected
-    assert r.drafter.failures == 0  # a probe does not count towards a pause
-    r.token_ids[-1] = 8  # back on the loop: a draft exists
-    for _ in range(PROBE_STEPS - 1):
+def test_odds_by_match_length_learn_from_every_verified_draft() -> None:
+    assert [match_bucket(n) for n in (2, 3, 6, 7, 11, 12, 40)] == [2, 3, 6, 7, 7, 8, 8]
+    odds = MatchOdds()
+    assert odds.chance(3, sampled=False) == 0.6  # the prior
+    # A draft on a 3-token match: tokens 1 and 2 (matches 3, 4) accepted, token 3 (match 5)
+    # rejected, token 4 never tested.
+    odds.record(3, proposed=4, accepted=2, sampled=False)
+    assert odds.chance(3, False) == odds.chance(4, False) == (1 + 1.2) / (1 + 2.0)
+    assert odds.chance(5, False) == 1.2 / (1 + 2.0) and odds.chance(6, False) == 0.6
+    assert odds.chance(3, sampled=True) == 0.6  # greedy and sampled requests apart
+    chances = odds.chances(3, 3, False)
+    assert chances == [odds.chance(3, False), chances[0] * odds.chance(4, False),
+                       chances[1] * odds.chance(5, False)]
+    for _ in range(2000):  # old evidence fades: the odds follow the load
+        odds.record(20, proposed=1, accepted=1, sampled=False)
+    for _ in range(400):
+        odds.record(20, proposed=1, accepted=0, sampled=False)
+    assert odds.chance(12, False) < 0.5
+
+
+def test_a_draft_not_worth_a_row_is_tried_now_and_then() -> None:
+    # One row costs twice the fixed part: the prior 0.6 is not worth a row, a sure draft
+    # would be: every EXPLORE_STEPS-th such draft goes in with one token.
+    loop = [5, 6, 7]
+    scheduler = costly(make(n_ctx=256), 0.010, 0.020)
+    r = request(loop * 6, max_tokens=200)  # a 12+ token match from the start, and on
+    plan = prefill(scheduler, r, first=[5])
+    draft_steps = []
+    for step in range(2 * EXPLORE_STEPS):
+        if plan.drafts:
+            draft_steps.append(step)
+            assert plan.num_draft_rows == 1
+        following = loop[(loop.index(r.token_ids[-1]) + 1) % 3]
+        scheduler.update(plan, StepOutput(np.array([following]), drafted=[[] for _ in plan.drafts]))
         plan = scheduler.schedule()  # type: ignore[assignment]
-        assert plan is not None and not plan.drafts
-        scheduler.update(plan, StepOutput(np.array([8])))
-        r.token_ids[-1] = 8
-    plan = scheduler.schedule()  # type: ignore[assignment]
-    assert plan is not None and plan.num_draft_rows == 1  # the next probe
+    assert draft_steps == [EXPLORE_STEPS - 1, 2 * EXPLORE_STEPS - 1]
 
 
-def test_no_probe_where_no_draft_can_pay() -> None:
+def test_no_draft_where_none_can_pay() -> None:
     scheduler = costly(make(num_slots=8, n_batch=128, n_ctx=256), 0.0, 0.010)  # compute-bound
     requests = [request(rid=f"r{i}") for i in range(8)]
     plan = prefill(scheduler, *requests)
