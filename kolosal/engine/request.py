@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 MAX_TOP_LOGPROBS = 20
 SPECULATE_ON = -1        # SamplingParams.speculative: speculate, at the engine's draft length
-DEFAULT_DRAFT_MAX = 8    # ... or this many when the engine has speculation off
+DEFAULT_DRAFT_MAX = 16   # ... or this many when the engine has speculation off
 
 
 @dataclass(frozen=True, slots=True)
