@@ -8,6 +8,7 @@ sequences that speculate (speculative.py), as many as are worth their cost.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
-from .speculative import SURE_CHANCE, Drafter, DraftPayoff, MatchOdds, StepCost, best_draft_length
+from .speculative import DRAFT_STEP_SHARE, SURE_CHANCE, Drafter, DraftPayoff, MatchOdds, StepCost, best_draft_length
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 
@@ -496,15 +497,17 @@ class Scheduler:
                 chances = self.odds.chances(drafter.match, len(draft), request.sampler is not None)
                 candidates.append((chances, draft, request, drafter))
         explore = True  # one draft a step may try a row count whose time is not measured yet
+        # other streams wait for this step: the engine's drafts stretch it by a bounded share
+        max_seconds = self.cost.seconds(rows) * (1.0 + DRAFT_STEP_SHARE) if rows > 1 else math.inf
         candidates.sort(key=lambda candidate: -candidate[0][0])
         for chances, draft, request, drafter in candidates:
             if room <= 0:
                 break
             draft = draft[:room]
             count = len(draft) if drafter.asked else best_draft_length(chances[:room], rows, expected,
-                                                                       self.cost, explore)
+                                                                       self.cost, explore, max_seconds)
             if count == 0:
-                if not (best_draft_length([SURE_CHANCE], rows, expected, self.cost, explore)
+                if not (best_draft_length([SURE_CHANCE], rows, expected, self.cost, explore, max_seconds)
                         and self.odds.explore(drafter.match, request.sampler is not None)):
                     continue
                 count = 1

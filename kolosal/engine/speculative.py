@@ -16,6 +16,7 @@ as many draft tokens as maximise the step's expected tokens per second
 from __future__ import annotations
 
 import bisect
+import math
 
 import numpy as np
 
@@ -36,6 +37,9 @@ SURE_CHANCE = 0.95
 # drafts for BACKOFF_STEPS steps, doubling up to MAX_BACKOFF_STEPS while it keeps failing.
 MAX_FAILURES = 3
 BACKOFF_STEPS, MAX_BACKOFF_STEPS = 16, 512
+# Where other streams share the step, the engine's drafts may make it at most this much
+# longer than its decode rows alone: each of them waits for the step (their ITL).
+DRAFT_STEP_SHARE = 0.5
 MIN_FIXED_SHARE = 0.5          # StepCost: the fixed part of a step is at least half a row
 MAX_TABLE_ROWS = 320           # StepCost times row counts up to this one by their own steps ...
 MIN_SAMPLES = 2                # ... once seen this often
@@ -283,19 +287,21 @@ class StepCost:
 
 
 def best_draft_length(chances: list[float], rows: int, expected: float, cost: StepCost,
-                      explore: bool = False) -> int:
+                      explore: bool = False, max_seconds: float = math.inf) -> int:
     """How many of a draft's tokens to verify in a step that has ``rows`` rows and is
     expected to yield ``expected`` tokens: the count that maximises the step's expected
     tokens per second, token i (1-based) being accepted with probability ``chances[i-1]``
     (its own and every earlier one's). 0 when no count beats the step without the draft.
     Every count is tried, not just while each next row pays: when the step time falls from
     an odd row count to the next even one, two rows can pay where one would not.
-    ``explore``: row counts not measured yet are taken optimistically (``StepCost.seconds``)."""
+    ``explore``: row counts not measured yet are taken optimistically (``StepCost.seconds``).
+    Counts whose step would take longer than ``max_seconds`` are not taken."""
     best, best_rate = 0, expected / cost.seconds(rows, explore)
     for count, chance in enumerate(chances, start=1):
         expected += chance
-        rate = expected / cost.seconds(rows + count, explore)
-        if rate > best_rate:
+        seconds = cost.seconds(rows + count, explore)
+        rate = expected / seconds
+        if rate > best_rate and seconds <= max_seconds:
             best, best_rate = count, rate
     return best
 

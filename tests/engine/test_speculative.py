@@ -18,8 +18,10 @@ from kolosal.engine.request import (
 from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
 from kolosal.engine.speculative import (
     BACKOFF_STEPS,
+    DRAFT_STEP_SHARE,
     EXPLORE_STEPS,
     MAX_FAILURES,
+    MAX_MATCH,
     PAYOFF_MIN_SAMPLES,
     Drafter,
     DraftPayoff,
@@ -77,6 +79,21 @@ def test_the_index_follows_the_sequence_as_it_grows() -> None:
     assert drafter.propose(tokens, 3) == [123, 124, 125]
     tokens += [7, 120, 121]
     assert drafter.propose(tokens, 2) == [122, 7]  # the latest occurrence wins
+
+
+def test_the_longest_ngram_that_occurred_picks_the_draft_and_its_match_length() -> None:
+    text = list(range(200, 260))  # indexed in one go (vectorised), then token by token
+    drafter = Drafter(8)
+    tokens = text + [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] + [7, 8, 9, 99] + [2, 3, 4, 5, 6, 7, 8]
+    assert drafter.propose(tokens, 2) == [9, 10]  # a 3-gram (6 7 8): the match is 7 tokens
+    assert drafter.match == 7
+    tokens.append(9)
+    assert drafter.propose(tokens, 2) == [10, 7]  # an 8-gram (2..9), not the later 7 8 9
+    assert drafter.match == 8  # 1 and 99 before them differ
+    tokens += [10, 7, 8, 9, 99]
+    assert drafter.propose(tokens, 3) == [2, 3, 4] and drafter.match == MAX_MATCH  # (13)
+    drafter = Drafter(8)
+    assert drafter.propose(text + text[:5], 4) == text[5:9] and drafter.match == 5
 
 
 def test_draft_rows_follow_the_decode_row_with_logits_on_every_row() -> None:
@@ -367,6 +384,30 @@ def test_a_draft_not_worth_a_row_is_tried_now_and_then() -> None:
         scheduler.update(plan, StepOutput(np.array([following]), drafted=[[] for _ in plan.drafts]))
         plan = scheduler.schedule()  # type: ignore[assignment]
     assert draft_steps == [EXPLORE_STEPS - 1, 2 * EXPLORE_STEPS - 1]
+
+
+def test_drafts_stretch_a_step_that_other_streams_share_by_a_bounded_share() -> None:
+    # Memory-bound (10 ms a step, 1 ms a row) and long matches always accepted so far:
+    # every draft token of a copying loop pays.
+    def sure(scheduler: Scheduler) -> Scheduler:
+        for _ in range(200):
+            scheduler.odds.record(MAX_MATCH, 16, 16, sampled=False)
+        return costly(scheduler, 0.010, 0.001)
+
+    alone = sure(make(draft_max=16, n_batch=64, n_ctx=512))
+    plan = prefill(alone, request([5, 6, 7] * 6, max_tokens=100), first=[5])
+    assert plan.num_draft_rows == 16  # one stream: the step takes the whole draft
+    shared = sure(make(draft_max=16, num_slots=4, n_batch=128, n_ctx=512))
+    plan = prefill(shared, *[request([5, 6, 7] * 6, max_tokens=100, rid=f"r{i}") for i in range(4)],
+                   first=[5] * 4)
+    # Four streams wait for the step: at most DRAFT_STEP_SHARE longer than its 4 rows alone.
+    assert plan.num_decode_rows == 4
+    most = int((0.014 * (1 + DRAFT_STEP_SHARE) - 0.014) / 0.001 + 1e-9)
+    assert 0 < plan.num_draft_rows <= most
+    asked = costly(make(draft_max=16, num_slots=4, n_batch=128, n_ctx=512), 0.010, 0.001)
+    plan = prefill(asked, *[request([5, 6, 7] * 6, max_tokens=100, rid=f"r{i}", speculative=16)
+                            for i in range(4)], first=[5] * 4)
+    assert plan.num_draft_rows == 4 * 16  # drafts a request asked for: not bounded
 
 
 def test_no_draft_where_none_can_pay() -> None:
