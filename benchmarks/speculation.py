@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--spec-draft-max", type=int, default=8,
+    parser.add_argument("--spec-draft-max", type=int, default=16,
                         help="the engine's draft length: the 'on' runs use the engine's own drafting")
     parser.add_argument("--json")
     args = parser.parse_args()
