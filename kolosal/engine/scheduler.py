@@ -31,7 +31,15 @@ from .request import (
     TokenLogprob,
 )
 from .slots import Slot, SlotTable
-from .speculative import DRAFT_STEP_SHARE, SURE_CHANCE, Drafter, DraftPayoff, MatchOdds, StepCost, best_draft_length
+from .speculative import (
+    DRAFT_STEP_SHARE,
+    SURE_CHANCE,
+    Drafter,
+    DraftPayoff,
+    MatchOdds,
+    StepCost,
+    best_draft_length,
+)
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
 

@@ -11,6 +11,7 @@ import pytest
 from benchmarks.compare import SweepOptions, load_results, measure_level
 from benchmarks.loadgen import LoadConfig, format_table, run_level
 from benchmarks.machine import busy_fraction, machine_info
+from benchmarks.match_odds import tally
 from benchmarks.metrics import LevelResult, RequestRecord, median_result, percentile, summarize
 from benchmarks.plots import plot_comparison
 from benchmarks.prompts import long_prompt, pick_prompt
@@ -108,3 +109,16 @@ def test_metrics_and_prompts() -> None:
     assert machine_info().cores >= 1
     busy = busy_fraction(0.05)
     assert busy is None or 0.0 <= busy <= 1.0
+
+
+def test_match_odds_tally() -> None:
+    from collections import Counter
+
+    drafted: Counter[int] = Counter()
+    right: Counter[int] = Counter()
+    prompt = list(range(100, 120))
+    tally(prompt, prompt[:10] + [7, 8], drafted, right)  # a copy of the prompt, then off it
+    # Positions 1..11: at 1 no 2-gram has occurred yet; at 2..10 the copy matches 2..10
+    # tokens, its draft right until 10 (7, not 110); at 11 (109, 7) nothing matches.
+    assert sum(drafted.values()) == 9 and sum(right.values()) == 8
+    assert [drafted[b] for b in (2, 3, 4, 5, 6, 7)] == [1, 1, 1, 1, 1, 4] and right[7] == 3
