@@ -7,11 +7,11 @@ A draft is read from the context: the last n tokens (n = 8, else 3, else 2) are 
 where they occurred before, and the tokens that followed that occurrence are the draft. How
 far back the context matches that occurrence (the match length) predicts the draft: on
 Gemma 3 270M's greedy ``echo`` outputs, the token after a 2-token match was right 58 % of
-the time, after 5 or more 96-100 % (``benchmarks/match_odds.py``). ``MatchOdds`` learns these odds per engine from every
-verified draft. Drafts cost batch rows (each with a logits row), so the scheduler verifies
-as many draft tokens as maximise the step's expected tokens per second
-(``best_draft_length``), with the step's time by row count measured as the engine runs
-(``StepCost``).
+the time, after 5 or more 96-100 % (``benchmarks/match_odds.py``). ``MatchOdds`` learns
+these odds per engine from every verified draft. Drafts cost batch rows (each with a logits
+row), so the scheduler verifies as many draft tokens as maximise the step's expected tokens
+per second (``best_draft_length``), with the step's time by row count measured as the
+engine runs (``StepCost``).
 """
 from __future__ import annotations
 
