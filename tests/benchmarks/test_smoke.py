@@ -3,6 +3,7 @@ No timing assertions: only that they run and return well-formed results."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -112,8 +113,6 @@ def test_metrics_and_prompts() -> None:
 
 
 def test_match_odds_tally() -> None:
-    from collections import Counter
-
     drafted: Counter[int] = Counter()
     right: Counter[int] = Counter()
     prompt = list(range(100, 120))
