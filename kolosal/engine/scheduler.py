@@ -479,9 +479,11 @@ class Scheduler:
         drafting stops by itself; where drafted steps have realised fewer tokens per second
         than plain ones, the engine's own drafts stop (``DraftPayoff``). One draft a step may
         try a row count not measured yet; a draft not worth a row is tried with one token now
-        and then (``MatchOdds.explore``). A request that asked for drafts takes them without
-        the cost check. A sequence still owing its n > 1 siblings a KV copy does not draft
-        (the copy must hold the prompt only)."""
+        and then (``MatchOdds.explore``). The engine's drafts stay out of steps that compute
+        prompts and stretch a step that other streams share by at most ``DRAFT_STEP_SHARE``.
+        A request that asked for drafts takes them without the cost check. A sequence still
+        owing its n > 1 siblings a KV copy does not draft (the copy must hold the prompt
+        only)."""
         step = self.counters.steps
         drafters = [(request, request.drafter) for request in decoding
                     if request.drafter is not None and request.drafter.n_max > 0 and not request.forks
@@ -489,7 +491,9 @@ class Scheduler:
         if not drafters:
             return
         rows, expected = len(decoding), float(len(decoding))
-        engine_drafts = self.payoff.allows(rows)
+        # A step that computes prompts is long already, and the new streams wait for it
+        # (their TTFT): the engine's own drafts keep out of it.
+        engine_drafts = len(builder.tokens) == rows and self.payoff.allows(rows)
         if not engine_drafts:
             drafters = [(request, drafter) for request, drafter in drafters if drafter.asked]
         asked = sum(drafter.n_max for _, drafter in drafters if drafter.asked)

@@ -410,6 +410,21 @@ def test_drafts_stretch_a_step_that_other_streams_share_by_a_bounded_share() -> 
     assert plan.num_draft_rows == 4 * 16  # drafts a request asked for: not bounded
 
 
+def test_a_step_that_computes_a_prompt_carries_no_engine_drafts() -> None:
+    def next_plan(speculative: int | None) -> StepPlan:
+        scheduler = make(num_slots=2, n_batch=64, n_ctx=256)
+        params: dict[str, Any] = {} if speculative is None else {"speculative": speculative}
+        prefill(scheduler, request(rid="copying", **params))  # its next step would draft
+        scheduler.add(request(list(range(30, 50)), rid="new"))
+        plan = scheduler.schedule()
+        assert plan is not None and plan.num_decode_rows == 1
+        assert plan.tokens[1:21].tolist() == list(range(30, 50))  # the new prompt, whole
+        return plan
+
+    assert not next_plan(None).drafts  # the new stream's first token does not wait for drafts
+    assert next_plan(4).num_draft_rows == 4  # a request that asked for drafts still gets them
+
+
 def test_no_draft_where_none_can_pay() -> None:
     scheduler = costly(make(num_slots=8, n_batch=128, n_ctx=256), 0.0, 0.010)  # compute-bound
     requests = [request(rid=f"r{i}") for i in range(8)]
