@@ -496,6 +496,8 @@ class Scheduler:
         engine_drafts = len(builder.tokens) == rows and self.payoff.allows(rows)
         if not engine_drafts:
             drafters = [(request, drafter) for request, drafter in drafters if drafter.asked]
+            if not drafters:
+                return
         asked = sum(drafter.n_max for _, drafter in drafters if drafter.asked)
         if asked:  # drafts a request asked for may evict prefix caches; the engine's own use free cells
             self._make_room(len(builder.tokens) + min(asked, builder.budget))
