@@ -49,10 +49,10 @@ class EngineConfig:
     prefill_budget: int = option(256, "prompt tokens one step may carry while sequences decode "
                                  "(steps with nothing decoding take the whole n_batch); 0 = no bound",
                                  ge=0, le=65536, flag="--prefill-budget")
-    # Off by default: it has lost at 8 clients (0.94x) and was at the bar (0.97x) at 8 and 32 in
-    # the latest run (benchmarks/RESULTS.md, issue 14), and on, a greedy request's near-tie
-    # tokens would depend on timing (draft lengths follow measured step times, and rows
-    # verified together run other kernels than a one-row step).
+    # Off by default: most of its gain is at one client; at 8 its longer steps raise TTFT p50
+    # (1.46x) and at 32 it gave 0.90x-1.05x (benchmarks/RESULTS.md, issue 14). And on, a greedy
+    # request's near-tie tokens would depend on timing (draft lengths follow measured step
+    # times, and rows verified together run other kernels than a one-row step).
     spec_draft_max: int = option(0, "speculative decoding: most draft tokens a sequence adds to a "
                                  "step, looked up in its own prompt and output; 0 = off (a request "
                                  "may still ask)", ge=0, le=64, flag="--spec-draft-max")
