@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.compare import SweepOptions, load_results, measure_level
+from benchmarks.draft_replay import replay, step_times
 from benchmarks.loadgen import LoadConfig, format_table, run_level
 from benchmarks.machine import busy_fraction, machine_info
 from benchmarks.match_odds import tally
@@ -121,3 +122,16 @@ def test_match_odds_tally() -> None:
     # tokens, its draft right until 10 (7, not 110); at 11 (109, 7) nothing matches.
     assert sum(drafted.values()) == 9 and sum(right.values()) == 8
     assert [drafted[b] for b in (2, 3, 4, 5, 6, 7)] == [1, 1, 1, 1, 1, 4] and right[7] == 3
+
+
+def test_draft_replay() -> None:
+    # Step times of 10 ms plus 2 ms a row: a copy of the prompt pays for long drafts.
+    seconds = step_times({"results": [{"rows": r, "all_logits_ms": 10.0 + 2.0 * r} for r in (1, 2, 8)]})
+    assert seconds(5) == pytest.approx(0.020) and seconds(10) == pytest.approx(0.030)
+    prompt = list(range(100, 160))
+    copy = replay([(prompt, prompt[:50])], seconds, draft_max=8)
+    assert copy.oracle_speedup > 2.0 and 1.0 < copy.rule_speedup <= copy.oracle_speedup
+    assert copy.rule_tokens_per_step > 1.0
+    # An output that never repeats anything: no drafts, the same steps either way.
+    fresh = replay([(prompt, list(range(500, 540)))], seconds, draft_max=8)
+    assert (fresh.rule_speedup, fresh.oracle_speedup, fresh.oracle_tokens_per_step) == (1.0, 1.0, 1.0)
