@@ -1,7 +1,7 @@
 """What the draft-length rule gets out of prompt lookup on one stream, against what a
 perfect choice would get, without running the model again: greedy outputs of `echo` prompts
 (generated once, or read from ``--outputs``) are replayed step by step through the engine's
-own drafter, odds and rule (``Drafter``, ``MatchOdds``, ``best_draft_length``), with step times
+own drafter, odds and rule (``Drafter``, ``MatchOdds``, ``draft_length``), with step times
 by row count from ``row_cost.py``. Each step verifies the draft length the rule picks, and
 accepts the draft's leading tokens that equal the greedy output (exactly what verification
 does for a greedy request). The oracle knows how many draft tokens will be accepted and
@@ -33,11 +33,10 @@ from kolosal.default_model import default_model_path  # noqa: E402
 from kolosal.engine import EngineConfig, EngineRegistry  # noqa: E402
 from kolosal.engine.speculative import (  # noqa: E402
     MIN_SAMPLES,
-    SURE_CHANCE,
     Drafter,
     MatchOdds,
     StepCost,
-    best_draft_length,
+    draft_length,
 )
 
 Replay = list[tuple[list[int], list[int]]]  # (prompt ids, greedy output ids) per prompt
@@ -100,11 +99,8 @@ def replay(outputs: Replay, seconds: Callable[[int], float], draft_max: int) -> 
                 if who == "oracle":
                     count = max(range(run + 1), key=lambda c: (c + 1) / seconds(1 + c))
                 else:
-                    count = best_draft_length(odds.chances(drafter.match, len(draft), False), 1, 1.0, cost) \
-                        if draft else 0
-                    if draft and not count and best_draft_length([SURE_CHANCE], 1, 1.0, cost) \
-                            and odds.explore(drafter.match, False):
-                        count = 1
+                    count = draft_length(odds.chances(drafter.match, len(draft), False), drafter.match,
+                                         False, odds, 1, 1.0, cost) if draft else 0
                     if count:
                         odds.record(drafter.match, count, min(run, count), False)
                         drafter.record(count, min(run, count), step)

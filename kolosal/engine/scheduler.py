@@ -33,12 +33,11 @@ from .request import (
 from .slots import Slot, SlotTable
 from .speculative import (
     DRAFT_STEP_SHARE,
-    SURE_CHANCE,
     Drafter,
     DraftPayoff,
     MatchOdds,
     StepCost,
-    best_draft_length,
+    draft_length,
 )
 
 PROMPT_LOGPROB_CHUNK = 64  # rows of full-vocabulary logits one request may ask per step
@@ -518,13 +517,11 @@ class Scheduler:
             if room <= 0:
                 break
             draft = draft[:room]
-            count = len(draft) if drafter.asked else best_draft_length(chances[:room], rows, expected,
-                                                                       self.cost, explore, max_seconds)
+            count = len(draft) if drafter.asked else draft_length(
+                chances[:room], drafter.match, request.sampler is not None, self.odds, rows, expected,
+                self.cost, explore, max_seconds)
             if count == 0:
-                if not (best_draft_length([SURE_CHANCE], rows, expected, self.cost, explore, max_seconds)
-                        and self.odds.explore(drafter.match, request.sampler is not None)):
-                    continue
-                count = 1
+                continue
             explore = explore and self.cost.measured(rows + count)
             builder.add_draft(request, draft[:count])
             rows, expected, room = rows + count, expected + sum(chances[:count]), room - count

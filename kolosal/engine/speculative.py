@@ -306,6 +306,20 @@ def best_draft_length(chances: list[float], rows: int, expected: float, cost: St
     return best
 
 
+def draft_length(chances: list[float], match: int, sampled: bool, odds: MatchOdds, rows: int,
+                 expected: float, cost: StepCost, explore: bool = False,
+                 max_seconds: float = math.inf) -> int:
+    """How many of an engine draft's tokens a step verifies: ``best_draft_length``, or, for a
+    draft not worth a row where a sure one (``SURE_CHANCE``) would pay, one token every
+    ``EXPLORE_STEPS``-th time for its match length (``MatchOdds.explore``), so that odds that
+    were low can recover."""
+    count = best_draft_length(chances, rows, expected, cost, explore, max_seconds)
+    if count == 0 and best_draft_length([SURE_CHANCE], rows, expected, cost, explore, max_seconds) \
+            and odds.explore(match, sampled):
+        return 1
+    return count
+
+
 class DraftPayoff:
     """Does drafting pay at this many decoding sequences, in what it realises? The cost
     model decides from estimates (acceptance from a sequence's recent drafts, step times

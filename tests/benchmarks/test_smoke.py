@@ -125,13 +125,14 @@ def test_match_odds_tally() -> None:
 
 
 def test_draft_replay() -> None:
-    # Step times of 10 ms plus 2 ms a row: a copy of the prompt pays for long drafts.
-    seconds = step_times({"results": [{"rows": r, "all_logits_ms": 10.0 + 2.0 * r} for r in (1, 2, 8)]})
-    assert seconds(5) == pytest.approx(0.020) and seconds(10) == pytest.approx(0.030)
+    # A made-up row_cost table (no clock): 10 plus 2 a row, interpolated between its rows and
+    # extended past the last. A copy of the prompt then pays for long drafts.
+    fake_table = step_times({"results": [{"rows": r, "all_logits_ms": 10.0 + 2.0 * r} for r in (1, 2, 8)]})
+    assert fake_table(5) == pytest.approx(0.020) and fake_table(10) == pytest.approx(0.030)
     prompt = list(range(100, 160))
-    copy = replay([(prompt, prompt[:50])], seconds, draft_max=8)
+    copy = replay([(prompt, prompt[:50])], fake_table, draft_max=8)
     assert copy.oracle_speedup > 2.0 and 1.0 < copy.rule_speedup <= copy.oracle_speedup
     assert copy.rule_tokens_per_step > 1.0
     # An output that never repeats anything: no drafts, the same steps either way.
-    fresh = replay([(prompt, list(range(500, 540)))], seconds, draft_max=8)
+    fresh = replay([(prompt, list(range(500, 540)))], fake_table, draft_max=8)
     assert (fresh.rule_speedup, fresh.oracle_speedup, fresh.oracle_tokens_per_step) == (1.0, 1.0, 1.0)
