@@ -7,17 +7,33 @@ The build lands in ``$KOLOSAL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/kolosal`` o
 ``~/.cache/kolosal``) under a key made of the source identity and the CMake flags, so a
 second run with the same inputs finishes in well under a second.
 
-    python build_llama.py                 # CPU build (GGML_NATIVE on)
+    python build_llama.py                 # CPU build for this CPU (GGML_NATIVE on, no AMX)
+    python build_llama.py --portable      # CPU build for any x86-64/ARM CPU (runtime dispatch)
     python build_llama.py --cuda          # CUDA build
     python build_llama.py --with-server   # also build llama-server (benchmark peer)
     python build_llama.py --print-lib     # print the path of the cached libllama
 
 Only the standard library is used, so this runs before anything else is installed.
+
+Which CPU a build is for:
+- native (the default) compiles ggml for this CPU, and its cache key holds this CPU's
+  instruction-set features (``kolosal/llama/cpu_features.py``): a cache copied to a CPU
+  with fewer features rebuilds instead of dying with SIGILL.
+- ``--portable`` builds ggml's runtime CPU dispatch (GGML_BACKEND_DL +
+  GGML_CPU_ALL_VARIANTS): one CPU backend per x86 level, the best one this CPU runs chosen
+  when the library loads. For images and shared installs.
+- ``--no-native`` compiles for the baseline of the architecture (slow, runs anywhere).
+
+No AMX unless ``--amx``: ggml's AMX kernels die with SIGILL on AMX CPUs (Sapphire Rapids and
+later Xeons) on ggml's worker threads, which never request the kernel's XTILEDATA
+permission (llama.cpp PR 26954, open). A native build compiles with ``-mno-amx-*`` so that
+``-march=native`` does not enable them, and a portable build leaves out its AMX variant.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -27,6 +43,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +55,25 @@ PINNED_SDIST = f"llama_cpp_python-{PINNED_VERSION}.tar.gz"
 VENDOR_PREFIX = f"llama_cpp_python-{PINNED_VERSION}/vendor/llama.cpp/"
 
 LIB_NAMES = {"Linux": "libllama.so", "Darwin": "libllama.dylib", "Windows": "llama.dll"}
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+# Compiler flags that take AMX out of -march=native (each one kept only where the compiler
+# knows it), and the name part of the AMX CPU variant of a portable build.
+AMX_OFF_FLAGS = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16", "-mno-amx-fp16",
+                 "-mno-amx-complex")
+AMX_VARIANTS = ("sapphirerapids",)
+
+
+def _load_cpu_features() -> types.ModuleType:
+    """kolosal/llama/cpu_features.py, loaded by path: nothing is installed yet."""
+    path = Path(__file__).resolve().parent / "kolosal" / "llama" / "cpu_features.py"
+    spec = importlib.util.spec_from_file_location("_kolosal_cpu_features", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cpu_features = _load_cpu_features()
 
 
 class BuildError(RuntimeError):
@@ -52,6 +88,8 @@ class BuildOptions:
     extra_cmake_args: tuple[str, ...]
     jobs: int
     with_server: bool = False
+    portable: bool = False
+    amx: bool = False
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
 
 
@@ -144,11 +182,34 @@ def source_identity(source: Path | None) -> str:
 # --- build -----------------------------------------------------------------------------
 
 
+def is_x86() -> bool:
+    return platform.machine().lower() in X86_MACHINES
+
+
+def compiler_accepts(compiler: str, flag: str) -> bool:
+    """Whether ``compiler`` knows ``flag`` (an unknown -m option is an error)."""
+    try:
+        result = subprocess.run([compiler, flag, "-x", "c", "-E", "-o", os.devnull, os.devnull],
+                                capture_output=True, check=False, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
+
+
+def amx_off_flags() -> dict[str, str]:
+    """CMAKE_C_FLAGS / CMAKE_CXX_FLAGS that keep -march=native from enabling AMX: an
+    explicit -mno-* wins over what -march implies, whatever their order."""
+    compilers = {"C": os.environ.get("CC") or "cc", "CXX": os.environ.get("CXX") or "c++"}
+    return {lang: " ".join(flag for flag in AMX_OFF_FLAGS if compiler_accepts(compiler, flag))
+            for lang, compiler in compilers.items()}
+
+
 def cmake_flags(options: BuildOptions, with_server: bool) -> list[str]:
+    native = options.native and not options.portable
     flags = [
         "-DCMAKE_BUILD_TYPE=Release",
         "-DBUILD_SHARED_LIBS=ON",
-        f"-DGGML_NATIVE={'ON' if options.native else 'OFF'}",
+        f"-DGGML_NATIVE={'ON' if native else 'OFF'}",
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_APP=OFF",
@@ -161,6 +222,10 @@ def cmake_flags(options: BuildOptions, with_server: bool) -> list[str]:
         f"-DLLAMA_BUILD_TOOLS={'ON' if with_server else 'OFF'}",
         f"-DLLAMA_BUILD_SERVER={'ON' if with_server else 'OFF'}",
     ]
+    if options.portable:
+        flags += ["-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"]
+    if native and is_x86() and not options.amx:
+        flags += [f"-DCMAKE_{lang}_FLAGS={value}" for lang, value in amx_off_flags().items() if value]
     backend_flags = {"cuda": "-DGGML_CUDA=ON", "vulkan": "-DGGML_VULKAN=ON",
                      "metal": "-DGGML_METAL=ON", "blas": "-DGGML_BLAS=ON"}
     flags += [backend_flags[name] for name in options.backends]
@@ -170,10 +235,18 @@ def cmake_flags(options: BuildOptions, with_server: bool) -> list[str]:
     return flags
 
 
+def target_cpu_features(options: BuildOptions) -> list[str]:
+    """The CPU features a build requires: this CPU's for a native build, none otherwise."""
+    if options.native and not options.portable:
+        return sorted(cpu_features.host_cpu_features())
+    return []
+
+
 def build_key(options: BuildOptions) -> str:
     identity = source_identity(options.source)
     payload = json.dumps({"source": identity, "flags": cmake_flags(options, False),
-                          "system": platform.system(), "machine": platform.machine()},
+                          "system": platform.system(), "machine": platform.machine(),
+                          "cpu": target_cpu_features(options)},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -205,10 +278,16 @@ def find_built_libraries(build_dir: Path) -> list[Path]:
     return found
 
 
-def install_libraries(build_dir: Path, lib_dir: Path) -> None:
+def is_amx_variant(library: Path) -> bool:
+    """A portable build's CPU variant compiled with AMX (libggml-cpu-sapphirerapids.so)."""
+    return any(library.name.startswith(f"libggml-cpu-{name}.") for name in AMX_VARIANTS)
+
+
+def install_libraries(build_dir: Path, lib_dir: Path, amx: bool) -> None:
     lib_dir.mkdir(parents=True, exist_ok=True)
     for library in find_built_libraries(build_dir):
-        shutil.copy2(library, lib_dir / library.name, follow_symlinks=False)
+        if amx or not is_amx_variant(library):
+            shutil.copy2(library, lib_dir / library.name, follow_symlinks=False)
 
 
 def build(options: BuildOptions) -> Path:
@@ -230,7 +309,7 @@ def build(options: BuildOptions) -> Path:
         flags = cmake_flags(options, False)
         log(f"building libllama into {out_dir} (this takes several minutes on a small machine)")
         cmake_build(source, out_dir / "cmake-build", flags, ["llama"], options.jobs)
-        install_libraries(out_dir / "cmake-build", lib_dir)
+        install_libraries(out_dir / "cmake-build", lib_dir, options.amx)
         include_dir = out_dir / "include"
         include_dir.mkdir(parents=True, exist_ok=True)
         for header in (source / "include").glob("*.h"):
@@ -239,7 +318,8 @@ def build(options: BuildOptions) -> Path:
             shutil.copy2(header, include_dir / header.name)
         manifest = {"source": str(source), "source_identity": source_identity(options.source),
                     "flags": flags, "backends": list(options.backends), "lib_dir": str(lib_dir),
-                    "library": str(lib_dir / lib_name), "built_at": time.time()}
+                    "library": str(lib_dir / lib_name), "built_at": time.time(),
+                    **_target_fields(options)}
         manifest_path.write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(out_dir / "cmake-build", ignore_errors=True)
     else:
@@ -250,9 +330,16 @@ def build(options: BuildOptions) -> Path:
 
     latest = cache_dir / "builds" / "latest.json"
     latest.write_text(json.dumps({"key": key, "lib_dir": str(lib_dir),
-                                  "library": str(lib_dir / lib_name)}, indent=2))
+                                  "library": str(lib_dir / lib_name), **_target_fields(options)},
+                                 indent=2))
     log(f"libllama ready: {lib_dir / lib_name} ({time.monotonic() - started:.1f}s)")
     return lib_dir
+
+
+def _target_fields(options: BuildOptions) -> dict[str, object]:
+    """What the loader checks before using a build: the CPU features it requires."""
+    return {"portable": options.portable, "amx": options.amx,
+            "cpu_features": target_cpu_features(options)}
 
 
 def build_server(options: BuildOptions, out_dir: Path) -> Path:
@@ -265,6 +352,10 @@ def build_server(options: BuildOptions, out_dir: Path) -> Path:
     source = options.source.resolve() if options.source else fetch_pinned_source(options.cache_dir)
     build_dir = out_dir / "server"
     cmake_build(source, build_dir, cmake_flags(options, True), ["llama-server"], options.jobs)
+    if not options.amx:  # the same rule as install_libraries: no AMX variant to choose
+        for library in (build_dir / "bin").glob("libggml-cpu-*"):
+            if is_amx_variant(library):
+                library.unlink()
     log(f"llama-server ready: {binary}")
     return binary
 
@@ -277,7 +368,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vulkan", action="store_true", help="build the Vulkan backend")
     parser.add_argument("--metal", action="store_true", help="build the Metal backend")
     parser.add_argument("--blas", action="store_true", help="build with a BLAS backend")
-    parser.add_argument("--no-native", action="store_true", help="portable build (GGML_NATIVE=OFF)")
+    parser.add_argument("--no-native", action="store_true",
+                        help="baseline build for the architecture (GGML_NATIVE=OFF)")
+    parser.add_argument("--portable", action="store_true",
+                        help="runtime CPU dispatch: one CPU backend per x86 level, the best chosen "
+                             "at load (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS); for images")
+    parser.add_argument("--amx", action="store_true",
+                        help="keep ggml's AMX kernels (they die with SIGILL on AMX CPUs: llama.cpp "
+                             "PR 26954); off by default")
     parser.add_argument("--cmake-arg", action="append", default=[], help="extra -D flag for CMake")
     parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--with-server", action="store_true",
@@ -291,7 +389,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     backends = tuple(name for name in ("cuda", "vulkan", "metal", "blas") if getattr(args, name))
     return BuildOptions(source=args.source, backends=backends, native=not args.no_native,
                         extra_cmake_args=tuple(args.cmake_arg), jobs=args.jobs,
-                        with_server=args.with_server,
+                        with_server=args.with_server, portable=args.portable, amx=args.amx,
                         cache_dir=args.cache_dir or default_cache_dir())
 
 

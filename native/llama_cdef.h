@@ -149,6 +149,7 @@ typedef struct llama_sampler_chain_params {
 /* ---- library ---- */
 const char * llama_print_system_info(void);
 void llama_backend_init(void);
+void ggml_backend_load_all_from_path(const char * dir_path);  /* portable builds' CPU variants */
 void llama_log_set(ggml_log_callback log_callback, void * user_data);
 bool llama_supports_gpu_offload(void);
 size_t llama_max_parallel_sequences(void);

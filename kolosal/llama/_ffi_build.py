@@ -15,6 +15,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from .cpu_features import host_cpu_features
+
 MODULE_NAME = "_kolosal_llama"
 NATIVE_DIR = Path(os.environ.get("KOLOSAL_NATIVE_DIR", Path(__file__).resolve().parents[2] / "native"))
 CDEF_PATH = NATIVE_DIR / "llama_cdef.h"
@@ -47,6 +49,8 @@ def module_key(lib_dir: Path, include_dir: Path) -> str:
             digest.update(path.read_bytes() if path.suffix in (".h", ".c")
                           else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(sys.version.encode())
+    # compiled -march=native: a module made on another CPU may not run on this one
+    digest.update(" ".join(sorted(host_cpu_features())).encode())
     digest.update((sysconfig.get_config_var("EXT_SUFFIX") or "").encode())
     return digest.hexdigest()[:16]
 
@@ -62,7 +66,8 @@ def compile_module(lib_dir: Path, include_dir: Path, out_dir: Path) -> Path:
         '#include "llama.h"\n' + HELPERS_PATH.read_text(),
         include_dirs=[str(include_dir)],
         library_dirs=[str(lib_dir)],
-        libraries=["llama"],
+        # ggml: the backend registry (ggml_backend_load_all_from_path) for portable builds
+        libraries=["llama", "ggml"] if any(lib_dir.glob("libggml.*")) else ["llama"],
         extra_compile_args=STRICT_FLAGS,
         extra_link_args=[f"-Wl,-rpath,{lib_dir}"],
     )

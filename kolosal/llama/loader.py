@@ -3,6 +3,12 @@
 Lookup order for the library: ``KOLOSAL_LIBLLAMA`` (a libllama file or the directory that
 holds it), then the build cache written by ``build_llama.py``. Headers come from
 ``KOLOSAL_LLAMA_INCLUDE`` or the ``include/`` directory beside the library's directory.
+
+A cached native build says which CPU features it was compiled for; one made for a CPU with
+features this one lacks (a shared home directory or image) is refused with the remedy
+instead of dying with SIGILL on the first decode. A portable build (``--portable``) keeps
+its CPU backends as separate libraries beside libllama; ``load`` registers the best one
+this CPU runs (ggml's own scoring).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _ffi_build
+from .cpu_features import describe, host_cpu_features
 
 logger = logging.getLogger("kolosal.libllama")
 
@@ -56,13 +63,32 @@ def find_library_dir() -> Path:
         return lib_dir
     latest = cache_dir() / "builds" / "latest.json"
     if latest.is_file():
-        lib_dir = Path(json.loads(latest.read_text())["lib_dir"])
+        build = json.loads(latest.read_text())
+        lib_dir = Path(build["lib_dir"])
         if any(lib_dir.glob("libllama.*")):
+            _check_cpu(build.get("cpu_features") or [], lib_dir)
             return lib_dir
     raise LibraryNotFoundError(
         "libllama is not built yet. Run `python build_llama.py` (add --cuda/--metal/--vulkan "
         "for a GPU build), or point KOLOSAL_LIBLLAMA at an existing libllama."
     )
+
+
+def _check_cpu(required: list[str], lib_dir: Path) -> None:
+    """Refuse a native build made for CPU features this CPU lacks."""
+    host = host_cpu_features()
+    missing = sorted(set(required) - host) if host else []
+    if missing:
+        raise LibraryNotFoundError(
+            f"the cached libllama in {lib_dir} was built for a CPU with {' '.join(missing)}, "
+            f"which this CPU ({describe(host)}) lacks. Run `python build_llama.py` here (a "
+            "native build for this CPU), or `python build_llama.py --portable` for a build "
+            "that runs on any CPU.")
+
+
+def has_cpu_variants(lib_dir: Path) -> bool:
+    """Whether this is a portable build: CPU backends to choose from at load time."""
+    return any(lib_dir.glob("libggml-cpu-*"))
 
 
 def find_include_dir(lib_dir: Path) -> Path:
@@ -124,6 +150,8 @@ def load() -> NativeLibrary:
             ffi, lib = module.ffi, module.lib
             _install_callbacks(ffi)
             lib.llama_log_set(lib.kolosal_log_callback, ffi.NULL)
+            if has_cpu_variants(lib_dir):
+                lib.ggml_backend_load_all_from_path(str(lib_dir).encode())
             lib.llama_backend_init()
             _native = NativeLibrary(ffi=ffi, lib=lib, lib_dir=lib_dir)
         return _native

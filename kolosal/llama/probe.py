@@ -8,6 +8,11 @@ hyper-parameters, vocabulary and tensor table, with no weight allocated or read 
 on the CPU), then a context of the given shape, which builds its compute graphs. If that
 kills anything, it kills only this child, and the server refuses the file.
 
+Then it decodes: the weights mapped, a small context on all cores, one prompt step of 8
+tokens and one single-token step, with the kernels the engine will run. A library built for
+another CPU (or ggml's AMX kernels, which die on AMX CPUs) dies here with SIGILL, not in the
+server on its first request. ``DECODING_LINE`` on stderr marks this second phase.
+
 Exit status: 0 loadable; 3 libllama refused the file (the last stderr line, after
 ``REFUSED_PREFIX``, says why); anything else or a signal: it crashed.
 """
@@ -18,7 +23,9 @@ import os
 import sys
 
 REFUSED_PREFIX = "kolosal-probe: refused: "
+DECODING_LINE = "kolosal-probe: decoding"
 EXIT_REFUSED = 3
+DECODE_TOKENS = 8  # a prompt step of several rows (gemm kernels), then one row (gemv)
 
 
 class _LoadError(logging.Handler):
@@ -63,8 +70,44 @@ def probe(path: str, n_ctx: int, n_batch: int, n_seq_max: int) -> int:
                 pass
         except RuntimeError:
             # no crash: the real load meets the same refusal and reports it with its own error
-            pass
+            return 0
+    print(DECODING_LINE, file=sys.stderr, flush=True)
+    decode_check(path)
     return 0
+
+
+def decode_check(path: str) -> None:
+    """Decode a few tokens with the real weights on all cores. Only a crash matters here: a
+    refusal (an encoder-only model, a failed allocation) is the real load's to report."""
+    import numpy as np
+
+    from .batch import Batch
+    from .context import Context, ContextParams
+    from .model import Model, ModelParams
+
+    try:
+        model = Model(path, ModelParams(n_gpu_layers=0))
+    except (RuntimeError, ValueError, OSError):
+        return
+    with model:
+        n_tokens = min(DECODE_TOKENS, model.vocab.n_tokens)
+        try:
+            context = Context(model, ContextParams(n_ctx=64, n_batch=16, n_ubatch=16, n_seq_max=1))
+        except RuntimeError:
+            return
+        with context, Batch(16) as batch:
+            steps = [np.arange(n_tokens), np.array([n_tokens - 1])]
+            position = 0
+            for tokens in steps:
+                rows = len(tokens)
+                logits = np.zeros(rows, dtype=np.int8)
+                logits[-1] = 1
+                batch.fill(tokens, np.arange(position, position + rows), np.zeros(rows), logits)
+                try:
+                    context.decode(batch)
+                except (RuntimeError, ValueError):  # an error code, not a crash
+                    return
+                position += rows
 
 
 def main(argv: list[str]) -> int:

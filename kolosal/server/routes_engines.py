@@ -19,7 +19,7 @@ from ..engine import (
     InsufficientMemoryError,
     ModelLoadFailedError,
 )
-from ..engine.model_check import check_model_file
+from ..engine.model_check import LibraryCannotRunError, check_model_file
 from ..gguf_header import InvalidModelFileError
 from .errors import APIError, bad_request, from_engine_error
 from .http import json_response, parse_body
@@ -104,6 +104,8 @@ async def create_engine() -> Response:
     except OSError as error:  # unreadable: permissions, I/O
         raise bad_request(f"cannot read the model file: {error.strerror or error}", param="model_path",
                           code="model_file_unreadable") from None
+    except LibraryCannotRunError as error:  # no model can run here: the server's fault, not the file's
+        raise APIError(500, str(error), type="server_error", code="library_cannot_run") from None
     try:
         engine = await current_registry().add(config)
     except EngineExistsError as error:

@@ -72,6 +72,24 @@ async def test_verdicts_are_remembered_per_file_version(model_path: Path, crafte
         assert child_runs() == 2
 
 
+async def test_a_file_patched_in_place_with_its_mtime_restored_is_checked_again(
+        model_path: Path, crafted_dir: Path) -> None:
+    """Issue 27: the verdict was keyed by name, size and mtime, so a file patched in place
+    (same size, mtime put back) skipped the check and libllama aborted the server. The
+    ctime, which no user call can set back, is part of the key now."""
+    key = craft.block_count_key(model_path)
+    patched = craft.with_value(model_path, crafted_dir / "patched.gguf", key, 18)
+    await check_model_file(str(patched))  # loadable: remembered
+    before = patched.stat()
+    aborting = craft.with_value(model_path, crafted_dir / "aborting-source.gguf", key, 0)
+    with open(aborting, "rb") as source, open(patched, "r+b") as target:  # same size, in place
+        target.write(source.read(1 << 20))
+    os.utime(patched, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert patched.stat().st_mtime_ns == before.st_mtime_ns and patched.stat().st_size == before.st_size
+    with pytest.raises(InvalidModelFileError, match="GGML_ASSERT"):
+        await check_model_file(str(patched))
+
+
 async def test_not_regular_files_are_refused_before_the_child(tmp_path: Path) -> None:
     fifo = tmp_path / "x.gguf"
     os.mkfifo(fifo)
