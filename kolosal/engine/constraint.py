@@ -13,6 +13,7 @@ import llguidance
 import llguidance.numpy as llg_numpy
 import numpy as np
 
+from ..toolcalls.limits import deep_call
 from .errors import InvalidGrammarError
 
 # Bound the work one grammar may cost per step and to build: a hostile schema hits these
@@ -53,10 +54,23 @@ class GrammarEngine:
 
     def compile(self, grammar: str) -> Constraint:
         """A fresh matcher for ``grammar`` (can take up to ~100 ms for a big schema: call it
-        off the event loop). Raises InvalidGrammarError when the grammar does not build."""
-        matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=PARSER_LIMITS)
+        off the event loop), built on a deep-stack thread (``toolcalls.limits``). Its first
+        mask is computed here too: a grammar that fails there (a ``$ref`` cycle that admits
+        no document) or allows nothing at all is the request's error, a 400 before anything
+        is queued. Raises InvalidGrammarError."""
+        matcher = deep_call(lambda: llguidance.LLMatcher(self.tokenizer, grammar, log_level=0,
+                                                         limits=PARSER_LIMITS))
         if matcher.is_error():
             raise InvalidGrammarError(f"invalid grammar: {matcher.get_error()}")
+        first = llg_numpy.allocate_token_bitmask(1, self.tokenizer.vocab_size)
+        llg_numpy.fill_next_token_bitmask(matcher, first, 0)
+        if matcher.is_error():
+            reason = " ".join(matcher.get_error().replace("<non-verbose/>", "").split())
+            raise InvalidGrammarError(f"invalid grammar: it fails before its first token ({reason}): "
+                                      "it admits no document (e.g. a $ref cycle)")
+        if not first.any() and not matcher.is_accepting():
+            raise InvalidGrammarError("invalid grammar: it admits no output (no token can start "
+                                      "a valid document: e.g. a $ref cycle, or contradicting constraints)")
         return Constraint(matcher)
 
     def fill_masks(self, slots: Sequence[tuple[Constraint, int]]) -> None:

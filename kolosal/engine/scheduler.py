@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from .detokenizer import Detokenizer
-from .errors import DeadlineExceededError, EngineError, InferenceError
+from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
 from .request import (
     DEFAULT_DRAFT_MAX,
     SPECULATE_ON,
@@ -704,8 +704,10 @@ class Scheduler:
         if logprob is not None:
             request.pending_logprobs.append(logprob)
         if constraint is not None and not constraint.consume(token):
-            return self._fail(request, InferenceError(
-                f"the sampled token {token} broke the request's grammar: {constraint.error}"))
+            # the token was in the grammar's own mask: the grammar gave up (one of its limits,
+            # met only while sampling): the request's error, not the engine's
+            return self._fail(request, InvalidGrammarError(
+                f"the request's grammar failed at sampled token {token}: {constraint.error}"))
         output = detokenizer.feed(self.piece_of(token, params.special_as_text))
         if output.stopped or (constraint is not None and constraint.is_stopped):
             return self._finish(request, output.text + detokenizer.flush(), FinishReason.STOP)

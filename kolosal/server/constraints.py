@@ -1,8 +1,13 @@
 """Which grammar, if any, constrains a request's output: from ``response_format``,
 llama-server's ``json_schema`` / ``grammar`` fields, or enforced tool calls. The grammar is
-llguidance's; its compilation against the model's vocabulary happens in the engine."""
+llguidance's; its compilation against the model's vocabulary happens in the engine.
+
+``request_grammar`` builds it on a worker thread: a large schema takes a while to compile,
+and the event loop must keep answering probes meanwhile (the compiles themselves run on
+deep-stack threads, within the bounds of ``toolcalls.limits``)."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +33,23 @@ class OutputShape:
         return {"reasoning": self.reasoning, "special_tokens": self.special_tokens or None}
 
 
+async def request_grammar(body: SamplingFields, output: OutputShape | None = None) -> str | None:
+    """The grammar of response_format / json_schema / grammar, else (a chat request) of the
+    enforced tool calls; None when the output is free. A bad one is a 400 now."""
+    chat = body if isinstance(body, ChatCompletionRequest) and output is not None else None
+    enforced_calls = chat is not None and chat.tool_choice not in (None, "auto") and bool(chat.active_tools())
+    if body.structured_format() is None and body.json_schema is None and body.grammar is None \
+            and not enforced_calls:
+        return None  # nothing to build: no thread hop
+
+    def build() -> str | None:
+        grammar = output_grammar(body, output)
+        if grammar is None and chat is not None and output is not None:
+            grammar = tool_call_grammar(chat, output)
+        return grammar
+    return await asyncio.to_thread(build)
+
+
 def output_grammar(body: SamplingFields, output: OutputShape | None = None) -> str | None:
     """The grammar of response_format / json_schema / grammar (one at most), checked now so
     that a bad schema is a 400 before anything is queued."""
@@ -44,11 +66,15 @@ def output_grammar(body: SamplingFields, output: OutputShape | None = None) -> s
         if body.grammar is not None:
             return tool_grammar.gbnf_grammar(body.grammar)
     except tool_grammar.GrammarError as error:
-        raise bad_request(str(error), param=_constraint_param(body)) from None
+        raise bad_request(str(error), param=grammar_param(body)) from None
     return None
 
 
-def _constraint_param(body: SamplingFields) -> str:
+def grammar_param(body: SamplingFields) -> str:
+    """The request field its grammar came from."""
+    if isinstance(body, ChatCompletionRequest) and body.structured_format() is None \
+            and body.json_schema is None and body.grammar is None:
+        return "tools"
     if body.structured_format() is not None:
         return "response_format"
     return "json_schema" if body.json_schema is not None else "grammar"

@@ -14,8 +14,9 @@ from quart import Blueprint, Response, current_app, g
 from .. import __version__
 from ..chat_template import ChatTemplate, ChatTemplateError
 from ..engine import AsyncEngine, EngineNotFoundError, SamplingParams
+from ..engine.errors import InvalidGrammarError
 from ..toolcalls.output import OutputFormat
-from .constraints import OutputShape, output_grammar, tool_call_grammar
+from .constraints import OutputShape, grammar_param, request_grammar
 from .errors import bad_request, from_engine_error, model_not_found
 from .generation import MultiStream
 from .http import json_response, parse_body
@@ -65,6 +66,9 @@ async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFie
             engine.check_prompt(ids, params)
         streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n)
         await streams.start()
+    except InvalidGrammarError as error:  # compiled against the vocabulary: name the field
+        named = InvalidGrammarError(str(error), error.param or grammar_param(body))
+        raise from_engine_error(named) from error
     except Exception as error:
         raise from_engine_error(error) from error
     g.record.token()  # every prompt has produced its first event
@@ -102,7 +106,7 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest
     prompt, prompt_ids, output = await tokenize_chat(engine, template, body)
     special = engine.special_tokens(output.markers)
     shape = OutputShape(template.tool_family, template.reasoning_mode(prompt), special)
-    grammar = output_grammar(body, shape) or tool_call_grammar(body, shape)
+    grammar = await request_grammar(body, shape)
     params = replace(body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx),
                                           engine.info.n_vocab, grammar),
                      special_as_text=bool(special))
@@ -156,7 +160,7 @@ async def completions() -> Response:
                 text = b"".join(engine.token_piece(t) for t in prompt).decode("utf-8", "replace")
                 echoes.extend([text if body.echo else ""] * body.n)
         params = body.sampling_params(min(body.max_tokens, engine.info.n_ctx), engine.info.n_vocab,
-                                      output_grammar(body))
+                                      await request_grammar(body))
         envelope = new_envelope("cmpl", body, engine)
         streams = await start(engine, prompts, body, params, envelope.id)
     writer = CompletionWriter(envelope, echoes, engine.token_piece, body.stream, body.logprobs is not None)

@@ -28,6 +28,7 @@ import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from .families import ToolFamily
+from .limits import check_grammar, check_schema, deep_call
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
@@ -39,7 +40,12 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
 
 def _compile_json(schema: Mapping[str, Any]) -> str:
     options = cast("JsonCompileOptions", JSON_OPTIONS)
-    return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=options)
+    closed = closed_objects(schema)
+    return deep_call(lambda: llguidance.LLMatcher.grammar_from_json_schema(closed, defaults=options))
+
+
+def _from_lark(lark: str) -> str:
+    return deep_call(llguidance.LLMatcher.grammar_from_lark, lark)
 
 ReasoningMode = Literal["none", "optional", "open"]
 """Reasoning before the constrained part: "none"; "optional" (the output may start with a
@@ -54,7 +60,7 @@ class GrammarError(ValueError):
 
 def validate(grammar: str, tokenizer: llguidance.LLTokenizer | None = None) -> str:
     """Return ``grammar`` if llguidance accepts it, else raise GrammarError."""
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    is_error, messages = deep_call(llguidance.LLMatcher.validate_grammar_with_warnings, grammar, tokenizer)
     if is_error:
         raise GrammarError("; ".join(messages) or "invalid grammar")
     return grammar
@@ -129,7 +135,7 @@ def _lark_grammar(body: str, rules: list[str], reasoning: ReasoningMode,
                   tokenizer: llguidance.LLTokenizer | None) -> str:
     prefix, think_rules = _reasoning_rules(reasoning, special_tokens)
     lark = "\n".join([f"start: {prefix}{body}", *rules, *think_rules]) + "\n"
-    return validate(llguidance.LLMatcher.grammar_from_lark(lark), tokenizer)
+    return validate(_from_lark(lark), tokenizer)
 
 
 def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
@@ -151,12 +157,14 @@ def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
 
 
 def _schema_problem(schema: Mapping[str, Any]) -> str:
-    """llguidance's complaint about a schema, or "" when it compiles."""
+    """The bound it is over (``limits``), llguidance's complaint about it, or "" when it
+    compiles."""
     try:
+        check_schema(schema)
         grammar = _compile_json(schema)
     except (ValueError, TypeError) as error:
         return str(error)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    is_error, messages = deep_call(llguidance.LLMatcher.validate_grammar_with_warnings, grammar)
     return "; ".join(messages) if is_error else ""
 
 
@@ -189,11 +197,12 @@ def response_format_grammar(response_format: Mapping[str, Any] | None, **options
 def gbnf_grammar(gbnf: str, tokenizer: llguidance.LLTokenizer | None = None) -> str:
     """A llama.cpp GBNF grammar (root rule ``root``), or a Lark one, as a grammar."""
     try:
+        check_grammar(gbnf)
         lark = any_to_lark(gbnf)
-    except Exception as error:  # the converter raises bare Exceptions for user errors
+    except Exception as error:  # a LimitError, or the converter's bare Exceptions
         raise GrammarError(f"invalid grammar: {error}") from None
     try:
-        return validate(llguidance.LLMatcher.grammar_from_lark(lark), tokenizer)
+        return validate(_from_lark(lark), tokenizer)
     except GrammarError as error:
         raise GrammarError(f"invalid grammar: {error}") from None
 
