@@ -125,6 +125,8 @@ class VllmCollector(Collector):
             name = [engine.engine_id]
             waiting.add_metric(name, stats["queue_depth"])
             running.add_metric(name, stats["slots_busy"])
+            if "kv_cells_total" not in stats:  # an embedding engine: no KV cache to report
+                continue
             held = stats["kv_cells_used"] - stats["kv_cells_cached"]
             kv_usage.add_metric(name, min(1.0, max(0.0, held / max(1, stats["kv_cells_total"]))))
             queries.add_metric(name, stats["prefix_cache_queries"])

@@ -161,3 +161,16 @@ def test_alias_without_v1_and_engine_status(embedding_server: ServerProcess) -> 
     assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == 640
     stats = httpx.get(f"{embedding_server.base_url}/engines/{ENGINE}/status").json()["stats"]
     assert stats["inputs_total"] >= 1 and stats["slots_total"] == 31
+
+
+def test_metrics_are_scraped_with_an_embedding_engine_loaded(client: openai.OpenAI,
+                                                             embedding_server: ServerProcess) -> None:
+    """Issue 27: /metrics answered 500 whenever an embedding engine was loaded (the vLLM
+    collector read KV-cache keys such an engine has not), so Prometheus lost every metric."""
+    client.embeddings.create(model=ENGINE, input=QUERY)
+    scrape = httpx.get(f"{embedding_server.base_url}/metrics", timeout=30)
+    assert scrape.status_code == 200, scrape.text[:500]
+    lines = scrape.text.splitlines()
+    assert any(line.startswith(f'vllm:num_requests_waiting{{model_name="{ENGINE}"}}') for line in lines)
+    assert not [line for line in lines if line.startswith(f"vllm:kv_cache_usage_perc{{model_name=\"{ENGINE}\"")]
+    assert any(line.startswith(f'kolosal_waiting_requests{{model="{ENGINE}"}}') for line in lines)
