@@ -25,6 +25,7 @@ class Result:
     finish: FinishEvent | None = None
     error: ErrorEvent | None = None
     first_token_s: float = 0.0
+    logprobs: list[Any] = field(default_factory=list)  # TokenLogprob, when the params ask
 
     @property
     def text(self) -> str:
@@ -41,9 +42,11 @@ async def run(engine: AsyncEngine, prompt: str | list[int], params: SamplingPara
             result.first_token_s = time.monotonic() - started
         if isinstance(event, TokenEvent):
             result.chunks.append(event.text)
+            result.logprobs.extend(event.logprobs)
         elif isinstance(event, FinishEvent):
             if event.text:
                 result.chunks.append(event.text)
+            result.logprobs.extend(event.logprobs)
             result.finish = event
         else:
             result.error = event

@@ -17,6 +17,7 @@ from kolosal.engine import (
     TokenEvent,
 )
 
+from ..near_tie import TOP_LOGPROBS, Step, assert_same_or_near_tie, engine_steps
 from .helpers import greedy, loaded, run, wait_until_idle
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
@@ -29,8 +30,9 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
 # libllama's CPU kernels are not bitwise batch-invariant: a row's logits can differ in the
 # last bits with the batch around it and the KV cells it sits in, which flips greedy picks
 # at near-ties (e.g. "The capital of France is" -> "... It is the largest/capital ...").
-# llama-server behaves the same. These prompts have no near-tie in their first 16 tokens,
-# so any difference here would be the engine's own bug (mixed-up rows, slots or positions).
+# llama-server behaves the same. These prompts had no near-tie in their first 16 tokens on
+# the CPUs they were picked on; other CPUs run other kernels, so a divergence is accepted
+# where it is a near tie (tests/near_tie.py) and fails anywhere else.
 STABLE_PROMPTS = ["def fibonacci(n):", "In 1969, astronauts", "The quick brown fox", "Water boils at",
                   "1, 2, 3, 4, 5,", "The alphabet: A, B, C,", "Monday, Tuesday, Wednesday,",
                   "import numpy as np\n"]
@@ -44,11 +46,13 @@ async def test_eight_concurrent_greedy_requests_match_each_alone(registry: Engin
         return EngineConfig(engine_id, str(model_path), n_ctx=4096, n_parallel=8)
 
     async with loaded(registry, config("alone")) as engine:
-        alone = [await run(engine, p, greedy(16)) for p in STABLE_PROMPTS]
+        alone = [await run(engine, p, greedy(16, logprobs=TOP_LOGPROBS)) for p in STABLE_PROMPTS]
+        references = [engine_steps(r.logprobs, engine.token_piece) for r in alone]
     async with loaded(registry, config("together")) as engine:
         together = await asyncio.gather(*(run(engine, p, greedy(16), f"c{i}")
                                           for i, p in enumerate(STABLE_PROMPTS)))
-    assert [r.text for r in together] == [r.text for r in alone]
+    for prompt, reference, result in zip(STABLE_PROMPTS, references, together, strict=True):
+        assert_same_or_near_tie(reference, result.text, prompt)
     assert all(r.finish is not None for r in together)
 
 
@@ -59,12 +63,14 @@ async def test_long_prompt_prefill_is_chunked_while_streams_decode(
     async with loaded(registry, config) as engine:
         long_ids = await engine.tokenize(long_prompt)
         assert len(long_ids) > 600
-        expected = await run(engine, long_ids, greedy(8))
+        expected = await run(engine, long_ids, greedy(8, logprobs=TOP_LOGPROBS))
+        reference = engine_steps(expected.logprobs, engine.token_piece)
     async with loaded(registry, config) as engine:  # fresh: no prefix cache from the run above
-        await chunked_prefill_beside_streams(engine, long_ids, expected.text)
+        await chunked_prefill_beside_streams(engine, long_ids, reference)
 
 
-async def chunked_prefill_beside_streams(engine: AsyncEngine, long_ids: list[int], expected: str) -> None:
+async def chunked_prefill_beside_streams(engine: AsyncEngine, long_ids: list[int],
+                                         reference: list[Step]) -> None:
     counts = [0, 0, 0, 0]
     long_started = asyncio.Event()
     long_done = asyncio.Event()
@@ -94,7 +100,9 @@ async def chunked_prefill_beside_streams(engine: AsyncEngine, long_ids: list[int
         return "".join(chunks)
 
     results = await asyncio.gather(*(stream(i) for i in range(4)), long_request())
-    assert results[-1] == expected
+    long_text = results[-1]
+    assert isinstance(long_text, str)
+    assert_same_or_near_tie(reference, long_text, "the long prompt beside streams")
     # ~600 prompt tokens in chunks of <= 60 beside 4 decode rows: ~10 steps of prefill,
     # and every stream kept getting tokens during them.
     assert all(n >= 5 for n in during_prefill), during_prefill
