@@ -10,6 +10,7 @@ compare.json, compare.txt, summary.md (medians and the spread of the repeats) an
     python benchmarks/compare.py --workload short --levels 1,4,8,16,32,64 --raw
     python benchmarks/compare.py --workload echo --peer-spec-type ngram-mod \
         --ours spec="--spec-draft-max 8"
+    python benchmarks/compare.py --peers "" --ours portable= --ours-libllama portable=DIR  # builds
 """
 from __future__ import annotations
 
@@ -89,6 +90,18 @@ def parse_ours(items: list[str]) -> dict[str, tuple[str, ...]]:
     return variants
 
 
+def parse_builds(items: list[str], ours: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+    """``--ours-libllama NAME=DIR`` entries: the libllama build (its lib directory) that the
+    variant NAME of ``--ours`` runs on; "kolosal" is the default build."""
+    builds: dict[str, Path] = {}
+    for item in items:
+        name, _, directory = item.partition("=")
+        if name not in ours or not directory:
+            raise SystemExit(f"--ours-libllama {item!r}: expected NAME=DIR with NAME from --ours")
+        builds[name] = Path(directory).expanduser()
+    return builds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer-spec-type", action="append", default=[],
                         help="also run llama-server with this --spec-type (ngram-simple, ngram-map-k, "
                              "ngram-map-k4v, ngram-mod, ngram-cache); repeatable")
+    parser.add_argument("--ours-libllama", action="append", default=[], metavar="NAME=DIR",
+                        help="run the --ours variant NAME on the libllama build in DIR")
     parser.add_argument("--ours", action="append", default=[], metavar='NAME="FLAGS"',
                         help="also run our server as NAME with extra flags, e.g. "
                              'spec="--spec-draft-max 8"; repeatable')
@@ -146,8 +161,9 @@ def main() -> None:
     settings = ServerSettings(model=model, threads=args.threads, n_ctx=args.n_ctx, parallel=args.parallel,
                               peer_kv_unified=args.peer_kv_unified, peer_chat_template=chosen.chat_template)
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
-    specs = server_specs(settings, peers, args.llama_server, {"kolosal": (), **parse_ours(args.ours)},
-                         tuple(args.peer_spec_type))
+    ours = {"kolosal": (), **parse_ours(args.ours)}
+    specs = server_specs(settings, peers, args.llama_server, ours, tuple(args.peer_spec_type),
+                         parse_builds(args.ours_libllama, ours))
     options = SweepOptions(endpoint=args.endpoint, max_tokens=args.max_tokens,
                            long_fraction=args.long_fraction or 0.0, rounds=args.rounds, repeats=args.repeats,
                            max_level_s=args.max_level_s, workload=args.workload, logprobs=args.logprobs,

@@ -58,6 +58,7 @@ class ServerSpec:
     model_id: str
     port: int
     health_path: str = "/health"
+    env: tuple[tuple[str, str], ...] = ()  # added to the environment (e.g. KOLOSAL_LIBLLAMA)
 
     @property
     def url(self) -> str:
@@ -80,15 +81,18 @@ def find_llama_server() -> Path | None:
     return binary if binary.is_file() else None
 
 
-def kolosal_spec(settings: ServerSettings, name: str = "kolosal", extra: tuple[str, ...] = ()) -> ServerSpec:
-    """Our server; ``extra`` flags (e.g. ``--spec-draft-max 0``) make a variant of it."""
+def kolosal_spec(settings: ServerSettings, name: str = "kolosal", extra: tuple[str, ...] = (),
+                 libllama: Path | None = None) -> ServerSpec:
+    """Our server; ``extra`` flags (e.g. ``--spec-draft-max 0``) make a variant of it, and
+    ``libllama`` (a build's lib directory) runs it on another build."""
     script = Path(sys.executable).parent / "kolosal-server"
     launcher = (str(script),) if script.is_file() else (sys.executable, "-m", "kolosal")
     port = free_port()
     return ServerSpec(name, (*launcher, "--model", str(settings.model), "--host", HOST,
                              "--port", str(port), "--threads", str(settings.threads),
                              "--n-ctx", str(settings.n_ctx), "--parallel", str(settings.parallel),
-                             "--engine-id", "bench", "--log-level", "warning", *extra), "bench", port)
+                             "--engine-id", "bench", "--log-level", "warning", *extra), "bench", port,
+                      env=(("KOLOSAL_LIBLLAMA", str(libllama)),) if libllama else ())
 
 
 def llama_server_spec(settings: ServerSettings, binary: Path, spec_type: str | None = None) -> ServerSpec:
@@ -124,11 +128,15 @@ def llama_cpp_python_spec(settings: ServerSettings) -> ServerSpec | None:
 
 def server_specs(settings: ServerSettings, peers: tuple[str, ...] = ("llama-server",),
                  llama_server: Path | None = None, ours: dict[str, tuple[str, ...]] | None = None,
-                 peer_spec_types: tuple[str, ...] = ()) -> list[ServerSpec]:
-    """Ours first (``ours``: name -> extra flags, default one plain "kolosal"), then each
-    peer that is available (a missing one is reported, not fatal); every entry of
-    ``peer_spec_types`` adds llama-server with that speculative type."""
-    specs = [kolosal_spec(settings, name, extra) for name, extra in (ours or {"kolosal": ()}).items()]
+                 peer_spec_types: tuple[str, ...] = (),
+                 libllama: dict[str, Path] | None = None) -> list[ServerSpec]:
+    """Ours first (``ours``: name -> extra flags, default one plain "kolosal"; ``libllama``:
+    name -> the build it runs on), then each peer that is available (a missing one is
+    reported, not fatal); every entry of ``peer_spec_types`` adds llama-server with that
+    speculative type."""
+    builds = libllama or {}
+    specs = [kolosal_spec(settings, name, extra, builds.get(name))
+             for name, extra in (ours or {"kolosal": ()}).items()]
     if "llama-server" in peers or peer_spec_types:
         binary = llama_server or find_llama_server()
         if binary is not None and binary.is_file():
@@ -164,10 +172,10 @@ def start_process(spec: ServerSpec, log_path: Path | None = None) -> subprocess.
     """Start the server with its output (stdout and stderr) appended to ``log_path``."""
     if log_path is None:
         return subprocess.Popen(spec.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **dict(spec.env)})
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **dict(spec.env)})
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:

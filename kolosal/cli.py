@@ -25,7 +25,8 @@ SERVER_OPTIONS = option_fields(ServerSettings)
 ENGINE_OPTIONS = tuple(spec for spec in option_fields(EngineConfig) if spec.option.flag)
 # Inputs that are not settings: (name, flag, help); each also read from KOLOSAL_<NAME>.
 INPUTS = (("config", "--config", "YAML or JSON config file (server keys and an engines list)"),
-          ("model", "--model", "GGUF file to load at start (default: the bundled Gemma model)"),
+          ("model", "--model", "GGUF file to load at start (default: the bundled SmolLM2 instruct "
+                               "and Gemma base models)"),
           ("engine_id", "--engine-id", "id (the `model` field) of --model's engine (default: file stem)"))
 
 
@@ -108,33 +109,37 @@ def merge(file_values: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict
     return values
 
 
-def default_engine(inputs: Mapping[str, Any], has_engines: bool,
-                   default_model: Callable[[], Path]) -> dict[str, Any] | None:
-    """The engine of --model with the engine flags; the default model when neither --model
-    nor the config names an engine (unless --no-default-model); else None."""
+def default_engines(inputs: Mapping[str, Any], has_engines: bool,
+                    bundled_models: Callable[[], list[Path]]) -> list[dict[str, Any]]:
+    """The engine of --model with the engine flags. When neither --model nor the config
+    names an engine (and not --no-default-model): the bundled models, each with the engine
+    flags (--engine-id names the first); else none."""
     model = inputs.get("model")
-    if model is None:
-        if has_engines or inputs.get("no_default_model"):
-            return None
-        model = str(default_model())
-    return {"engine_id": inputs.get("engine_id") or Path(model).stem, "model_path": str(model),
-            **{spec.name: inputs[spec.name] for spec in ENGINE_OPTIONS if spec.name in inputs}}
+    flags = {spec.name: inputs[spec.name] for spec in ENGINE_OPTIONS if spec.name in inputs}
+    if model is not None:
+        return [{"engine_id": inputs.get("engine_id") or Path(model).stem, "model_path": str(model),
+                 **flags}]
+    if has_engines or inputs.get("no_default_model"):
+        return []
+    paths = bundled_models()
+    ids = [inputs.get("engine_id") or paths[0].stem, *(path.stem for path in paths[1:])]
+    return [{"engine_id": engine_id, "model_path": str(path), **flags}
+            for engine_id, path in zip(ids, paths, strict=True)]
 
 
-def _default_model_path() -> Path:
-    from .default_model import default_model_path
+def _bundled_model_paths() -> list[Path]:
+    from .default_model import bundled_model_paths
 
-    return default_model_path()
+    return bundled_model_paths()
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
-                       default_model: Callable[[], Path] = _default_model_path) -> ServerSettings:
+                       bundled_models: Callable[[], list[Path]] = _bundled_model_paths) -> ServerSettings:
     inputs = {**read_env(environ), **flag_values(args)}
     file_values = load_config_file(inputs["config"]) if inputs.get("config") else {}
     values = merge(file_values, inputs)
     engines = list(values.get("engines") or [])
-    engine = default_engine(inputs, bool(engines), default_model)
-    values["engines"] = engines + ([engine] if engine is not None else [])
+    values["engines"] = engines + default_engines(inputs, bool(engines), bundled_models)
     return settings_from(values)
 
 

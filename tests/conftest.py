@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from kolosal.default_model import default_model_path
+from kolosal import default_model as bundled
 from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry
 
 from . import lanes
-from .server_process import ServerProcess, start_server, stop_server
+from .server_process import ServerProcess, start_bundled_server, start_server, stop_server
 
-MODEL_FIXTURES = frozenset({"model_path", "llama_model", "registry", "engine", "server", "keyed_server"})
+MODEL_FIXTURES = frozenset({"model_path", "instruct_model_path", "llama_model", "registry", "engine",
+                            "server", "keyed_server", "bundled_server"})
 LIBLLAMA_DIR = Path(__file__).parent / "llama"  # every test there calls into libllama
 
 
@@ -56,7 +57,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    return default_model_path()
+    return bundled.default_model_path()
+
+
+@pytest.fixture(scope="session")
+def instruct_model_path() -> Path:
+    """SmolLM2 135M Instruct: a real ChatML template in its GGUF (kolosal.default_model)."""
+    return bundled.instruct_model_path()
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +92,16 @@ async def engine(registry: EngineRegistry, model_path: Path) -> AsyncIterator[As
 @pytest.fixture(scope="session")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running = start_server(model_path, tmp_path_factory.mktemp("server") / "server.log")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def bundled_server(instruct_model_path: Path, model_path: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The quick start's server: both bundled models, prompts logged (JSON lines)."""
+    running = start_bundled_server(tmp_path_factory.mktemp("bundled") / "server.log",
+                                   "--log-prompts", "--log-format", "json")
     yield running
     stop_server(running)
 

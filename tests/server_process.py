@@ -3,6 +3,7 @@ tests/conftest.py). Starting, health-checking and stopping are benchmarks/server
 the tests and the benchmarks run servers the same way."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ import httpx
 from benchmarks.servers import ServerSpec, free_port, start_process, stop_process, wait_healthy
 
 ENGINE = "gemma"
+INSTRUCT_ENGINE = "smollm2-135m-instruct-q4_1"  # the bundled models' engine ids (file stems)
+BASE_ENGINE = "gemma-3-270m-q4_k_m"
 START_TIMEOUT_S = 120.0
 
 
@@ -30,10 +33,20 @@ class ServerProcess:
 
 def start_server(model_path: Path, log_path: Path, *extra: str) -> ServerProcess:
     """``--engine-id gemma --n-ctx 4096 --parallel 8`` unless ``extra`` overrides them."""
+    return _start(log_path, "--model", str(model_path), "--engine-id", ENGINE, "--n-ctx", "4096",
+                  "--parallel", "8", *extra)
+
+
+def start_bundled_server(log_path: Path, *extra: str) -> ServerProcess:
+    """The server as the quick start runs it: no engine named, so both bundled models
+    (INSTRUCT_ENGINE, then the Gemma base model as BASE_ENGINE)."""
+    return _start(log_path, "--n-ctx", "4096", "--parallel", "4", *extra)
+
+
+def _start(log_path: Path, *arguments: str) -> ServerProcess:
     port = free_port()
-    spec = ServerSpec("kolosal", (sys.executable, "-m", "kolosal", "--port", str(port), "--model",
-                                  str(model_path), "--engine-id", ENGINE, "--n-ctx", "4096",
-                                  "--parallel", "8", *extra), ENGINE, port)
+    spec = ServerSpec("kolosal", (sys.executable, "-m", "kolosal", "--port", str(port), *arguments),
+                      ENGINE, port)
     process = start_process(spec, log_path)
     try:
         wait_healthy(spec, process, START_TIMEOUT_S)
@@ -58,3 +71,17 @@ def wait_idle(base_url: str, engine_id: str = ENGINE, timeout: float = 120.0) ->
             return status
         time.sleep(0.05)
     return status
+
+
+def logged_prompt(server: ServerProcess, request_id: str) -> str:
+    """The prompt a server started with ``--log-prompts --log-format json`` rendered for the
+    request sent with ``X-Request-Id: request_id``."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in server.log().splitlines():
+            if line.startswith("{") and f'"{request_id}"' in line:
+                entry = json.loads(line)
+                if entry.get("request_id") == request_id and entry.get("prompt"):
+                    return str(entry["prompt"])
+        time.sleep(0.1)
+    raise AssertionError(f"no prompt logged for {request_id}")

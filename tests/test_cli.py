@@ -8,7 +8,7 @@ import pytest
 
 from kolosal.cli import (
     build_parser,
-    default_engine,
+    default_engines,
     flag_values,
     merge,
     read_env,
@@ -16,15 +16,16 @@ from kolosal.cli import (
 )
 from kolosal.config import ServerSettings
 
+INSTRUCT_MODEL = Path("/cache/smollm2-135m-instruct-q4_1.gguf")
 DEFAULT_MODEL = Path("/cache/gemma-3-270m.gguf")
 
 
-def default_model() -> Path:
-    return DEFAULT_MODEL
+def bundled_models() -> list[Path]:
+    return [INSTRUCT_MODEL, DEFAULT_MODEL]
 
 
 def settings(argv: list[str], environ: dict[str, str] | None = None) -> ServerSettings:
-    return settings_from_args(build_parser().parse_args(argv), environ or {}, default_model)
+    return settings_from_args(build_parser().parse_args(argv), environ or {}, bundled_models)
 
 
 def test_read_env_parses_like_the_flags() -> None:
@@ -62,17 +63,22 @@ def test_merge_flags_over_env_over_file() -> None:
                                               "engines": [{"engine_id": "x"}]}
 
 
-def test_default_engine() -> None:
+def test_default_engines() -> None:
     given = {"model": "/models/qwen.gguf", "n_ctx": 8192, "pinned": True, "port": 1}
-    assert default_engine(given, True, default_model) == {
-        "engine_id": "qwen", "model_path": "/models/qwen.gguf", "n_ctx": 8192, "pinned": True}
-    assert default_engine({"model": "/m/x.gguf", "engine_id": "gemma"}, False, default_model) == {
-        "engine_id": "gemma", "model_path": "/m/x.gguf"}
-    # no --model: the default model, unless the config names engines or it is switched off
-    assert default_engine({}, False, default_model) == {"engine_id": DEFAULT_MODEL.stem,
-                                                        "model_path": str(DEFAULT_MODEL)}
-    assert default_engine({}, True, default_model) is None
-    assert default_engine({"no_default_model": True}, False, default_model) is None
+    assert default_engines(given, True, bundled_models) == [{
+        "engine_id": "qwen", "model_path": "/models/qwen.gguf", "n_ctx": 8192, "pinned": True}]
+    assert default_engines({"model": "/m/x.gguf", "engine_id": "gemma"}, False, bundled_models) == [{
+        "engine_id": "gemma", "model_path": "/m/x.gguf"}]
+    # no --model: the bundled models (instruct first), unless the config names engines or
+    # they are switched off; the engine flags apply to each, --engine-id names the first
+    assert default_engines({}, False, bundled_models) == [
+        {"engine_id": INSTRUCT_MODEL.stem, "model_path": str(INSTRUCT_MODEL)},
+        {"engine_id": DEFAULT_MODEL.stem, "model_path": str(DEFAULT_MODEL)}]
+    assert default_engines({"n_ctx": 2048, "engine_id": "chat"}, False, bundled_models) == [
+        {"engine_id": "chat", "model_path": str(INSTRUCT_MODEL), "n_ctx": 2048},
+        {"engine_id": DEFAULT_MODEL.stem, "model_path": str(DEFAULT_MODEL), "n_ctx": 2048}]
+    assert default_engines({}, True, bundled_models) == []
+    assert default_engines({"no_default_model": True}, False, bundled_models) == []
 
 
 def test_settings_from_args_end_to_end(tmp_path: Path) -> None:
@@ -89,8 +95,9 @@ def test_settings_from_args_end_to_end(tmp_path: Path) -> None:
 def test_settings_defaults_without_any_input() -> None:
     result = settings([])
     assert (result.host, result.port, result.max_body_bytes) == ("127.0.0.1", 8080, 8 << 20)
-    [engine] = result.engines
-    assert engine.model_path == str(DEFAULT_MODEL) and engine.n_ctx == 4096
+    instruct, base = result.engines
+    assert instruct.model_path == str(INSTRUCT_MODEL) and base.model_path == str(DEFAULT_MODEL)
+    assert instruct.n_ctx == base.n_ctx == 4096
 
 
 def test_out_of_range_values_fail_wherever_they_come_from(tmp_path: Path) -> None:

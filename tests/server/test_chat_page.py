@@ -1,4 +1,5 @@
-"""The built-in chat page, driven in a real headless browser (Debian's chromium)."""
+"""The built-in chat page, driven in a real headless browser (Debian's chromium), on the
+quick start's server: the instruct model is the page's default engine."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from playwright.async_api import Locator, Page, async_playwright
 
-from ..server_process import ENGINE, ServerProcess, wait_idle
+from ..server_process import INSTRUCT_ENGINE, ServerProcess, wait_idle
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
@@ -39,8 +40,8 @@ async def chat_page(server: ServerProcess) -> AsyncIterator[tuple[Page, list[str
             await page.wait_for_function(
                 "document.querySelectorAll('#engine option').length > 0", timeout=20_000)
             options = await page.eval_on_selector_all("#engine option", "els => els.map(e => e.value)")
-            assert ENGINE in options
-            await page.select_option("#engine", ENGINE)
+            assert options[0] == INSTRUCT_ENGINE  # selected by default
+            assert await page.eval_on_selector("#engine", "el => el.value") == INSTRUCT_ENGINE
             yield page, page_errors
         finally:
             await browser.close()
@@ -57,7 +58,8 @@ async def send_message(page: Page, text: str, max_tokens: int) -> Locator:
     return meta
 
 
-async def test_chat_page_streams_a_reply(server: ServerProcess) -> None:
+async def test_chat_page_streams_a_reply(bundled_server: ServerProcess) -> None:
+    server = bundled_server
     page_html = httpx.get(server.base_url + "/")
     assert page_html.status_code == 200 and "<script>" in page_html.text
     assert "http://" not in page_html.text and "https://" not in page_html.text  # no CDN
@@ -74,10 +76,12 @@ async def test_chat_page_streams_a_reply(server: ServerProcess) -> None:
         assert screenshot[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-async def test_chat_page_stop_button_ends_the_stream_and_frees_the_slot(server: ServerProcess) -> None:
+async def test_chat_page_stop_button_ends_the_stream_and_frees_the_slot(
+        bundled_server: ServerProcess) -> None:
+    server = bundled_server
     async with chat_page(server) as (page, page_errors):
         meta = await send_message(page, "Write a very long story about the sea.", max_tokens=4000)
-        status = httpx.get(f"{server.base_url}/engines/{ENGINE}/status").json()
+        status = httpx.get(f"{server.base_url}/engines/{INSTRUCT_ENGINE}/status").json()
         assert status["stats"]["slots_busy"] == 1
         await page.click("#stop")
         await page.wait_for_function(
@@ -86,7 +90,7 @@ async def test_chat_page_stop_button_ends_the_stream_and_frees_the_slot(server: 
         assert await page.locator("#stop").is_hidden()
         assert await page.locator(".msg.error").count() == 0
         assert not page_errors
-    status = await asyncio.to_thread(wait_idle, server.base_url)
+    status = await asyncio.to_thread(wait_idle, server.base_url, INSTRUCT_ENGINE)
     assert status["stats"]["slots_busy"] == 0
 
 

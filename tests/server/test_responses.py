@@ -5,7 +5,6 @@ required function tool and its round trip, and the 400s."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from openai.types.responses import FunctionToolParam, Response, ResponseInputParam
 from pydantic import BaseModel, Field
 
-from ..server_process import ENGINE, ServerProcess, start_server, stop_server
+from ..server_process import ENGINE, ServerProcess, logged_prompt, start_server, stop_server
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
@@ -158,18 +157,6 @@ def logged(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def logged_client(logged: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=logged.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
-
-
-def logged_prompt(server: ServerProcess, request_id: str) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in server.log().splitlines():
-            if line.startswith("{") and f'"{request_id}"' in line:
-                entry = json.loads(line)
-                if entry.get("request_id") == request_id and entry.get("prompt"):
-                    return str(entry["prompt"])
-        time.sleep(0.1)
-    raise AssertionError(f"no prompt logged for {request_id}")
 
 
 def leads(prompt: str, text: str, before: str) -> bool:

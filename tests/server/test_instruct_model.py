@@ -1,0 +1,75 @@
+"""The quick start's server: both bundled models, the instruct one first (issue 23). SmolLM2
+135M Instruct brings a real ChatML template in its GGUF, so here a chat is rendered by the
+model's own template, turn by turn, tools included where the template has no tool support."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from ..server_process import BASE_ENGINE, INSTRUCT_ENGINE, ServerProcess, logged_prompt
+
+pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
+
+TIMEOUT = httpx.Timeout(120.0)
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its template's
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def chat(server: ServerProcess, request_id: str, **fields: Any) -> dict[str, Any]:
+    body = {"model": INSTRUCT_ENGINE, "temperature": 0, "max_tokens": 24, **fields}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=TIMEOUT,
+                          headers={"X-Request-Id": request_id})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_both_bundled_models_are_listed_instruct_first(bundled_server: ServerProcess) -> None:
+    models = httpx.get(f"{bundled_server.base_url}/v1/models", timeout=TIMEOUT).json()["data"]
+    assert [model["id"] for model in models] == [INSTRUCT_ENGINE, BASE_ENGINE]
+
+
+def test_the_prompt_is_the_ggufs_own_template(bundled_server: ServerProcess) -> None:
+    answer = chat(bundled_server, "own-template", messages=[{"role": "user", "content": "What is 2 + 2?"}])
+    assert logged_prompt(bundled_server, "own-template") == (
+        f"<|im_start|>system\n{SMOLLM_SYSTEM}<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n")
+    choice = answer["choices"][0]
+    assert choice["message"]["content"] and choice["finish_reason"] in ("stop", "length")
+
+
+def test_a_multi_turn_chat_is_rendered_turn_by_turn(bundled_server: ServerProcess) -> None:
+    messages = [{"role": "system", "content": "Answer in one short sentence."},
+                {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."},
+                {"role": "user", "content": [{"type": "text", "text": "another one."}]}]
+    answer = chat(bundled_server, "multi-turn", messages=messages)
+    assert logged_prompt(bundled_server, "multi-turn") == (
+        "<|im_start|>system\nAnswer in one short sentence.<|im_end|>\n"
+        "<|im_start|>user\nName a colour.<|im_end|>\n"
+        "<|im_start|>assistant\nBlue.<|im_end|>\n"
+        "<|im_start|>user\nanother one.<|im_end|>\n<|im_start|>assistant\n")
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["prompt_tokens"] > 30
+
+
+def test_tools_through_a_template_without_tool_support(bundled_server: ServerProcess) -> None:
+    """SmolLM2's template ignores ``tools``: the server describes them in the system turn
+    itself (README, tool calling) and enforces the call's shape with a grammar."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": WEATHER}}]
+    # one call asked for (parallel calls let this small model repeat the call: issue 27)
+    answer = chat(bundled_server, "tools", tools=tools, tool_choice="required", max_tokens=64,
+                  parallel_tool_calls=False,
+                  messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    prompt = logged_prompt(bundled_server, "tools")
+    assert prompt.startswith("<|im_start|>system\n") and "get_weather" in prompt
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
