@@ -23,8 +23,14 @@ CDEF_PATH = NATIVE_DIR / "llama_cdef.h"
 HELPERS_PATH = NATIVE_DIR / "kolosal_helpers.c"
 # -fno-trapping-math: lets the compiler turn the helpers' float compares into vector selects
 # (nothing here relies on floating-point traps).
-STRICT_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-Werror=incompatible-pointer-types",
+STRICT_FLAGS = ["-O3", "-fno-trapping-math", "-Werror=incompatible-pointer-types",
                 "-Werror=int-conversion", "-Werror=implicit-function-declaration", "-Werror=return-type"]
+NATIVE_FLAG = "-march=native"  # not for a portable build: its module may move to another CPU
+
+
+def is_portable(lib_dir: Path) -> bool:
+    """A ``build_llama.py --portable`` build: CPU backends to choose from at load time."""
+    return any(lib_dir.glob("libggml-cpu-*"))
 
 
 def _strip_comments(text: str) -> str:
@@ -49,8 +55,8 @@ def module_key(lib_dir: Path, include_dir: Path) -> str:
             digest.update(path.read_bytes() if path.suffix in (".h", ".c")
                           else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(sys.version.encode())
-    # compiled -march=native: a module made on another CPU may not run on this one
-    digest.update(" ".join(sorted(host_cpu_features())).encode())
+    if not is_portable(lib_dir):  # compiled -march=native: made on another CPU, it may not run here
+        digest.update(" ".join(sorted(host_cpu_features())).encode())
     digest.update((sysconfig.get_config_var("EXT_SUFFIX") or "").encode())
     return digest.hexdigest()[:16]
 
@@ -68,7 +74,7 @@ def compile_module(lib_dir: Path, include_dir: Path, out_dir: Path) -> Path:
         library_dirs=[str(lib_dir)],
         # ggml: the backend registry (ggml_backend_load_all_from_path) for portable builds
         libraries=["llama", "ggml"] if any(lib_dir.glob("libggml.*")) else ["llama"],
-        extra_compile_args=STRICT_FLAGS,
+        extra_compile_args=STRICT_FLAGS + ([] if is_portable(lib_dir) else [NATIVE_FLAG]),
         extra_link_args=[f"-Wl,-rpath,{lib_dir}"],
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)

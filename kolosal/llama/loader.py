@@ -86,11 +86,6 @@ def _check_cpu(required: list[str], lib_dir: Path) -> None:
             "that runs on any CPU.")
 
 
-def has_cpu_variants(lib_dir: Path) -> bool:
-    """Whether this is a portable build: CPU backends to choose from at load time."""
-    return any(lib_dir.glob("libggml-cpu-*"))
-
-
 def find_include_dir(lib_dir: Path) -> Path:
     explicit = os.environ.get("KOLOSAL_LLAMA_INCLUDE")
     include_dir = Path(explicit).expanduser() if explicit else lib_dir.parent / "include"
@@ -150,7 +145,7 @@ def load() -> NativeLibrary:
             ffi, lib = module.ffi, module.lib
             _install_callbacks(ffi)
             lib.llama_log_set(lib.kolosal_log_callback, ffi.NULL)
-            if has_cpu_variants(lib_dir):
+            if _ffi_build.is_portable(lib_dir):
                 lib.ggml_backend_load_all_from_path(str(lib_dir).encode())
             lib.llama_backend_init()
             _native = NativeLibrary(ffi=ffi, lib=lib, lib_dir=lib_dir)
