@@ -83,9 +83,18 @@ class OptionField:
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = " and ".join(f"{word} {_number(limit)}" for word, limit in ((">=", low), ("<=", high))
                                   if limit is not None)
-            raise ValueError(f"{self.name} must be {bounds}, got {value!r}")
+            raise OptionValueError(self.name, f"{self.name} must be {bounds}, got {value!r}")
         if self.option.choices and value not in self.option.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(self.option.choices)}, got {value!r}")
+            raise OptionValueError(self.name, f"{self.name} must be one of "
+                                   f"{', '.join(self.option.choices)}, got {value!r}")
+
+
+class OptionValueError(ValueError):
+    """An option's value out of its bounds or choices; ``name`` is the option's."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 def _number(value: float) -> str:

@@ -4,6 +4,7 @@
 #include "llama.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* Fill the first n_tokens rows of a batch made by llama_batch_init(..., n_seq_max=1). */
 void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llama_token * tokens,
@@ -168,4 +169,201 @@ void kolosal_apply_token_mask(float * logits, int32_t n_vocab, const uint32_t * 
             logits[token] = -INFINITY;
         }
     }
+}
+
+/* ---- sampling -----------------------------------------------------------------------
+ * One row's token, with the semantics of libllama's chain penalties -> logit bias -> top-k
+ * -> top-p -> min-p -> temperature -> dist (what kolosal.llama.sampler built before), at
+ * about the cost of a greedy pick: no copy of the row into a 262k candidate array and no
+ * ordering of it. The adjustments touch only their own entries (saved and put back: the
+ * row's logprobs are read after sampling). The filters work on a histogram of each token's
+ * distance below the max: whole bins above the cut are kept unread, only the tokens of the
+ * bins down to the cut are gathered and ordered (a few hundred for top_p 0.95 on a peaked
+ * distribution). The draw is one uniform number u in [0, 1) from the request's own seeded
+ * generator, walked over the survivors in a fixed order: the same logits and u give the
+ * same token, alone or beside other rows. */
+#define HIST_BINS 1024
+#define HIST_PER_UNIT 32.0f          /* bins per unit of logit: the last bin holds d >= 32 */
+
+typedef struct kolosal_candidate {
+    float logit;
+    int32_t id;
+} kolosal_candidate;
+
+/* exp(x) for x <= 0, exactly 0 below -87 (a masked token's -inf included) */
+static inline double weight_of(float x) {
+    return x < -87.0f ? 0.0 : (double) exp_nonpositive(x);
+}
+
+static int candidate_order(const void * a, const void * b) {
+    const kolosal_candidate * x = (const kolosal_candidate *) a;
+    const kolosal_candidate * y = (const kolosal_candidate *) b;
+    if (x->logit != y->logit) {
+        return x->logit > y->logit ? -1 : 1;       /* best first */
+    }
+    return (x->id > y->id) - (x->id < y->id);      /* ties: the lower id first */
+}
+
+static inline int32_t bin_of(float distance) {
+    const float scaled = distance * HIST_PER_UNIT;
+    return scaled < (float) (HIST_BINS - 1) ? (int32_t) scaled : HIST_BINS - 1;
+}
+
+/* The survivors of top-k / top-p / min-p, best first, in `out`; returns how many. */
+static int32_t filter_candidates(const float * logits, int32_t n_vocab, float max, int32_t top_k,
+                                 float top_p, float min_p, kolosal_candidate * out) {
+    int32_t count[HIST_BINS] = {0};
+    double mass[HIST_BINS] = {0};
+    double total = 0.0;
+    const int need_mass = top_k <= 0 && top_p < 1.0f;
+    for (int32_t token = 0; token < n_vocab; ++token) {
+        const float logit = logits[token];
+        if (logit == -INFINITY) {
+            continue;
+        }
+        const int32_t bin = bin_of(max - logit);
+        count[bin] += 1;
+        if (need_mass) {
+            const double w = weight_of(logit - max);
+            mass[bin] += w;
+            total += w;
+        }
+    }
+    /* the last bin every survivor can be in */
+    int32_t cut = HIST_BINS - 1;
+    if (top_k > 0) {
+        int32_t seen = 0;
+        for (int32_t bin = 0; bin < HIST_BINS; ++bin) {
+            seen += count[bin];
+            if (seen >= top_k) { cut = bin; break; }
+        }
+    } else if (top_p < 1.0f) {
+        double seen = 0.0;
+        const double goal = (double) top_p * total;
+        for (int32_t bin = 0; bin < HIST_BINS; ++bin) {
+            seen += mass[bin];
+            if (seen >= goal) { cut = bin; break; }
+        }
+    } else if (min_p > 0.0f) {
+        cut = bin_of(-logf(min_p));
+    }
+    int32_t n = 0;
+    for (int32_t token = 0; token < n_vocab; ++token) {
+        const float logit = logits[token];
+        if (logit != -INFINITY && bin_of(max - logit) <= cut) {
+            out[n].logit = logit;
+            out[n].id = token;
+            ++n;
+        }
+    }
+    qsort(out, (size_t) n, sizeof(kolosal_candidate), candidate_order);
+    if (top_k > 0 && n > top_k) {
+        n = top_k;
+    }
+    if (top_p < 1.0f && n > 1) {               /* the smallest best-first set reaching top_p */
+        double sum = total;                    /* of the whole distribution, or of the top k */
+        if (top_k > 0) {
+            sum = 0.0;
+            for (int32_t i = 0; i < n; ++i) {
+                sum += weight_of(out[i].logit - max);
+            }
+        }
+        const double goal = (double) top_p * sum;
+        double seen = 0.0;
+        for (int32_t i = 0; i < n; ++i) {
+            seen += weight_of(out[i].logit - max);
+            if (seen >= goal) { n = i + 1; break; }
+        }
+    }
+    if (min_p > 0.0f && n > 1) {               /* p >= min_p * p_max, as logits */
+        const float floor_logit = max + logf(min_p);
+        int32_t kept = 1;
+        while (kept < n && out[kept].logit >= floor_logit) {
+            ++kept;
+        }
+        n = kept;
+    }
+    return n;
+}
+
+/* Sample one token from a logits row (n_vocab floats, modified only for the duration of
+ * the call). Penalties apply to the tokens of penalty_ids (each seen penalty_counts times
+ * in the recent window): a positive logit is divided by `repeat`, a negative one multiplied,
+ * then count * frequency + presence is subtracted; then bias_values are added. temperature
+ * <= 0: the best token (the lowest id on ties). `scratch` holds n_vocab candidates. */
+int32_t kolosal_sample(float * logits, int32_t n_vocab,
+                       const int32_t * penalty_ids, const int32_t * penalty_counts, int32_t n_penalty,
+                       float repeat, float frequency, float presence,
+                       const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
+                       float temperature, int32_t top_k, float top_p, float min_p, double u,
+                       kolosal_candidate * scratch) {
+    const int32_t n_touched = n_penalty + n_bias;
+    float * saved = n_touched > 0 ? (float *) malloc(sizeof(float) * (size_t) n_touched) : NULL;
+    if (n_touched > 0 && saved == NULL) {
+        return -1;
+    }
+    for (int32_t i = 0; i < n_penalty; ++i) {
+        const int32_t token = penalty_ids[i];
+        saved[i] = logits[token];
+        float logit = logits[token];
+        logit = logit <= 0.0f ? logit * repeat : logit / repeat;
+        logits[token] = logit - (float) penalty_counts[i] * frequency - (penalty_counts[i] > 0 ? presence : 0.0f);
+    }
+    for (int32_t i = 0; i < n_bias; ++i) {
+        saved[n_penalty + i] = logits[bias_ids[i]];
+        logits[bias_ids[i]] += bias_values[i];
+    }
+    float max = -INFINITY;
+    int32_t best = 0;
+    for (int32_t token = 0; token < n_vocab; ++token) {
+        if (logits[token] > max) {
+            max = logits[token];
+            best = token;
+        }
+    }
+    int32_t chosen = best;
+    if (temperature > 0.0f && max > -INFINITY) {
+        const float inv_t = 1.0f / temperature;
+        if (top_k <= 0 && top_p >= 1.0f && min_p <= 0.0f) {    /* the whole vocabulary, in id order */
+            double total = 0.0;
+            for (int32_t token = 0; token < n_vocab; ++token) {
+                total += weight_of((logits[token] - max) * inv_t);
+            }
+            const double goal = u * total;
+            double seen = 0.0;
+            for (int32_t token = 0; token < n_vocab; ++token) {
+                const double w = weight_of((logits[token] - max) * inv_t);
+                if (w > 0.0) {
+                    chosen = token;
+                    seen += w;
+                    if (seen > goal) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            const int32_t n = filter_candidates(logits, n_vocab, max, top_k, top_p, min_p, scratch);
+            double total = 0.0;
+            for (int32_t i = 0; i < n; ++i) {
+                total += weight_of((scratch[i].logit - max) * inv_t);
+            }
+            const double goal = u * total;
+            double seen = 0.0;
+            for (int32_t i = 0; i < n; ++i) {
+                chosen = scratch[i].id;
+                seen += weight_of((scratch[i].logit - max) * inv_t);
+                if (seen > goal) {
+                    break;
+                }
+            }
+        }
+    }
+    for (int32_t i = n_bias - 1; i >= 0; --i) {            /* put the row back, newest first */
+        logits[bias_ids[i]] = saved[n_penalty + i];
+    }
+    for (int32_t i = n_penalty - 1; i >= 0; --i) {
+        logits[penalty_ids[i]] = saved[i];
+    }
+    free(saved);
+    return chosen;
 }

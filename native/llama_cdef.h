@@ -254,6 +254,13 @@ void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llam
                         const llama_pos * positions, const llama_seq_id * seq_ids, const int8_t * logits);
 float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k, int32_t * top_ids, float * top_logprobs);
 void kolosal_apply_token_mask(float * logits, int32_t n_vocab, const uint32_t * mask);
+typedef struct kolosal_candidate { float logit; int32_t id; } kolosal_candidate;
+int32_t kolosal_sample(float * logits, int32_t n_vocab,
+                       const int32_t * penalty_ids, const int32_t * penalty_counts, int32_t n_penalty,
+                       float repeat, float frequency, float presence,
+                       const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
+                       float temperature, int32_t top_k, float top_p, float min_p, double u,
+                       kolosal_candidate * scratch);
 
 /* ---- callbacks implemented in Python ---- */
 extern "Python" void kolosal_log_callback(enum ggml_log_level level, const char * text, void * user_data);

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..llama import ModelLoadError
+from ..llama import BatchInvariantUnavailableError, ModelLoadError
 from .config import EngineConfig
 from .constraint import Constraint
 from .embedding import (
@@ -119,6 +119,8 @@ class AsyncEngine:
             runner = await asyncio.to_thread(make_runner, config, on_progress)
         except ModelLoadError as error:
             raise ModelLoadFailedError(str(error)) from error
+        except BatchInvariantUnavailableError as error:  # a setting this process cannot apply
+            raise InvalidRequestError(str(error), param="deterministic") from error
         try:
             return cls(config, runner, holders)
         except BaseException:

@@ -14,6 +14,7 @@ import numpy as np
 from ..llama import Batch, Context, DecodeStatus, Model, Sampler, SamplerSettings
 from ..llama.grammar import build_lltokenizer, is_grammar_special
 from ..llama.model import ProgressCallback
+from ..llama.sampler import SampleScratch
 from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
@@ -56,6 +57,7 @@ class ModelRunner:
                                       draft_max=config.resolved_spec_draft_max, swa_window=self.model.n_swa,
                                       pad_rows=config.pads_rows)
         self._grammar: GrammarEngine | None = None
+        self._sample_scratch: SampleScratch | None = None
         self._grammar_lock = threading.Lock()
 
     def close(self) -> None:
@@ -89,7 +91,9 @@ class ModelRunner:
             frequency_penalty=params.frequency_penalty, logit_bias=dict(params.logit_bias))
         if settings.is_greedy:
             return None
-        return Sampler(settings, self.context.n_vocab)
+        if self._sample_scratch is None:  # samplers run on the engine thread, one at a time
+            self._sample_scratch = SampleScratch(self.context.n_vocab)
+        return Sampler(settings, self.context.n_vocab, self._sample_scratch)
 
     def run(self, plan: StepPlan) -> StepResult:
         self.batch.fill(plan.tokens, plan.positions, plan.seq_ids, plan.logits)

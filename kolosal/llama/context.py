@@ -35,6 +35,10 @@ TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"
 _first_decode_done = False
 
 
+class BatchInvariantUnavailableError(RuntimeError):
+    """Batch-invariant kernels asked for after this process's first decode."""
+
+
 def untiled_matmul() -> None:
     """Turn ggml-cpu's tiled matmul off for this process (every context), so a row's result
     does not depend on how many rows share its matmul. Only possible before the process's
@@ -42,9 +46,10 @@ def untiled_matmul() -> None:
     if os.environ.get(TILED_MATMUL_ENV) == "0":
         return
     if _first_decode_done:
-        raise RuntimeError(f"batch-invariant kernels need {TILED_MATMUL_ENV}=0 before the first decode "
-                           "in this process: set it in the environment (or start the server with the "
-                           "deterministic engine) before any other engine runs")
+        raise BatchInvariantUnavailableError(
+            f"batch-invariant kernels need {TILED_MATMUL_ENV}=0 before the first decode in this "
+            "process: set it in the environment (or start the server with the deterministic "
+            "engine) before any other engine runs")
     os.environ[TILED_MATMUL_ENV] = "0"
 
 
@@ -175,6 +180,10 @@ class Context:
         in this output row, in place: samplers and argmax then only see allowed tokens."""
         self._lib.kolosal_apply_token_mask(self._logits_pointer(row), self.n_vocab,
                                            self._ffi.from_buffer("uint32_t[]", mask))
+
+    def logits_pointer(self, row: int) -> Any:
+        """The C pointer to one output row's logits (valid until the next decode)."""
+        return self._logits_pointer(row)
 
     def _logits_pointer(self, row: int) -> Any:
         pointer = self._lib.llama_get_logits_ith(self.ptr, row)

@@ -1,14 +1,16 @@
-"""Per-sequence sampler chains built with libllama's sampler API (all work in C)."""
+"""Per-sequence sampling in C (native/kolosal_helpers.c), one call per row."""
 from __future__ import annotations
 
-import threading
+import random
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+
+import numpy as np
 
 from .context import Context
 from .loader import load
 
-DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: libllama picks a random seed
+DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,64 +34,72 @@ class SamplerSettings:
                 and self.frequency_penalty == 0.0)
 
 
-class Sampler:
-    """penalties -> logit bias -> top-k -> top-p -> min-p -> temperature -> dist
-    (or greedy), the order llama-server uses by default."""
+class SampleScratch:
+    """The candidate buffer ``kolosal_sample`` orders survivors in (n_vocab entries, 8 bytes
+    each): one per thread that samples, shared by all the samplers it runs."""
 
-    def __init__(self, settings: SamplerSettings, n_vocab: int) -> None:
+    def __init__(self, n_vocab: int) -> None:
+        native = load()
+        self.buffer = native.ffi.new("kolosal_candidate[]", n_vocab)
+
+
+class Sampler:
+    """penalties -> logit bias -> top-k -> top-p -> min-p -> temperature -> dist (or
+    greedy), the order llama-server uses by default, computed by ``kolosal_sample`` in C
+    (native/kolosal_helpers.c) on the row in place: the filters by a histogram of distances
+    below the max instead of ordering the vocabulary. The randomness is one uniform draw per
+    token from this sampler's own generator, seeded by the request: the same seed and logits
+    give the same tokens alone or beside other requests. Penalties count the tokens this
+    sampler produced, the last ``penalty_last_n`` of them."""
+
+    def __init__(self, settings: SamplerSettings, n_vocab: int, scratch: SampleScratch | None = None) -> None:
         native = load()
         self._ffi, self._lib = native.ffi, native.lib
         self.settings = settings
-        self._close_lock = threading.Lock()
-        lib, ffi = self._lib, self._ffi
-        params = lib.llama_sampler_chain_default_params()
-        params.no_perf = True
-        chain = lib.llama_sampler_chain_init(params)
-        self._ptr = chain
-
-        def add(sampler: Any) -> None:
-            if sampler == ffi.NULL:
-                raise ValueError("could not build sampler")
-            lib.llama_sampler_chain_add(chain, sampler)
-
-        try:
-            s = settings
-            if s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0:
-                add(lib.llama_sampler_init_penalties(n_vocab, s.penalty_last_n, s.repeat_penalty,
-                                                     s.frequency_penalty, s.presence_penalty))
-            if s.logit_bias:
-                items = ffi.new("llama_logit_bias[]", len(s.logit_bias))
-                for index, (token, bias) in enumerate(s.logit_bias.items()):
-                    items[index].token = token
-                    items[index].bias = bias
-                add(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), items))
-            if s.temperature <= 0.0:
-                add(lib.llama_sampler_init_greedy())
-            else:
-                if s.top_k > 0:
-                    add(lib.llama_sampler_init_top_k(s.top_k))
-                if s.top_p < 1.0:
-                    add(lib.llama_sampler_init_top_p(s.top_p, 1))
-                if s.min_p > 0.0:
-                    add(lib.llama_sampler_init_min_p(s.min_p, 1))
-                add(lib.llama_sampler_init_temp(s.temperature))
-                add(lib.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
-        except Exception:
-            self.close()
-            raise
+        self.n_vocab = n_vocab
+        for token in settings.logit_bias:
+            if not 0 <= token < n_vocab:
+                raise ValueError(f"logit_bias token {token} is outside the vocabulary")
+        self._scratch = scratch or SampleScratch(n_vocab)
+        self._rng = random.Random(None if settings.seed == DEFAULT_SEED else settings.seed)
+        self._penalized = (settings.repeat_penalty != 1.0 or settings.presence_penalty != 0.0
+                           or settings.frequency_penalty != 0.0) and settings.penalty_last_n != 0
+        window = settings.penalty_last_n if settings.penalty_last_n > 0 else None  # -1: all
+        self._recent: deque[int] = deque(maxlen=window)
+        bias = settings.logit_bias
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int32, count=len(bias))
+        self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
 
     def sample(self, context: Context, row: int) -> int:
-        """Sample from batch row ``row`` of the last decode and accept the token."""
-        return int(self._lib.llama_sampler_sample(self._ptr, context.ptr, row))
+        """Sample from batch row ``row`` of the last decode and count the token."""
+        s, ffi = self.settings, self._ffi
+        ids: np.ndarray = _EMPTY_INT
+        counts: np.ndarray = _EMPTY_INT
+        if self._penalized and self._recent:
+            seen, times = np.unique(np.fromiter(self._recent, dtype=np.int32, count=len(self._recent)),
+                                    return_counts=True)
+            ids, counts = seen.astype(np.int32), times.astype(np.int32)
+        token = int(self._lib.kolosal_sample(
+            context.logits_pointer(row), self.n_vocab,
+            ffi.from_buffer("int32_t[]", ids), ffi.from_buffer("int32_t[]", counts), len(ids),
+            s.repeat_penalty, s.frequency_penalty, s.presence_penalty,
+            ffi.from_buffer("int32_t[]", self._bias_ids), ffi.from_buffer("float[]", self._bias_values),
+            len(self._bias_ids), s.temperature, s.top_k, s.top_p, s.min_p, self._rng.random(),
+            self._scratch.buffer))
+        if token < 0:
+            raise MemoryError("kolosal_sample could not allocate")
+        if self._penalized:
+            self._recent.append(token)
+        return token
 
     def close(self) -> None:
-        with self._close_lock:
-            if self._ptr != self._ffi.NULL:
-                self._lib.llama_sampler_free(self._ptr)
-                self._ptr = self._ffi.NULL
+        """Nothing native to free (kept for the engine's release path)."""
 
     def __enter__(self) -> Sampler:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+_EMPTY_INT = np.zeros(0, dtype=np.int32)

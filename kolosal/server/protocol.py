@@ -78,7 +78,7 @@ class ChatMessage(Lenient):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "\n".join(part.text for part in self.content)  # as vLLM and llama-server join them
 
     def template_message(self) -> dict[str, Any]:
         """The message as chat templates see it (Hugging Face's conventions)."""

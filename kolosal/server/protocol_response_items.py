@@ -29,7 +29,7 @@ def _parts(value: Any) -> Any:
 
 
 def _text(content: list[Content] | list[TextContent]) -> str:
-    return "".join(part.text if isinstance(part, TextContent) else part.refusal for part in content)
+    return "\n".join(part.text if isinstance(part, TextContent) else part.refusal for part in content)
 
 
 class MessageItem(Lenient):

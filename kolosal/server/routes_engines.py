@@ -17,10 +17,12 @@ from ..engine import (
     EngineRegistry,
     EngineState,
     InsufficientMemoryError,
+    InvalidRequestError,
     ModelLoadFailedError,
 )
 from ..engine.model_check import LibraryCannotRunError, check_model_file
 from ..gguf_header import InvalidModelFileError
+from ..options import OptionValueError
 from .errors import APIError, bad_request, from_engine_error
 from .http import json_response, parse_body
 from .protocol import EngineCreateRequest
@@ -93,7 +95,12 @@ async def resolve_model_path(raw: str) -> Path:
 async def create_engine() -> Response:
     body = await parse_body(EngineCreateRequest)
     path = await resolve_model_path(body.model_path)
-    config = body.engine_config(str(path))
+    try:
+        config = body.engine_config(str(path))
+    except OptionValueError as error:
+        raise bad_request(str(error), param=error.name) from None
+    except ValueError as error:  # settings that contradict each other
+        raise bad_request(str(error)) from None
     try:  # bounded header check, then a load in a child process (cached per file version):
         await check_model_file(config.model_path)  # a file that crashes libllama is refused here
     except FileNotFoundError:
@@ -110,7 +117,7 @@ async def create_engine() -> Response:
         engine = await current_registry().add(config)
     except EngineExistsError as error:
         raise APIError(409, str(error), param="engine_id", code="engine_exists") from None
-    except InsufficientMemoryError as error:
+    except (InsufficientMemoryError, InvalidRequestError) as error:  # (a setting that cannot apply)
         raise from_engine_error(error) from None
     except InvalidModelFileError as error:  # replaced since the check
         raise bad_request(str(error), param="model_path", code="invalid_model_file") from None

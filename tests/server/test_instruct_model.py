@@ -46,13 +46,14 @@ def test_a_multi_turn_chat_is_rendered_turn_by_turn(bundled_server: ServerProces
     messages = [{"role": "system", "content": "Answer in one short sentence."},
                 {"role": "user", "content": "Name a colour."},
                 {"role": "assistant", "content": "Blue."},
-                {"role": "user", "content": [{"type": "text", "text": "another one."}]}]
+                {"role": "user", "content": [{"type": "text", "text": "Name"},  # parts: one line each
+                                             {"type": "text", "text": "another one."}]}]
     answer = chat(bundled_server, "multi-turn", messages=messages)
     assert logged_prompt(bundled_server, "multi-turn") == (
         "<|im_start|>system\nAnswer in one short sentence.<|im_end|>\n"
         "<|im_start|>user\nName a colour.<|im_end|>\n"
         "<|im_start|>assistant\nBlue.<|im_end|>\n"
-        "<|im_start|>user\nanother one.<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nName\nanother one.<|im_end|>\n<|im_start|>assistant\n")
     assert answer["choices"][0]["message"]["content"]
     assert answer["usage"]["prompt_tokens"] > 30
 

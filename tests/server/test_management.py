@@ -125,3 +125,24 @@ def test_delete_returns_memory(spawn: Spawn, model_path: Path) -> None:
     kv_bytes = 32768 * 18 * 512 * 2  # 576 MiB of f16 K and V, cleared (so resident) at load
     assert loaded - before > kv_bytes // 2, (before, loaded)
     assert after - before < 64 << 20, f"RSS stayed {(after - before) / 2**20:.0f} MiB above the start"
+
+
+def test_engine_settings_that_cannot_apply_are_400s(server: ServerProcess, model_path: Path) -> None:
+    """Issue 27: an unknown row_padding and a deterministic engine after another engine has
+    decoded (ggml latches its tiled-matmul switch at a process's first decode) were 500s."""
+    def create(**fields: object) -> httpx.Response:
+        body = {"engine_id": "settings", "model_path": str(model_path), "n_ctx": 256, **fields}
+        return httpx.post(f"{server.base_url}/v1/engines", json=body, timeout=180)
+
+    refused = create(row_padding="on")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "row_padding"
+    assert "row_padding must be one of auto, off" in refused.json()["error"]["message"]
+    answer = httpx.post(f"{server.base_url}/v1/completions", timeout=120,
+                        json={"model": ENGINE, "prompt": "Hi", "max_tokens": 1})
+    assert answer.status_code == 200  # this process has decoded now
+    late = create(deterministic=True)
+    assert late.status_code == 400, late.text
+    assert late.json()["error"]["param"] == "deterministic"
+    assert "before the first decode" in late.json()["error"]["message"]
+    httpx.delete(f"{server.base_url}/v1/engines/settings", timeout=60)  # listed as failed: tidy up

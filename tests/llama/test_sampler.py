@@ -1,0 +1,166 @@
+"""Sampling in C (kolosal_sample) against a reference implementation in numpy, on fixed
+logits: no model, no clock (issue 24). The reference is the chain's definition: penalties ->
+logit bias -> top-k -> top-p (over the whole remaining distribution) -> min-p ->
+temperature -> a draw.
+
+With u on a stratified grid (u_i = (i + 0.5) / N) the draw is the inverse of the survivors'
+distribution, so each token's count must be N * p within rounding: an exact check of the
+filters and weights. The seeded generator is then checked by chi-square over real draws."""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kolosal.llama import load
+from kolosal.llama.sampler import Sampler, SamplerSettings, SampleScratch
+
+VOCAB = 2_000
+GRID = 20_000
+
+
+def reference(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              min_p: float = 0.0, recent: list[int] | None = None, repeat: float = 1.0,
+              frequency: float = 0.0, presence: float = 0.0,
+              bias: dict[int, float] | None = None) -> dict[int, float]:
+    """token -> probability, by the chain's definition (float64)."""
+    values = logits.astype(np.float64)
+    for token, count in Counter(recent or []).items():
+        value = values[token]
+        value = value * repeat if value <= 0 else value / repeat
+        values[token] = value - count * frequency - presence
+    for token, value in (bias or {}).items():
+        values[token] += value
+    if temperature <= 0:
+        return {int(np.argmax(values)): 1.0}
+    order = [t for t in np.lexsort((np.arange(len(values)), -values)) if np.isfinite(values[t])]
+    if top_k > 0:
+        order = order[:top_k]
+    if top_p < 1.0:
+        weights = np.exp(values[order] - values[order[0]])
+        cumulative = np.cumsum(weights / weights.sum())
+        order = order[:int(np.searchsorted(cumulative, top_p)) + 1]
+    if min_p > 0.0:
+        floor = values[order[0]] + math.log(min_p)
+        order = [order[0]] + [t for t in order[1:] if values[t] >= floor]
+    weights = np.exp((values[order] - values[order[0]]) / temperature)
+    return {int(t): float(w) for t, w in zip(order, weights / weights.sum(), strict=True)}
+
+
+def sample_c(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             min_p: float = 0.0, scratch: Any = None) -> int:
+    native = load()
+    ffi, lib = native.ffi, native.lib
+    empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    no_ids, no_values = ffi.from_buffer("int32_t[]", empty_i), ffi.from_buffer("float[]", empty_f)
+    return int(lib.kolosal_sample(ffi.from_buffer("float[]", logits), len(logits), no_ids, no_ids, 0,
+                                  1.0, 0.0, 0.0, no_ids, no_values, 0, temperature, top_k, top_p, min_p, u,
+                                  scratch or SampleScratch(len(logits)).buffer))
+
+
+def fixed_logits(seed: int = 7, scale: float = 3.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(VOCAB) * scale).astype(np.float32)
+    logits[[5, 6]] = logits.max() + 1.0  # a tie at the top
+    logits[100:110] = -np.inf           # masked by a grammar
+    return logits
+
+
+SETTINGS = [
+    {"temperature": 1.0},
+    {"temperature": 0.8, "top_p": 0.95},
+    {"temperature": 0.7, "top_k": 40},
+    {"temperature": 1.3, "top_k": 50, "top_p": 0.9},
+    {"temperature": 1.0, "min_p": 0.05},
+    {"temperature": 0.6, "top_p": 0.8, "min_p": 0.02},
+    {"temperature": 2.0, "top_p": 0.999},
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=[str(s) for s in SETTINGS])
+def test_stratified_draws_follow_the_reference_distribution(settings: dict[str, Any]) -> None:
+    logits = fixed_logits()
+    scratch = SampleScratch(VOCAB).buffer
+    counts = Counter(sample_c(logits, (i + 0.5) / GRID, scratch=scratch, **settings) for i in range(GRID))
+    expected = reference(logits, **settings)
+    assert set(counts) <= set(expected), set(counts) - set(expected)
+    for token, probability in expected.items():
+        assert abs(counts[token] - GRID * probability) <= 2.0, (token, counts[token], GRID * probability)
+
+
+def test_temperature_zero_is_the_argmax_and_ties_go_to_the_lowest_id() -> None:
+    logits = fixed_logits()
+    assert sample_c(logits, 0.99, temperature=0.0) == 5
+    assert sample_c(logits, 0.5, temperature=0.0, top_p=0.5) == int(np.argmax(logits))
+
+
+def test_masked_tokens_are_never_drawn_and_the_row_is_put_back() -> None:
+    logits = np.full(VOCAB, -np.inf, dtype=np.float32)
+    logits[[3, 900]] = [0.0, -200.0]  # a token 200 logits down: weight 0, never drawn
+    before = logits.copy()
+    assert {sample_c(logits, u) for u in (0.0, 0.5, 1 - 1e-12)} == {3}
+    assert {sample_c(logits, u, top_p=0.5) for u in (0.0, 0.999)} == {3}
+    np.testing.assert_array_equal(logits, before)
+
+
+class Row:
+    """A logits buffer where a sampler reads batch rows (the Context interface it uses)."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+        self.pointer = load().ffi.from_buffer("float[]", logits)
+
+    def logits_pointer(self, row: int) -> Any:
+        return self.pointer
+
+
+def test_penalties_and_bias_match_the_reference_and_leave_the_row_as_it_was() -> None:
+    logits = fixed_logits(seed=3, scale=1.0)
+    before = logits.copy()
+    settings = SamplerSettings(temperature=1.0, top_p=0.9, repeat_penalty=1.3, frequency_penalty=0.4,
+                               presence_penalty=0.6, penalty_last_n=4, logit_bias={11: 5.0, 12: -100.0},
+                               seed=1)
+    sampler = Sampler(settings, VOCAB)
+    row = Row(logits)
+    produced = [sampler.sample(row, 0) for _ in range(6)]  # type: ignore[arg-type]
+    np.testing.assert_array_equal(logits, before)
+    # the 7th draw, by the sampler and by the reference with the same window and u
+    window = produced[-4:]
+    u = random.Random(1)
+    for _ in range(6):
+        u.random()
+    expected = reference(logits, top_p=0.9, recent=window, repeat=1.3, frequency=0.4, presence=0.6,
+                         bias={11: 5.0, 12: -100.0})
+    token = sampler.sample(row, 0)  # type: ignore[arg-type]
+    cumulative = np.cumsum(list(expected.values()))
+    assert token == list(expected)[int(np.searchsorted(cumulative, u.random(), side="right"))]
+    greedy = Sampler(SamplerSettings(temperature=0.0, logit_bias={11: 50.0}), VOCAB)
+    assert greedy.sample(row, 0) == 11  # type: ignore[arg-type]
+
+
+def chi_square_critical(dof: int, z: float = 3.09) -> float:
+    """Wilson-Hilferty: the chi-square value exceeded with probability ~0.001 (z = 3.09)."""
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def test_seeded_draws_pass_chi_square_and_repeat_exactly() -> None:
+    logits = fixed_logits(seed=11, scale=2.0)
+    settings = SamplerSettings(temperature=0.8, top_p=0.95, seed=1234)
+    expected = reference(logits, temperature=0.8, top_p=0.95)
+    row = Row(logits)
+    draws = 30_000
+    first = Sampler(settings, VOCAB)
+    tokens = [first.sample(row, 0) for _ in range(draws)]  # type: ignore[arg-type]
+    counts = Counter(tokens)
+    frequent = [t for t, p in expected.items() if p * draws >= 5]  # the rest pooled in one cell
+    cells = [(counts[t], expected[t] * draws) for t in frequent]
+    rest = sum(counts[t] for t in expected if t not in frequent)
+    cells.append((rest, draws - sum(e for _, e in cells)))
+    statistic = sum((o - e) ** 2 / e for o, e in cells if e > 0)
+    assert statistic < chi_square_critical(len(cells) - 1), (statistic, len(cells))
+    again = Sampler(settings, VOCAB)
+    assert [again.sample(row, 0) for _ in range(200)] == tokens[:200]  # type: ignore[arg-type]
