@@ -174,16 +174,21 @@ void kolosal_apply_token_mask(float * logits, int32_t n_vocab, const uint32_t * 
 /* ---- sampling -----------------------------------------------------------------------
  * One row's token, with the semantics of libllama's chain penalties -> logit bias -> top-k
  * -> top-p -> min-p -> temperature -> dist (what kolosal.llama.sampler built before), at
- * about the cost of a greedy pick: no copy of the row into a 262k candidate array and no
- * ordering of it. The adjustments touch only their own entries (saved and put back: the
- * row's logprobs are read after sampling). The filters work on a histogram of each token's
- * distance below the max: whole bins above the cut are kept unread, only the tokens of the
- * bins down to the cut are gathered and ordered (a few hundred for top_p 0.95 on a peaked
- * distribution). The draw is one uniform number u in [0, 1) from the request's own seeded
- * generator, walked over the survivors in a fixed order: the same logits and u give the
- * same token, alone or beside other rows. */
-#define HIST_BINS 1024
-#define HIST_PER_UNIT 32.0f          /* bins per unit of logit: the last bin holds d >= 32 */
+ * a fraction of its cost: no copy of the row into a 262k candidate array and no ordering
+ * of it. The adjustments touch only their own entries (saved and put back: the row's
+ * logprobs are read after sampling). Then, by case:
+ * - top-k (k <= MAX_TOP_K): the k best by top_scan (one read of the row, blocks below the
+ *   k-th best skipped by a vector compare), then top-p / min-p on those k;
+ * - top-p / min-p: the row's max and sum of exp (vectorized), then only the tokens within
+ *   `reach` logits of the max are gathered and ordered, `reach` widened until they hold
+ *   top_p of the mass (every token outside is below every token inside, so the top-p set
+ *   is a prefix of the gathered ones, and its cut is exact);
+ * - neither: the sum of the tempered weights by blocks, then a walk inside one block.
+ * The draw is one uniform number u in [0, 1) from the request's own seeded generator,
+ * walked over the survivors in a fixed order (best first, or token order): the same logits
+ * and u give the same token, alone or beside other rows. */
+#define MAX_TOP_K 4096
+#define FIRST_REACH 10.0f           /* logits below the max gathered first for top-p */
 
 typedef struct kolosal_candidate {
     float logit;
@@ -204,82 +209,202 @@ static int candidate_order(const void * a, const void * b) {
     return (x->id > y->id) - (x->id < y->id);      /* ties: the lower id first */
 }
 
-static inline int32_t bin_of(float distance) {
-    const float scaled = distance * HIST_PER_UNIT;
-    return scaled < (float) (HIST_BINS - 1) ? (int32_t) scaled : HIST_BINS - 1;
+static float row_max(const float * logits, int32_t n_vocab) {
+    float lane_max[LANES];
+    for (int32_t i = 0; i < LANES; ++i) {
+        lane_max[i] = -INFINITY;
+    }
+    int32_t token = 0;
+    for (; token + LANES <= n_vocab; token += LANES) {
+        for (int32_t i = 0; i < LANES; ++i) {
+            lane_max[i] = logits[token + i] > lane_max[i] ? logits[token + i] : lane_max[i];
+        }
+    }
+    float max = -INFINITY;
+    for (int32_t i = 0; i < LANES; ++i) {
+        max = lane_max[i] > max ? lane_max[i] : max;
+    }
+    for (; token < n_vocab; ++token) {
+        max = logits[token] > max ? logits[token] : max;
+    }
+    return max;
 }
 
-/* The survivors of top-k / top-p / min-p, best first, in `out`; returns how many. */
-static int32_t filter_candidates(const float * logits, int32_t n_vocab, float max, int32_t top_k,
-                                 float top_p, float min_p, kolosal_candidate * out) {
-    int32_t count[HIST_BINS] = {0};
-    double mass[HIST_BINS] = {0};
-    double total = 0.0;
-    const int need_mass = top_k <= 0 && top_p < 1.0f;
-    for (int32_t token = 0; token < n_vocab; ++token) {
-        const float logit = logits[token];
-        if (logit == -INFINITY) {
-            continue;
-        }
-        const int32_t bin = bin_of(max - logit);
-        count[bin] += 1;
-        if (need_mass) {
-            const double w = weight_of(logit - max);
-            mass[bin] += w;
-            total += w;
+/* sum(exp((logits[start, end) - max) * scale)), every value <= max, scale > 0. */
+static double exp_sum_scaled(const float * logits, int32_t start, int32_t end, float max, float scale) {
+    double lane_sum[LANES] = {0};
+    int32_t token = start;
+    for (; token + LANES <= end; token += LANES) {
+        for (int32_t i = 0; i < LANES; ++i) {
+            lane_sum[i] += exp_nonpositive((logits[token + i] - max) * scale);
         }
     }
-    /* the last bin every survivor can be in */
-    int32_t cut = HIST_BINS - 1;
-    if (top_k > 0) {
-        int32_t seen = 0;
-        for (int32_t bin = 0; bin < HIST_BINS; ++bin) {
-            seen += count[bin];
-            if (seen >= top_k) { cut = bin; break; }
-        }
-    } else if (top_p < 1.0f) {
-        double seen = 0.0;
-        const double goal = (double) top_p * total;
-        for (int32_t bin = 0; bin < HIST_BINS; ++bin) {
-            seen += mass[bin];
-            if (seen >= goal) { cut = bin; break; }
-        }
-    } else if (min_p > 0.0f) {
-        cut = bin_of(-logf(min_p));
+    double sum = 0.0;
+    for (int32_t i = 0; i < LANES; ++i) {
+        sum += lane_sum[i];
     }
+    for (; token < end; ++token) {
+        sum += exp_nonpositive((logits[token] - max) * scale);
+    }
+    return sum;
+}
+
+/* The tokens with logit >= floor_logit, in token order; returns how many. */
+static int32_t gather_above(const float * logits, int32_t n_vocab, float floor_logit,
+                            kolosal_candidate * out) {
     int32_t n = 0;
     for (int32_t token = 0; token < n_vocab; ++token) {
-        const float logit = logits[token];
-        if (logit != -INFINITY && bin_of(max - logit) <= cut) {
-            out[n].logit = logit;
+        if (logits[token] >= floor_logit && logits[token] != -INFINITY) {
+            out[n].logit = logits[token];
             out[n].id = token;
             ++n;
         }
     }
-    qsort(out, (size_t) n, sizeof(kolosal_candidate), candidate_order);
-    if (top_k > 0 && n > top_k) {
-        n = top_k;
-    }
-    if (top_p < 1.0f && n > 1) {               /* the smallest best-first set reaching top_p */
-        double sum = total;                    /* of the whole distribution, or of the top k */
-        if (top_k > 0) {
-            sum = 0.0;
-            for (int32_t i = 0; i < n; ++i) {
-                sum += weight_of(out[i].logit - max);
-            }
-        }
-        const double goal = (double) top_p * sum;
+    return n;
+}
+
+/* Cut best-first candidates[0, n) to top-p of `mass` (the weight of the distribution they
+ * come from, at temperature 1) and to min-p; returns the new n (at least 1). */
+static int32_t cut_sorted(const kolosal_candidate * candidates, int32_t n, float max, double mass,
+                          float top_p, float min_p) {
+    if (top_p < 1.0f && n > 1) {
+        const double goal = (double) top_p * mass;
         double seen = 0.0;
         for (int32_t i = 0; i < n; ++i) {
-            seen += weight_of(out[i].logit - max);
-            if (seen >= goal) { n = i + 1; break; }
+            seen += weight_of(candidates[i].logit - max);
+            if (seen >= goal) {
+                n = i + 1;
+                break;
+            }
         }
     }
     if (min_p > 0.0f && n > 1) {               /* p >= min_p * p_max, as logits */
         const float floor_logit = max + logf(min_p);
         int32_t kept = 1;
-        while (kept < n && out[kept].logit >= floor_logit) {
+        while (kept < n && candidates[kept].logit >= floor_logit) {
             ++kept;
+        }
+        n = kept;
+    }
+    return n;
+}
+
+/* The top-p set of candidates[0, n) (the best tokens, fewest first, whose weight reaches
+ * `goal`) moved to the front: a histogram of distances below the max over the candidates
+ * finds the bin where the weight reaches the goal; the bins above it are kept whole (in
+ * their order), only that bin's members are ordered and cut. Returns its size. */
+#define CUT_BINS 512
+
+static int32_t top_p_prefix(kolosal_candidate * candidates, int32_t n, float max, double goal) {
+    float farthest = 0.0f;
+    for (int32_t i = 0; i < n; ++i) {
+        const float distance = max - candidates[i].logit;
+        farthest = distance > farthest ? distance : farthest;
+    }
+    const float scale = farthest > 0.0f ? (float) (CUT_BINS - 1) / farthest : 0.0f;
+    int32_t count[CUT_BINS] = {0};
+    double weight[CUT_BINS] = {0};
+    for (int32_t i = 0; i < n; ++i) {
+        const int32_t bin = (int32_t) ((max - candidates[i].logit) * scale);
+        count[bin] += 1;
+        weight[bin] += weight_of(candidates[i].logit - max);
+    }
+    int32_t cut = CUT_BINS - 1;
+    double above = 0.0;
+    for (int32_t bin = 0; bin < CUT_BINS; ++bin) {
+        if (above + weight[bin] >= goal) {
+            cut = bin;
+            break;
+        }
+        above += weight[bin];
+    }
+    /* partition: bins above the cut first (their order kept), then the cut bin's members */
+    int32_t front = 0;
+    for (int32_t i = 0; i < n; ++i) {
+        if ((int32_t) ((max - candidates[i].logit) * scale) < cut) {
+            const kolosal_candidate moved = candidates[i];
+            candidates[i] = candidates[front];
+            candidates[front++] = moved;
+        }
+    }
+    int32_t end = front;
+    for (int32_t i = front; i < n; ++i) {
+        if ((int32_t) ((max - candidates[i].logit) * scale) == cut) {
+            const kolosal_candidate moved = candidates[i];
+            candidates[i] = candidates[end];
+            candidates[end++] = moved;
+        }
+    }
+    qsort(candidates + front, (size_t) (end - front), sizeof(kolosal_candidate), candidate_order);
+    double seen = above;
+    for (int32_t i = front; i < end; ++i) {
+        seen += weight_of(candidates[i].logit - max);
+        if (seen >= goal) {
+            return i + 1;
+        }
+    }
+    return end > 0 ? end : 1;
+}
+
+/* The survivors of top-k / top-p / min-p in `out` (best first after top-k; after top-p
+ * alone, the whole bins first in token order, then the cut bin best first); returns how
+ * many. */
+static int32_t filter_candidates(const float * logits, int32_t n_vocab, float max, int32_t top_k,
+                                 float top_p, float min_p, kolosal_candidate * out) {
+    if (top_k > 0 && top_k <= MAX_TOP_K) {
+        int32_t ids[MAX_TOP_K];
+        float values[MAX_TOP_K];
+        int32_t filled = 0;
+        top_scan(logits, 0, n_vocab, top_k, &filled, ids, values);
+        int32_t n = 0;
+        for (int32_t i = 0; i < filled && values[i] != -INFINITY; ++i) {
+            out[n].logit = values[i];
+            out[n].id = ids[i];
+            ++n;
+        }
+        /* top_scan keeps the first of equal values: ties in id order, as candidate_order */
+        double mass = 0.0;
+        for (int32_t i = 0; i < n; ++i) {
+            mass += weight_of(out[i].logit - max);
+        }
+        return cut_sorted(out, n, max, mass, top_p, min_p);
+    }
+    const double mass = exp_sum_scaled(logits, 0, n_vocab, max, 1.0f);
+    float reach = min_p > 0.0f ? -logf(min_p) : FIRST_REACH;
+    int32_t n = 0;
+    for (;;) {
+        n = gather_above(logits, n_vocab, max - reach, out);
+        if (top_p >= 1.0f || reach > 1e30f) {
+            break;
+        }
+        double held = 0.0;
+        for (int32_t i = 0; i < n; ++i) {
+            held += weight_of(out[i].logit - max);
+        }
+        if (held >= (double) top_p * mass) {
+            break;
+        }
+        reach = reach < 80.0f ? reach * 2.0f : INFINITY;  /* rare: a flat distribution */
+    }
+    if (top_k > 0 && n > top_k) {              /* a k over MAX_TOP_K: order them all, keep k */
+        qsort(out, (size_t) n, sizeof(kolosal_candidate), candidate_order);
+        n = top_k;
+        double kept = 0.0;
+        for (int32_t i = 0; i < n; ++i) {
+            kept += weight_of(out[i].logit - max);
+        }
+        return cut_sorted(out, n, max, kept, top_p, min_p);
+    }
+    if (top_p < 1.0f && n > 1) {
+        n = top_p_prefix(out, n, max, (double) top_p * mass);
+    }
+    if (min_p > 0.0f && n > 1) {               /* p >= min_p * p_max, as logits: order kept */
+        const float floor_logit = max + logf(min_p);
+        int32_t kept = 0;
+        for (int32_t i = 0; i < n; ++i) {
+            if (out[i].logit >= floor_logit) {
+                out[kept++] = out[i];
+            }
         }
         n = kept;
     }
@@ -290,7 +415,8 @@ static int32_t filter_candidates(const float * logits, int32_t n_vocab, float ma
  * the call). Penalties apply to the tokens of penalty_ids (each seen penalty_counts times
  * in the recent window): a positive logit is divided by `repeat`, a negative one multiplied,
  * then count * frequency + presence is subtracted; then bias_values are added. temperature
- * <= 0: the best token (the lowest id on ties). `scratch` holds n_vocab candidates. */
+ * <= 0: the best token (the lowest id on ties). `scratch` holds n_vocab candidates.
+ * Returns -1 when it cannot allocate. */
 int32_t kolosal_sample(float * logits, int32_t n_vocab,
                        const int32_t * penalty_ids, const int32_t * penalty_counts, int32_t n_penalty,
                        float repeat, float frequency, float presence,
@@ -313,48 +439,62 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
         saved[n_penalty + i] = logits[bias_ids[i]];
         logits[bias_ids[i]] += bias_values[i];
     }
-    float max = -INFINITY;
-    int32_t best = 0;
-    for (int32_t token = 0; token < n_vocab; ++token) {
-        if (logits[token] > max) {
-            max = logits[token];
-            best = token;
+    const float max = row_max(logits, n_vocab);
+    int32_t chosen = 0;
+    if (temperature <= 0.0f || max == -INFINITY) {        /* greedy: the first best token */
+        while (chosen < n_vocab - 1 && logits[chosen] != max) {
+            ++chosen;
         }
-    }
-    int32_t chosen = best;
-    if (temperature > 0.0f && max > -INFINITY) {
+    } else if (top_k <= 0 && top_p >= 1.0f && min_p <= 0.0f) {  /* every token, in token order */
         const float inv_t = 1.0f / temperature;
-        if (top_k <= 0 && top_p >= 1.0f && min_p <= 0.0f) {    /* the whole vocabulary, in id order */
-            double total = 0.0;
-            for (int32_t token = 0; token < n_vocab; ++token) {
-                total += weight_of((logits[token] - max) * inv_t);
-            }
-            const double goal = u * total;
-            double seen = 0.0;
-            for (int32_t token = 0; token < n_vocab; ++token) {
-                const double w = weight_of((logits[token] - max) * inv_t);
-                if (w > 0.0) {
-                    chosen = token;
-                    seen += w;
-                    if (seen > goal) {
-                        break;
-                    }
-                }
-            }
-        } else {
-            const int32_t n = filter_candidates(logits, n_vocab, max, top_k, top_p, min_p, scratch);
-            double total = 0.0;
-            for (int32_t i = 0; i < n; ++i) {
-                total += weight_of((scratch[i].logit - max) * inv_t);
-            }
-            const double goal = u * total;
-            double seen = 0.0;
-            for (int32_t i = 0; i < n; ++i) {
-                chosen = scratch[i].id;
-                seen += weight_of((scratch[i].logit - max) * inv_t);
+        double * block_sum = (double *) scratch;          /* n_vocab entries of 8 bytes: room */
+        const int32_t blocks = (n_vocab + BLOCK - 1) / BLOCK;
+        double total = 0.0;
+        for (int32_t b = 0; b < blocks; ++b) {
+            const int32_t end = (b + 1) * BLOCK < n_vocab ? (b + 1) * BLOCK : n_vocab;
+            block_sum[b] = exp_sum_scaled(logits, b * BLOCK, end, max, inv_t);
+            total += block_sum[b];
+        }
+        const double goal = u * total;
+        double seen = 0.0;
+        int32_t b = 0;
+        while (b < blocks - 1 && seen + block_sum[b] <= goal) {
+            seen += block_sum[b];
+            ++b;
+        }
+        const int32_t end = (b + 1) * BLOCK < n_vocab ? (b + 1) * BLOCK : n_vocab;
+        chosen = -1;
+        for (int32_t token = b * BLOCK; token < end; ++token) {
+            const double w = weight_of((logits[token] - max) * inv_t);
+            if (w > 0.0) {
+                chosen = token;
+                seen += w;
                 if (seen > goal) {
                     break;
                 }
+            }
+        }
+        if (chosen < 0) {                      /* rounding left nothing in the block: the best */
+            chosen = 0;
+            while (chosen < n_vocab - 1 && logits[chosen] != max) {
+                ++chosen;
+            }
+        }
+    } else {
+        const float inv_t = 1.0f / temperature;
+        const int32_t n = filter_candidates(logits, n_vocab, max, top_k, top_p, min_p, scratch);
+        double total = 0.0;
+        for (int32_t i = 0; i < n; ++i) {
+            total += weight_of((scratch[i].logit - max) * inv_t);
+        }
+        const double goal = u * total;
+        double seen = 0.0;
+        chosen = scratch[0].id;
+        for (int32_t i = 0; i < n; ++i) {
+            chosen = scratch[i].id;
+            seen += weight_of((scratch[i].logit - max) * inv_t);
+            if (seen > goal) {
+                break;
             }
         }
     }

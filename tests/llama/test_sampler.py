@@ -9,7 +9,6 @@ filters and weights. The seeded generator is then checked by chi-square over rea
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from typing import Any
 
@@ -118,28 +117,45 @@ class Row:
         return self.pointer
 
 
+def sample_adjusted(logits: np.ndarray, u: float, recent: list[int], repeat: float, frequency: float,
+                    presence: float, bias: dict[int, float], **settings: Any) -> int:
+    native = load()
+    ffi, lib = native.ffi, native.lib
+    counts = Counter(recent)
+    ids = np.array(list(counts), dtype=np.int32)
+    times = np.array(list(counts.values()), dtype=np.int32)
+    bias_ids = np.array(list(bias), dtype=np.int32)
+    bias_values = np.array(list(bias.values()), dtype=np.float32)
+    return int(lib.kolosal_sample(ffi.from_buffer("float[]", logits), len(logits),
+                                  ffi.from_buffer("int32_t[]", ids), ffi.from_buffer("int32_t[]", times),
+                                  len(ids), repeat, frequency, presence,
+                                  ffi.from_buffer("int32_t[]", bias_ids),
+                                  ffi.from_buffer("float[]", bias_values), len(bias_ids),
+                                  settings.get("temperature", 1.0), 0, settings.get("top_p", 1.0), 0.0, u,
+                                  SampleScratch(len(logits)).buffer))
+
+
 def test_penalties_and_bias_match_the_reference_and_leave_the_row_as_it_was() -> None:
     logits = fixed_logits(seed=3, scale=1.0)
     before = logits.copy()
-    settings = SamplerSettings(temperature=1.0, top_p=0.9, repeat_penalty=1.3, frequency_penalty=0.4,
-                               presence_penalty=0.6, penalty_last_n=4, logit_bias={11: 5.0, 12: -100.0},
-                               seed=1)
-    sampler = Sampler(settings, VOCAB)
-    row = Row(logits)
-    produced = [sampler.sample(row, 0) for _ in range(6)]  # type: ignore[arg-type]
+    recent = [int(np.argmax(logits)), 7, 7, 1500]  # the best token, one twice, a negative one
+    adjust = {"recent": recent, "repeat": 1.3, "frequency": 0.4, "presence": 0.6,
+              "bias": {11: 5.0, 12: -100.0}}
+    counts = Counter(sample_adjusted(logits, (i + 0.5) / GRID, top_p=0.9, **adjust)  # type: ignore[arg-type]
+                     for i in range(GRID))
     np.testing.assert_array_equal(logits, before)
-    # the 7th draw, by the sampler and by the reference with the same window and u
-    window = produced[-4:]
-    u = random.Random(1)
-    for _ in range(6):
-        u.random()
-    expected = reference(logits, top_p=0.9, recent=window, repeat=1.3, frequency=0.4, presence=0.6,
-                         bias={11: 5.0, 12: -100.0})
-    token = sampler.sample(row, 0)  # type: ignore[arg-type]
-    cumulative = np.cumsum(list(expected.values()))
-    assert token == list(expected)[int(np.searchsorted(cumulative, u.random(), side="right"))]
+    expected = reference(logits, top_p=0.9, **adjust)  # type: ignore[arg-type]
+    assert set(counts) <= set(expected)
+    for token, probability in expected.items():
+        assert abs(counts[token] - GRID * probability) <= 2.0, (token, counts[token], GRID * probability)
+    # through a Sampler: greedy with a strong repeat penalty over its own window of 4 tokens
+    row = Row(logits)
+    sampler = Sampler(SamplerSettings(temperature=0.0, repeat_penalty=1e9, penalty_last_n=4), VOCAB)
+    produced = [sampler.sample(row, 0) for _ in range(12)]  # type: ignore[arg-type]
+    assert all(len(set(produced[i:i + 5])) == 5 for i in range(len(produced) - 4)), produced
     greedy = Sampler(SamplerSettings(temperature=0.0, logit_bias={11: 50.0}), VOCAB)
     assert greedy.sample(row, 0) == 11  # type: ignore[arg-type]
+    np.testing.assert_array_equal(logits, before)
 
 
 def chi_square_critical(dof: int, z: float = 3.09) -> float:
