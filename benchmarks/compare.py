@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.loadgen import LoadConfig, parse_levels, requests_for, run_level  # noqa: E402
+from benchmarks.loadgen import SAMPLINGS, LoadConfig, parse_levels, requests_for, run_level  # noqa: E402
 from benchmarks.machine import busy_fraction, machine_info  # noqa: E402
 from benchmarks.metrics import LevelResult, level_from_dict, median_result  # noqa: E402
 from benchmarks.plots import plot_comparison  # noqa: E402
@@ -51,6 +51,7 @@ class SweepOptions:
     workload: str = "short"
     logprobs: int = 0             # top log-probabilities on every request
     n: int = 1                    # choices per request
+    sampling: str = "greedy"      # loadgen.SAMPLINGS: greedy or chat
 
 
 def measure_level(spec: ServerSpec, level: int, options: SweepOptions, log_dir: Path) -> LevelResult:
@@ -59,7 +60,7 @@ def measure_level(spec: ServerSpec, level: int, options: SweepOptions, log_dir: 
         config = LoadConfig(url=url, model=spec.model_id, endpoint=options.endpoint,
                             max_tokens=options.max_tokens, long_fraction=options.long_fraction,
                             max_level_s=options.max_level_s, seed=level, workload=options.workload,
-                            logprobs=options.logprobs, n=options.n)
+                            logprobs=options.logprobs, n=options.n, sampling=options.sampling)
         asyncio.run(run_level(LoadConfig(url=url, model=spec.model_id, max_tokens=8), 1, 1, progress=False))
         return asyncio.run(run_level(config, level, requests_for(level, rounds=options.rounds),
                                      options.progress))
@@ -116,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of ~1k-token prompts (short 0, mixed 0.1)")
     parser.add_argument("--logprobs", type=int, default=0, help="top log-probabilities on every request")
     parser.add_argument("--n", type=int, default=1, help="choices per request")
+    parser.add_argument("--sampling", choices=list(SAMPLINGS), default="greedy",
+                        help="greedy (temperature 0) or chat (temperature 0.8, top_p 0.95)")
     parser.add_argument("--rounds", type=int, default=2, help="sessions per client per level")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per level and server (order alternating); the table shows medians")
@@ -167,7 +170,7 @@ def main() -> None:
     options = SweepOptions(endpoint=args.endpoint, max_tokens=args.max_tokens,
                            long_fraction=args.long_fraction or 0.0, rounds=args.rounds, repeats=args.repeats,
                            max_level_s=args.max_level_s, workload=args.workload, logprobs=args.logprobs,
-                           n=args.n)
+                           n=args.n, sampling=args.sampling)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     runs, noise = sweep(specs, args.levels, options, args.out)

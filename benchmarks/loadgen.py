@@ -34,6 +34,9 @@ from benchmarks.progress import Progress  # noqa: E402
 from benchmarks.workloads import WORKLOADS, Call, Session, workload  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# What a request's sampling fields are: greedy, or what SDK users and chat apps send.
+SAMPLINGS: dict[str, dict[str, float]] = {"greedy": {"temperature": 0.0},
+                                          "chat": {"temperature": 0.8, "top_p": 0.95}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +55,13 @@ class LoadConfig:
     workload: str = "short"              # see workloads.py
     logprobs: int = 0                    # top log-probabilities per token on every request (0: none)
     n: int = 1                           # choices per request
+    sampling: str = "greedy"             # a SAMPLINGS key
 
     def __post_init__(self) -> None:
         if self.endpoint not in ("completions", "chat"):
             raise ValueError("endpoint must be 'completions' or 'chat'")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}")
         if self.workload not in WORKLOADS:
             raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}")
         if not self.allow_remote and urlparse(self.url).hostname not in LOOPBACK:
@@ -65,7 +71,8 @@ class LoadConfig:
 def request_body(config: LoadConfig, call: Call) -> tuple[str, dict[str, Any]]:
     """The call's body plus what every request of the level shares."""
     body: dict[str, Any] = {"model": config.model, "max_tokens": config.max_tokens, "stream": True,
-                            "temperature": 0.0, "stream_options": {"include_usage": True}, **call.body}
+                            **SAMPLINGS[config.sampling], "stream_options": {"include_usage": True},
+                            **call.body}
     if config.ignore_eos:
         body["ignore_eos"] = True
     if config.n != 1:
@@ -252,6 +259,8 @@ def main() -> None:
                         help="share of ~1k-token prompts (short/mixed; mixed defaults to 0.1)")
     parser.add_argument("--logprobs", type=int, default=0, help="top log-probabilities on every request")
     parser.add_argument("--n", type=int, default=1, help="choices per request")
+    parser.add_argument("--sampling", choices=list(SAMPLINGS), default="greedy",
+                        help="greedy (temperature 0) or chat (temperature 0.8, top_p 0.95)")
     parser.add_argument("--rounds", type=int, default=2, help="sessions per client per level")
     parser.add_argument("--max-level-s", type=float, default=600.0, help="time limit of one level")
     parser.add_argument("--no-ignore-eos", action="store_true", help="let outputs stop at EOS")
@@ -263,7 +272,7 @@ def main() -> None:
     config = LoadConfig(url=args.url, model=args.model, endpoint=args.endpoint, max_tokens=args.max_tokens,
                         long_fraction=args.long_fraction, ignore_eos=not args.no_ignore_eos,
                         api_key=args.api_key, max_level_s=args.max_level_s, allow_remote=args.allow_remote,
-                        workload=args.workload, logprobs=args.logprobs, n=args.n)
+                        workload=args.workload, logprobs=args.logprobs, n=args.n, sampling=args.sampling)
     results = asyncio.run(sweep(config, args.levels, args.rounds, progress=not args.no_progress))
     print(format_table(results))
     if args.json:
