@@ -23,6 +23,8 @@ class ServerSettings:
     admin_keys: tuple[str, ...] = option((), "only these keys may POST/DELETE engines (repeatable); "
                                          "they also work as API keys", flag="--admin-key")
     cors_origins: tuple[str, ...] = option((), "comma-separated origins, or *", flag="--cors-origins")
+    cors_credentials: bool = option(False, "allow credentialed browser requests from those origins "
+                                    "(Access-Control-Allow-Credentials: true)", flag="--cors-credentials")
     models_dirs: tuple[str, ...] = option((), "directory POST /engines may load from (repeatable)",
                                           flag="--models-dir")
     max_body_bytes: int = option(8 * 1024 * 1024, "largest request body", ge=1, flag="--max-body-bytes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 BLUEPRINTS = (routes_openai.blueprint, routes_responses.blueprint, routes_engines.blueprint,
               routes_embeddings.blueprint, routes_tokenize.blueprint, routes_site.blueprint)
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key, X-Request-Id"
+# A preflight's Access-Control-Request-Headers is echoed when it is a plain header list (the
+# OpenAI SDKs send their own x-stainless-* headers, and more with each release).
+HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
 
 
 def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
@@ -69,14 +73,21 @@ def install_idle_unloader(app: Quart, registry: EngineRegistry) -> None:
 
 
 def install_cors(app: Quart, settings: ServerSettings) -> None:
+    """An allowed origin is echoed (never ``*``, so credentialed requests work when
+    --cors-credentials allows them); a preflight gets the headers it asks for."""
     @app.after_request
     async def add_cors(response: Response) -> Response:
         origin = request.headers.get("Origin")
         if origin and ("*" in settings.cors_origins or origin in settings.cors_origins):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+            asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+            fits = asked and len(asked) <= 4096 and HEADER_LIST.fullmatch(asked)
+            response.headers["Access-Control-Allow-Headers"] = asked if fits else CORS_HEADERS
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+            if settings.cors_credentials:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
         return response
 
 

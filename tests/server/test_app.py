@@ -74,6 +74,30 @@ async def test_request_ids_errors_and_cors(app: Quart) -> None:
     assert "Access-Control-Allow-Origin" not in headers
 
 
+async def test_cors_preflight_answers_the_headers_it_is_asked_for(app: Quart) -> None:
+    """Issue 27: the npm openai SDK in a browser sends its own x-stainless-* headers; a fixed
+    Access-Control-Allow-Headers list made every call fail its preflight."""
+    asked = "authorization, content-type, x-stainless-os, x-stainless-lang, x-stainless-retry-count"
+    status, headers, _ = await call(app, "OPTIONS", "/v1/chat/completions", Origin="https://ui.example",
+                                    **{"Access-Control-Request-Method": "POST",
+                                       "Access-Control-Request-Headers": asked})
+    assert status in (200, 204)
+    assert headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    assert headers["Access-Control-Allow-Headers"] == asked
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Credentials" not in headers  # not configured
+    _, headers, _ = await call(app, "OPTIONS", "/v1/chat/completions", Origin="https://ui.example",
+                               **{"Access-Control-Request-Headers": "x-a; y=1"})  # not a header list
+    assert headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, X-API-Key, X-Request-Id"
+    _, headers, _ = await call(app, "OPTIONS", "/v1/chat/completions", Origin="https://other.example",
+                               **{"Access-Control-Request-Headers": asked})
+    assert "Access-Control-Allow-Headers" not in headers
+    credentialed = create_app(EngineRegistry(), ServerSettings(cors_origins=("*",), cors_credentials=True))
+    _, headers, _ = await call(credentialed, "OPTIONS", "/v1/models", Origin="https://any.example")
+    assert headers["Access-Control-Allow-Origin"] == "https://any.example"  # echoed, never *
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+
+
 async def test_site_routes(app: Quart) -> None:
     status, headers, page = await call(app, "GET", "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and b"<html" in page.lower()
