@@ -81,6 +81,20 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
+def system_in_first_user(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+    """For a template that refuses the system role (Gemma 2's raises): the system text
+    folded into the first user message, joined by a newline, as llama-server's jinja
+    renderer does; None when there is no system message to fold."""
+    if not messages or messages[0].get("role") != "system":
+        return None
+    system, rest = str(messages[0].get("content") or ""), [dict(m) for m in messages[1:]]
+    for message in rest:
+        if message.get("role") == "user":
+            message["content"] = f"{system}\n{message.get('content') or ''}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
 def _strftime_now(format_string: str) -> str:
     return datetime.datetime.now().strftime(format_string)
 
@@ -169,7 +183,10 @@ class ChatTemplate:
             return self._render(prepared, None, add_generation_prompt, extra)
         except ChatTemplateError:
             if not tools:
-                raise
+                folded = system_in_first_user(prepared)
+                if folded is None:
+                    raise
+                return self._render(folded, None, add_generation_prompt, extra)
         # The template refused the system message we added (Gemma 2's does): put the
         # tools block in the first user turn instead.
         prepared = builtin_tool_messages(messages, tools, family, parallel=parallel_tool_calls,
@@ -201,7 +218,12 @@ class ChatTemplate:
 
     def _render(self, messages: list[dict[str, Any]], tools: list[Mapping[str, Any]] | None,
                 add_generation_prompt: bool, extra: Mapping[str, Any] | None) -> str:
-        variables = dict(extra or {})
+        # enable_thinking: true unless a request says otherwise, as llama-server renders
+        # (a template testing "not enable_thinking" would otherwise close the think block)
+        # date_string: today, as llama-server passes it (Llama 3.x templates print it)
+        variables: dict[str, Any] = {"enable_thinking": True,
+                                     "date_string": datetime.date.today().strftime("%d %b %Y"),
+                                     **(extra or {})}
         variables.update(messages=messages, add_generation_prompt=add_generation_prompt,
                          bos_token=self.bos_token, eos_token=self.eos_token)
         if tools is not None:
