@@ -94,13 +94,14 @@ static void top_scan(const float * logits, int32_t start, int32_t end, int32_t k
     }
 }
 
-/* sum(exp(logits[start, end) - max)), every value <= max. */
-static double exp_sum(const float * logits, int32_t start, int32_t end, float max) {
+/* sum(exp((logits[start, end) - max) * scale)), every value <= max, scale > 0 (1: the
+ * softmax sum; 1 / temperature: a tempered one). */
+static double exp_sum_scaled(const float * logits, int32_t start, int32_t end, float max, float scale) {
     double lane_sum[LANES] = {0};   /* float terms, double sums: the lse matches a scalar double sum */
     int32_t token = start;
     for (; token + LANES <= end; token += LANES) {
         for (int32_t i = 0; i < LANES; ++i) {
-            lane_sum[i] += exp_nonpositive(logits[token + i] - max);
+            lane_sum[i] += exp_nonpositive((logits[token + i] - max) * scale);
         }
     }
     double sum = 0.0;
@@ -108,7 +109,7 @@ static double exp_sum(const float * logits, int32_t start, int32_t end, float ma
         sum += lane_sum[i];
     }
     for (; token < end; ++token) {
-        sum += exp_nonpositive(logits[token] - max);
+        sum += exp_nonpositive((logits[token] - max) * scale);
     }
     return sum;
 }
@@ -138,7 +139,7 @@ float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k,
             sum = max == -INFINITY ? 0.0 : sum * exp((double) max - (double) values[0]);
             max = values[0];
         }
-        sum += exp_sum(logits, start, end, max);
+        sum += exp_sum_scaled(logits, start, end, max, 1.0f);
     }
     const float lse = max + (float) log(sum);
     for (int32_t i = 0; i < filled && k > 0; ++i) {
@@ -228,25 +229,6 @@ static float row_max(const float * logits, int32_t n_vocab) {
         max = logits[token] > max ? logits[token] : max;
     }
     return max;
-}
-
-/* sum(exp((logits[start, end) - max) * scale)), every value <= max, scale > 0. */
-static double exp_sum_scaled(const float * logits, int32_t start, int32_t end, float max, float scale) {
-    double lane_sum[LANES] = {0};
-    int32_t token = start;
-    for (; token + LANES <= end; token += LANES) {
-        for (int32_t i = 0; i < LANES; ++i) {
-            lane_sum[i] += exp_nonpositive((logits[token + i] - max) * scale);
-        }
-    }
-    double sum = 0.0;
-    for (int32_t i = 0; i < LANES; ++i) {
-        sum += lane_sum[i];
-    }
-    for (; token < end; ++token) {
-        sum += exp_nonpositive((logits[token] - max) * scale);
-    }
-    return sum;
 }
 
 /* The tokens with logit >= floor_logit, in token order; returns how many. */
