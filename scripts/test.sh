@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# llama-server from the same source and flags: the reference that the parity tests compare
+# our logprobs and prompt tokens with (built once, cached beside libllama).
+.venv/bin/python build_llama.py --with-server ${KOLOSAL_BUILD_FLAGS:-}
 # The chat-page test drives a real headless browser: Debian's chromium (playwright's own
 # browser download is never used).
 if ! command -v chromium >/dev/null; then
