@@ -119,10 +119,10 @@ class EventSink:
 
 
 class SamplerLike(Protocol):
-    """A per-request sampler chain (kolosal.llama.Sampler): picks a token from a batch
-    row of the last decode."""
+    """A per-request sampler (kolosal.llama.Sampler): picks a token from a batch row of the
+    last decode (``scratch``: the calling thread's buffer, when threads share a step)."""
 
-    def sample(self, context: Any, row: int) -> int: ...
+    def sample(self, context: Any, row: int, scratch: Any = None) -> int: ...
 
     def close(self) -> None: ...
 

@@ -70,8 +70,9 @@ class Sampler:
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int32, count=len(bias))
         self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
 
-    def sample(self, context: Context, row: int) -> int:
-        """Sample from batch row ``row`` of the last decode and count the token."""
+    def sample(self, context: Context, row: int, scratch: SampleScratch | None = None) -> int:
+        """Sample from batch row ``row`` of the last decode and count the token (``scratch``:
+        the calling thread's, when several threads sample one step's rows)."""
         s, ffi = self.settings, self._ffi
         ids: np.ndarray = _EMPTY_INT
         counts: np.ndarray = _EMPTY_INT
@@ -85,7 +86,7 @@ class Sampler:
             s.repeat_penalty, s.frequency_penalty, s.presence_penalty,
             ffi.from_buffer("int32_t[]", self._bias_ids), ffi.from_buffer("float[]", self._bias_values),
             len(self._bias_ids), s.temperature, s.top_k, s.top_p, s.min_p, self._rng.random(),
-            self._scratch.buffer))
+            (scratch or self._scratch).buffer))
         if token < 0:
             raise MemoryError("kolosal_sample could not allocate")
         if self._penalized:

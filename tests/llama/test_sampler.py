@@ -180,3 +180,37 @@ def test_seeded_draws_pass_chi_square_and_repeat_exactly() -> None:
     assert statistic < chi_square_critical(len(cells) - 1), (statistic, len(cells))
     again = Sampler(settings, VOCAB)
     assert [again.sample(row, 0) for _ in range(200)] == tokens[:200]  # type: ignore[arg-type]
+
+
+def test_a_steps_rows_sampled_on_several_threads_draw_what_one_thread_draws(model_path: Any) -> None:
+    """The runner spreads a step's sampled rows over threads; every draw is its sampler's
+    own, so the split changes no token (12 rows of one real decode, seeded samplers)."""
+    from kolosal.engine.config import EngineConfig
+    from kolosal.engine.runner import ModelRunner
+    from kolosal.llama import Batch
+
+    runner = ModelRunner(EngineConfig("threads", str(model_path), n_ctx=1024, n_parallel=12))
+    try:
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        flags: list[int] = []
+        for seq in range(12):
+            ids = runner.vocab.tokenize(f"Story number {seq}: once upon a time")
+            tokens += ids
+            positions += range(len(ids))
+            seqs += [seq] * len(ids)
+            flags += [0] * (len(ids) - 1) + [1]
+        with Batch(1024) as batch:
+            batch.fill(np.array(tokens), np.array(positions), np.array(seqs), np.array(flags))
+            runner.context.decode(batch)
+        rows = np.flatnonzero(np.array(flags))
+        settings = [SamplerSettings(temperature=0.9, top_p=0.95, seed=100 + seq) for seq in range(12)]
+        alone = [Sampler(s, runner.context.n_vocab).sample(runner.context, int(row))
+                 for s, row in zip(settings, rows, strict=True)]
+        spread = np.zeros(12, dtype=np.int32)
+        runner._sample_rows([(index, Sampler(s, runner.context.n_vocab), int(rows[index]))
+                             for index, s in enumerate(settings)], spread)
+        assert spread.tolist() == alone
+    finally:
+        runner.close()
