@@ -136,6 +136,10 @@ class NamedToolChoice(Lenient):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+# Other servers' names for our fields: vLLM's repetition_penalty, llama-server's n_predict.
+ALIASES = {"repetition_penalty": "repeat_penalty", "n_predict": "max_tokens"}
+
+
 class SamplingFields(Strict):
     """Fields shared by chat and text completions. Fields that would change the output in a
     way we do not implement are refused (400) instead of silently ignored."""
@@ -171,9 +175,20 @@ class SamplingFields(Strict):
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
-        """``"temperature": null`` (what many clients send for "unset") means the default."""
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
+        """``"temperature": null`` (what many clients send for "unset") means the default;
+        other servers' names for our fields are read as ours (``ALIASES``)."""
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if value is not None}
+        for alias, name in ALIASES.items():
+            if alias in data:
+                value = data.pop(alias)
+                if alias == "n_predict" and isinstance(value, int) and value < 0:
+                    continue  # llama-server's -1: until the end (our default)
+                if name in data and data[name] != value:
+                    raise ValueError(f"{alias} and {name} disagree: send one of them")
+                data[name] = value
+        data.pop("timings_per_token", None)  # llama-server's: timings are not streamed here
         return data
 
     @field_validator("stop")
@@ -259,13 +274,16 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool = True
     reasoning_format: Literal["auto", "deepseek", "none"] = "auto"  # llama-server's; "none": inline
     modalities: list[Literal["text"]] | None = None
+    # variables for the chat template (e.g. Qwen3's enable_thinking), as vLLM and llama-server
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None  # to the template
 
     @field_validator("tool_choice")
     @classmethod
     def _check_tool_choice(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
         """A field validator (tools are validated before it), so the 400 names tool_choice."""
         tools: list[Tool] = info.data.get("tools") or []
-        if choice is not None and choice != "none" and not tools:
+        if choice is not None and choice not in ("none", "auto") and not tools:
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {
                 tool.function.name for tool in tools}:
@@ -285,6 +303,14 @@ class ChatCompletionRequest(SamplingFields):
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_variables(self) -> dict[str, Any]:
+        """What the chat template gets besides the messages: ``chat_template_kwargs``, and
+        ``reasoning_effort`` as vLLM passes it."""
+        variables = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            variables.setdefault("reasoning_effort", self.reasoning_effort)
+        return variables
 
     def active_tools(self) -> list[Tool]:
         """The tools the model may call (none when tool_choice is "none")."""

@@ -121,7 +121,8 @@ async def tokenize_chat(engine: AsyncEngine, template: ChatTemplate,
     messages = [message.template_message() for message in body.messages]
     try:
         prompt = template.render(messages, tools=tools or None,
-                                 parallel_tool_calls=body.parallel_tool_calls)
+                                 parallel_tool_calls=body.parallel_tool_calls,
+                                 extra=body.template_variables())
     except ChatTemplateError as error:
         raise bad_request(str(error), param="messages") from None
     log_prompt(prompt)

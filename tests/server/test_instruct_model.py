@@ -74,3 +74,11 @@ def test_tools_through_a_template_without_tool_support(bundled_server: ServerPro
     [call] = choice["message"]["tool_calls"]
     assert call["function"]["name"] == "get_weather"
     jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+
+
+def test_chat_template_kwargs_reach_the_template(bundled_server: ServerProcess) -> None:
+    """A variable the template reads, passed per request (as Qwen3's enable_thinking is)."""
+    chat(bundled_server, "kwargs", chat_template_kwargs={"add_generation_prompt": False, "unused": 1},
+         messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    # the server's own variables win: the generation prompt is still there
+    assert logged_prompt(bundled_server, "kwargs").endswith("<|im_start|>assistant\n")

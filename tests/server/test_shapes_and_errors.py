@@ -153,3 +153,24 @@ def test_completion_echo_rules() -> None:
         CompletionRequest.model_validate({"model": "m", "prompt": "x", "max_tokens": 0})
     with pytest.raises(ValidationError):
         CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 6})
+
+
+def test_fields_other_clients_send_are_read_as_ours() -> None:
+    """Issue 27: vLLM's repetition_penalty, llama-server's n_predict and timings_per_token,
+    chat_template_kwargs and reasoning_effort (to the template, as vLLM passes them), and
+    tool_choice "auto" without tools were 400s."""
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    chat = ChatCompletionRequest.model_validate({**base, "repetition_penalty": 1.2, "n_predict": 7,
+                                                 "timings_per_token": True, "tool_choice": "auto",
+                                                 "chat_template_kwargs": {"enable_thinking": False},
+                                                 "reasoning_effort": "low"})
+    assert chat.repeat_penalty == 1.2 and chat.max_tokens == 7 and chat.active_tools() == []
+    assert chat.template_variables() == {"enable_thinking": False, "reasoning_effort": "low"}
+    until_the_end = CompletionRequest.model_validate({"model": "m", "prompt": "x", "n_predict": -1})
+    assert until_the_end.max_tokens == 16  # llama-server's -1: our default
+    with pytest.raises(ValidationError, match="repetition_penalty and repeat_penalty disagree"):
+        ChatCompletionRequest.model_validate({**base, "repetition_penalty": 1.2, "repeat_penalty": 1.1})
+    with pytest.raises(ValidationError, match="needs tools"):
+        ChatCompletionRequest.model_validate({**base, "tool_choice": "required"})
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({**base, "reasoning_effort": "extreme"})
