@@ -50,6 +50,8 @@ class ModelInfo:
     description: str
     size_bytes: int
     n_params: int
+    kind: str = "generation"      # or "embedding": which endpoints the engine serves
+    pooling: str | None = None    # an embedding engine's pooling
 
 
 class WorkerCalls:
@@ -98,7 +100,9 @@ class AsyncEngine:
             architecture=model.metadata.get("general.architecture", ""),
             chat_template=model.chat_template, bos_token=runner.vocab.token_text(runner.vocab.bos),
             eos_token=runner.vocab.token_text(runner.vocab.eos), add_bos=runner.vocab.add_bos,
-            description=model.description, size_bytes=model.size_bytes, n_params=model.n_params)
+            description=model.description, size_bytes=model.size_bytes, n_params=model.n_params,
+            kind="embedding" if isinstance(runner, EmbeddingRunner) else "generation",
+            pooling=runner.spec.pooling if isinstance(runner, EmbeddingRunner) else None)
         # An embedding engine runs the embedding batcher instead of the generation scheduler.
         self.embedding: EmbeddingSpec | None = None
         self._thread: EngineThread | EmbeddingLoop

@@ -64,7 +64,9 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "Tokens": obj({"tokens": array({"anyOf": [INTEGER, obj({"id": INTEGER, "piece": {
         "anyOf": [STRING, array(INTEGER)]}})]})}),
     "Text": obj({"content": STRING}),
-    "Model": obj({"id": STRING, "object": const("model"), "created": INTEGER, "owned_by": STRING}),
+    "Model": obj({"id": STRING, "object": const("model"), "created": INTEGER, "owned_by": STRING},
+                 {"kind": {"type": "string", "enum": ["generation", "embedding"]},
+                  "context_length": INTEGER, "pooling": NULLABLE_STRING}),
     "ModelList": obj({"object": const("list"), "data": array({"$ref": "#/components/schemas/Model"})}),
     "Engine": obj({"engine_id": STRING, "object": const("engine"), "model_path": STRING,
                    "state": {"enum": ["loading", "ready", "failed", "unloading", "unloaded"]},

@@ -51,7 +51,8 @@ def engine_body(engine: EngineEntry, with_stats: bool = False) -> dict[str, Any]
         body["model"] = {"architecture": info.architecture, "description": info.description,
                          "n_params": info.n_params, "size_bytes": info.size_bytes,
                          "n_ctx_train": info.n_ctx_train, "n_vocab": info.n_vocab,
-                         "has_chat_template": info.chat_template is not None}
+                         "has_chat_template": info.chat_template is not None,
+                         "kind": info.kind, "pooling": info.pooling}
     if with_stats:
         body["stats"] = engine.stats()
     return body

@@ -8,12 +8,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from quart import Blueprint, Response, current_app, g
 
 from .. import __version__
 from ..chat_template import ChatTemplate, ChatTemplateError
-from ..engine import AsyncEngine, EngineNotFoundError, SamplingParams
+from ..engine import AsyncEngine, EngineEntry, EngineNotFoundError, SamplingParams
 from ..engine.errors import InvalidGrammarError
 from ..toolcalls.output import OutputFormat
 from .constraints import OutputShape, grammar_param, request_grammar
@@ -181,6 +182,14 @@ def sse_response(body: AsyncIterator[bytes]) -> Response:
 @blueprint.get("/models")
 async def list_models() -> Response:
     engines = current_app.config["REGISTRY"].list()
-    return json_response({"object": "list", "data": [
-        {"id": engine.engine_id, "object": "model", "created": engine.created, "owned_by": "kolosal"}
-        for engine in engines]})
+    return json_response({"object": "list", "data": [model_object(engine) for engine in engines]})
+
+
+def model_object(engine: EngineEntry) -> dict[str, Any]:
+    """OpenAI's model object, plus what a client picking an engine needs: its kind
+    ("generation" or "embedding"), context length and pooling, once it has loaded."""
+    body: dict[str, Any] = {"id": engine.engine_id, "object": "model", "created": engine.created,
+                            "owned_by": "kolosal"}
+    if engine.info is not None:
+        body.update(kind=engine.info.kind, context_length=engine.info.n_ctx, pooling=engine.info.pooling)
+    return body

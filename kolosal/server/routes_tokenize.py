@@ -8,7 +8,7 @@ from ..engine import AsyncEngine, EngineError, EngineNotFoundError, EngineState
 from .errors import APIError, from_engine_error
 from .http import json_response, parse_body
 from .protocol_embeddings import DetokenizeRequest, TokenizeRequest
-from .routes_openai import held_engine
+from .routes_openai import held_engine, model_object
 
 blueprint = Blueprint("tokenize", __name__)
 
@@ -70,5 +70,4 @@ async def retrieve_model(model_id: str) -> Response:
     except EngineNotFoundError:
         raise APIError(404, f"The model '{model_id}' does not exist", param="model",
                        code="model_not_found") from None
-    return json_response({"id": entry.engine_id, "object": "model", "created": entry.created,
-                          "owned_by": "kolosal"})
+    return json_response(model_object(entry))

@@ -175,3 +175,10 @@ def test_metrics_are_scraped_with_an_embedding_engine_loaded(client: openai.Open
     kv_usage = f'vllm:kv_cache_usage_perc{{model_name="{ENGINE}"'
     assert not [line for line in lines if line.startswith(kv_usage)]  # no KV cache: not reported
     assert any(line.startswith(f'kolosal_waiting_requests{{model="{ENGINE}"}}') for line in lines)
+
+
+def test_the_engine_says_it_serves_embeddings(embedding_server: ServerProcess) -> None:
+    entry = httpx.get(f"{embedding_server.base_url}/v1/models/{ENGINE}", timeout=30).json()
+    assert entry["kind"] == "embedding" and entry["pooling"] in ("mean", "cls", "last")
+    status = httpx.get(f"{embedding_server.base_url}/engines/{ENGINE}", timeout=30).json()
+    assert status["model"]["kind"] == "embedding" and status["model"]["pooling"] == entry["pooling"]

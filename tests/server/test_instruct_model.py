@@ -82,3 +82,13 @@ def test_chat_template_kwargs_reach_the_template(bundled_server: ServerProcess) 
          messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     # the server's own variables win: the generation prompt is still there
     assert logged_prompt(bundled_server, "kwargs").endswith("<|im_start|>assistant\n")
+
+
+def test_model_entries_say_what_each_engine_serves(bundled_server: ServerProcess) -> None:
+    """Issue 27: /v1/models did not say whether an engine serves chat or embeddings."""
+    models = httpx.get(f"{bundled_server.base_url}/v1/models", timeout=TIMEOUT).json()["data"]
+    for model in models:
+        assert model["kind"] == "generation" and model["pooling"] is None
+        assert model["context_length"] == 4096
+    one = httpx.get(f"{bundled_server.base_url}/v1/models/{INSTRUCT_ENGINE}", timeout=TIMEOUT).json()
+    assert one == models[0]
