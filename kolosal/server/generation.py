@@ -30,15 +30,30 @@ class MultiStream:
     """``await start()`` submits every prompt at once and waits for each first event, so
     refusals (queue full, context too long) raise before any response is sent. Then
     ``events()`` yields ``(choice index, event)`` as they come; prompt ``p``'s choice ``i``
-    is index ``p * n + i``. ``close()`` aborts what is left."""
+    is index ``p * n + i``. ``close()`` aborts what is left.
+
+    A greedy request that repeats a prompt runs it once and gives every repeat the same
+    events: two runs of one prompt would otherwise differ at near ties (the second finds
+    the first's prefix cached, and its last rows run on other kernels)."""
 
     def __init__(self, engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams,
                  request_id: str, timeout_s: float | None = None, n: int = 1) -> None:
         self.n = n
         self.num_choices = len(prompts) * n
+        first_of: dict[tuple[int, ...], int] = {}
+        self._offsets: list[list[int]] = []  # per run: the prompts (times n) it answers for
+        runs: list[list[int]] = []
+        for index, ids in enumerate(prompts):
+            key = tuple(ids)
+            if params.temperature <= 0.0 and key in first_of:
+                self._offsets[first_of[key]].append(index * n)
+                continue
+            first_of[key] = len(runs)
+            runs.append(ids)
+            self._offsets.append([index * n])
         self._prompts = [_Prompt(engine.generate(ids, params, f"{request_id}-{p}" if len(prompts) > 1
                                                  else request_id, timeout_s, n))
-                         for p, ids in enumerate(prompts)]
+                         for p, ids in enumerate(runs)]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -53,7 +68,7 @@ class MultiStream:
             prompt.first = first  # type: ignore[assignment]
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
-        if len(self._prompts) == 1:  # one prompt: no merging, no extra task per token
+        if self.num_choices == self.n:  # one prompt: no merging, no extra task per token
             prompt = self._prompts[0]
             assert prompt.first is not None
             yield prompt.first
@@ -73,12 +88,14 @@ class MultiStream:
 
     async def _pump(self, index: int, prompt: _Prompt,
                     queue: asyncio.Queue[tuple[int, Event] | None]) -> None:
-        offset = index * self.n
+        offsets = self._offsets[index]
         try:
             assert prompt.first is not None
-            queue.put_nowait((offset + prompt.first[0], prompt.first[1]))
+            for offset in offsets:
+                queue.put_nowait((offset + prompt.first[0], prompt.first[1]))
             async for choice, event in prompt.generator:
-                queue.put_nowait((offset + choice, event))
+                for offset in offsets:
+                    queue.put_nowait((offset + choice, event))
         finally:
             queue.put_nowait(None)
 

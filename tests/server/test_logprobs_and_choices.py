@@ -1,6 +1,7 @@
 """Logprobs, n > 1 and echo through the HTTP API, with the official openai SDK."""
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -149,3 +150,28 @@ def test_routes_without_the_v1_prefix(server: ServerProcess) -> None:
     completion = httpx.post(f"{base}/completions", json={"model": ENGINE, "prompt": "Hi", "max_tokens": 2},
                             timeout=60)
     assert completion.status_code == 200 and completion.json()["object"] == "text_completion"
+
+
+def test_a_greedy_prompt_repeated_in_one_request_gives_one_text(server: ServerProcess) -> None:
+    """Issue 27: prompt [p, p] gave two different greedy texts in 1-5 of 10 requests (the
+    second found the first's prefix cached and ran its last rows on other kernels). A
+    repeated prompt of a greedy request now runs once and answers for every repeat."""
+    prompt = "Repeated prompt test: the largest planet of the solar system is"
+    body = {"model": ENGINE, "prompt": [prompt, "Another prompt:", prompt], "max_tokens": 24,
+            "temperature": 0, "ignore_eos": True}
+    single = httpx.post(f"{server.base_url}/v1/completions", timeout=120,
+                        json={**body, "prompt": prompt}).json()["usage"]["prompt_tokens"]
+    for _ in range(5):
+        answer = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120).json()
+        texts = [choice["text"] for choice in sorted(answer["choices"], key=lambda c: c["index"])]
+        assert texts[0] == texts[2] and len(texts) == 3
+        assert answer["usage"]["completion_tokens"] == 3 * 24  # every choice answered in full
+        assert answer["usage"]["prompt_tokens"] > 2 * single
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", timeout=120,
+                      json={**body, "stream": True}) as response:
+        streamed = ["", "", ""]
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    streamed[choice["index"]] += choice["text"]
+    assert streamed[0] == streamed[2] and streamed[0]
