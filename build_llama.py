@@ -32,6 +32,7 @@ permission (llama.cpp PR 26954, open). A native build compiles with ``-mno-amx-*
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -196,6 +197,7 @@ def compiler_accepts(compiler: str, flag: str) -> bool:
     return result.returncode == 0
 
 
+@functools.cache
 def amx_off_flags() -> dict[str, str]:
     """CMAKE_C_FLAGS / CMAKE_CXX_FLAGS that keep -march=native from enabling AMX: an
     explicit -mno-* wins over what -march implies, whatever their order."""

@@ -66,7 +66,7 @@ class ModelRunner:
         self._grammar: GrammarEngine | None = None
         self._sample_scratch: SampleScratch | None = None
         self._sample_pool: ThreadPoolExecutor | None = None  # helpers for a step's sampled rows
-        self._pool_scratches: list[SampleScratch] = []
+        self._helper_scratches: list[SampleScratch] = []    # one per helper thread
         self._grammar_lock = threading.Lock()
 
     def close(self) -> None:
@@ -193,16 +193,17 @@ class ModelRunner:
             return
         if self._sample_pool is None:
             self._sample_pool = ThreadPoolExecutor(SAMPLE_THREADS - 1, thread_name_prefix="sample")
-            self._pool_scratches = [SampleScratch(self.context.n_vocab) for _ in range(SAMPLE_THREADS)]
+            self._helper_scratches = [SampleScratch(self.context.n_vocab)
+                                      for _ in range(SAMPLE_THREADS - 1)]
 
-        def run(part: list[tuple[int, SamplerLike, int]], scratch: SampleScratch) -> None:
+        def run(part: list[tuple[int, SamplerLike, int]], scratch: SampleScratch | None) -> None:
             for index, sampler, row in part:
                 tokens[index] = sampler.sample(self.context, row, scratch)
 
         parts = [jobs[start::threads] for start in range(threads)]
         helpers = [self._sample_pool.submit(run, part, scratch)
-                   for part, scratch in zip(parts[1:], self._pool_scratches[1:], strict=False)]
-        run(parts[0], self._pool_scratches[0])
+                   for part, scratch in zip(parts[1:], self._helper_scratches, strict=False)]
+        run(parts[0], None)  # this thread: each sampler's own (the runner's) scratch
         for helper in helpers:
             helper.result()
 

@@ -156,7 +156,7 @@ class Context:
 
     def logits_row(self, row: int) -> np.ndarray:
         """A read-only numpy view of one output row's logits (valid until the next decode)."""
-        pointer = self._logits_pointer(row)
+        pointer = self.logits_pointer(row)
         view = np.frombuffer(self._ffi.buffer(pointer, self.n_vocab * 4), dtype=np.float32)
         view.flags.writeable = False
         return view
@@ -164,7 +164,7 @@ class Context:
     def row_logprobs(self, row: int, top_k: int) -> tuple[float, np.ndarray, np.ndarray]:
         """log-softmax facts of one output row, computed in C before anything reshapes the
         row: (logsumexp, the top_k token ids best first, their log-probabilities)."""
-        pointer = self._logits_pointer(row)
+        pointer = self.logits_pointer(row)
         ids = np.empty(top_k, dtype=np.int32)
         logprobs = np.empty(top_k, dtype=np.float32)
         lse = self._lib.kolosal_logprobs(pointer, self.n_vocab, top_k,
@@ -173,19 +173,16 @@ class Context:
         return float(lse), ids, logprobs
 
     def logit(self, row: int, token: int) -> float:
-        return float(self._logits_pointer(row)[token])
+        return float(self.logits_pointer(row)[token])
 
     def mask_row(self, row: int, mask: np.ndarray) -> None:
         """Set every token whose bit is 0 in ``mask`` (a llguidance uint32 bitmask) to -inf
         in this output row, in place: samplers and argmax then only see allowed tokens."""
-        self._lib.kolosal_apply_token_mask(self._logits_pointer(row), self.n_vocab,
+        self._lib.kolosal_apply_token_mask(self.logits_pointer(row), self.n_vocab,
                                            self._ffi.from_buffer("uint32_t[]", mask))
 
     def logits_pointer(self, row: int) -> Any:
         """The C pointer to one output row's logits (valid until the next decode)."""
-        return self._logits_pointer(row)
-
-    def _logits_pointer(self, row: int) -> Any:
         pointer = self._lib.llama_get_logits_ith(self.ptr, row)
         if pointer == self._ffi.NULL:
             raise IndexError(f"batch row {row} has no logits")

@@ -147,25 +147,25 @@ def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
         schema = {"type": "object"}
     if not isinstance(schema, Mapping):
         raise GrammarError("the JSON schema must be an object")
-    problem = _schema_problem(schema)
+    grammar, problem = _schema_grammar(schema)
     if problem:
         raise GrammarError(f"invalid JSON schema: {problem}")
-    if reasoning == "none":
-        return validate(_compile_json(schema), tokenizer)
+    if reasoning == "none":  # compiled and validated once; again only against a vocabulary
+        return grammar if tokenizer is None else validate(grammar, tokenizer)
     return _lark_grammar("answer", [f"answer: {_json_rule(schema)}"], reasoning, special_tokens,
                          tokenizer)
 
 
-def _schema_problem(schema: Mapping[str, Any]) -> str:
-    """The bound it is over (``limits``), llguidance's complaint about it, or "" when it
-    compiles."""
+def _schema_grammar(schema: Mapping[str, Any]) -> tuple[str, str]:
+    """(the schema's grammar, "") when it compiles and validates, else ("", the bound it
+    is over (``limits``) or llguidance's complaint about it)."""
     try:
         check_schema(schema)
         grammar = _compile_json(schema)
     except (ValueError, TypeError) as error:
-        return str(error)
+        return "", str(error)
     is_error, messages = deep_call(llguidance.LLMatcher.validate_grammar_with_warnings, grammar)
-    return "; ".join(messages) if is_error else ""
+    return ("", "; ".join(messages) or "invalid schema") if is_error else (grammar, "")
 
 
 def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
@@ -241,7 +241,7 @@ def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
     for number, tool in enumerate(tools):
         name = str(tool["function"].get("name", ""))
         schema = _parameters(tool)
-        problem = _schema_problem(schema)
+        _, problem = _schema_grammar(schema)
         if problem:
             raise GrammarError(f"tool {name!r}: invalid parameters schema: {problem}")
         rules.append(f"args_{number}: {_json_rule(schema)}")
