@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks.match_odds import PROMPTS, greedy_output  # noqa: E402
 from kolosal.default_model import default_model_path  # noqa: E402
 from kolosal.engine import EngineConfig, EngineRegistry  # noqa: E402
-from kolosal.engine.speculative import (  # noqa: E402
+from kolosal.engine.speculation.drafting import (  # noqa: E402
     MIN_SAMPLES,
     Drafter,
     MatchOdds,

@@ -1,6 +1,6 @@
 """How well a prompt-lookup draft predicts, by the match length it continues: greedy outputs
 of `echo` (and `short`) prompts, generated plainly, then at every output position the
-engine's own drafter (``kolosal.engine.speculative.Drafter``) proposes one token from the
+engine's own drafter (``kolosal.engine.speculation.drafting.Drafter``) proposes one token from the
 context before it; reported per match-length bucket: how many positions had a draft and how
 often it was the token greedy decoding chose. This is the evidence behind ``MatchOdds``.
 
@@ -22,7 +22,7 @@ from benchmarks.documents import echo_prompt  # noqa: E402
 from benchmarks.prompts import short_prompt  # noqa: E402
 from kolosal.default_model import default_model_path  # noqa: E402
 from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry, SamplingParams  # noqa: E402
-from kolosal.engine.speculative import Drafter, match_bucket  # noqa: E402
+from kolosal.engine.speculation.drafting import Drafter, match_bucket  # noqa: E402
 
 PROMPTS = {"echo": echo_prompt, "short": short_prompt}
 BUCKET_NAMES = {7: "7-11", 8: "12+"}

@@ -1,5 +1,8 @@
-"""The asyncio face of one loaded engine: load, tokenize, generate(), stats, close. Its
-lifecycle (state, error, holders, reloads) is the registry's EngineEntry."""
+"""The asyncio face of one loaded engine: load, tokenize, generate() or embed(), stats,
+close. ``AsyncEngine.load`` gives a ``GenerationEngine`` (the scheduler thread) or an
+``EmbeddingEngine`` (the embedding batcher), decided once by the runner the config makes;
+each refuses the other's requests with a 400. Its lifecycle (state, error, holders,
+reloads) is the registry's EngineEntry."""
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +27,9 @@ from .embedding import (
     make_runner,
 )
 from .engine_thread import EngineThread
-from .entry import Holders
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
+from .holders import Holders
 from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams
 from .runner import ModelRunner
 
@@ -82,15 +85,20 @@ class WorkerCalls:
 
 
 class AsyncEngine:
-    """One loaded model: its runner (model, context, vocab) and its scheduler thread, from
-    ``load()`` until ``close()``. Nothing here is ever missing; a closed engine refuses work."""
+    """One loaded model: its runner (model, context, vocab) and its thread, from ``load()``
+    until ``close()``. Nothing here is ever missing; a closed engine refuses work. The
+    requests of the other kind of engine are refused here (400)."""
+
+    embedding: EmbeddingSpec | None = None  # what an embedding engine serves
 
     def __init__(self, config: EngineConfig, runner: ModelRunner | EmbeddingRunner,
-                 holders: Holders) -> None:
+                 thread: EngineThread | EmbeddingLoop, holders: Holders, kind: str,
+                 pooling: str | None = None) -> None:
         self.engine_id = config.engine_id
         self.config = config
         self.holders = holders                # the registry entry's: streams hold it too
         self._runner = runner
+        self._thread = thread
         self._worker_calls = WorkerCalls()    # tokenize calls on worker threads
         self._closed = False
         model = runner.model
@@ -101,21 +109,11 @@ class AsyncEngine:
             chat_template=model.chat_template, bos_token=runner.vocab.token_text(runner.vocab.bos),
             eos_token=runner.vocab.token_text(runner.vocab.eos), add_bos=runner.vocab.add_bos,
             description=model.description, size_bytes=model.size_bytes, n_params=model.n_params,
-            kind="embedding" if isinstance(runner, EmbeddingRunner) else "generation",
-            pooling=runner.spec.pooling if isinstance(runner, EmbeddingRunner) else None)
-        # An embedding engine runs the embedding batcher instead of the generation scheduler.
-        self.embedding: EmbeddingSpec | None = None
-        self._thread: EngineThread | EmbeddingLoop
-        if isinstance(runner, EmbeddingRunner):
-            self.embedding = runner.spec
-            self._thread = EmbeddingLoop(runner, config.max_queue, self.engine_id)
-        else:
-            self._thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
-                                        config.max_queue, self.engine_id)
-        self._thread.start()
+            kind=kind, pooling=pooling)
+        thread.start()
 
-    @classmethod
-    async def load(cls, config: EngineConfig, holders: Holders,
+    @staticmethod
+    async def load(config: EngineConfig, holders: Holders,
                    on_progress: Callable[[float], bool]) -> AsyncEngine:
         """Load the model off the event loop and start the engine thread. A failure after
         the model loaded frees it again."""
@@ -126,7 +124,9 @@ class AsyncEngine:
         except BatchInvariantUnavailableError as error:  # a setting this process cannot apply
             raise InvalidRequestError(str(error), param="deterministic") from error
         try:
-            return cls(config, runner, holders)
+            if isinstance(runner, EmbeddingRunner):
+                return EmbeddingEngine(config, runner, holders)
+            return GenerationEngine(config, runner, holders)
         except BaseException:
             runner.close()
             raise
@@ -153,23 +153,9 @@ class AsyncEngine:
             raise EngineStoppedError(f"engine '{self.engine_id}' was stopped")
         return self._runner
 
-    def _require_ready(self) -> tuple[ModelRunner, EngineThread]:
-        """The generation runner and thread (an embedding engine refuses with a 400)."""
-        runner, thread = self._open_runner(), self._thread
-        if not isinstance(runner, ModelRunner) or not isinstance(thread, EngineThread):
-            raise EmbeddingOnlyError(self.engine_id)
-        return runner, thread
-
     async def embed(self, inputs: list[list[int]]) -> np.ndarray:
-        """One unit vector per input (rows of a float32 array), computed in steps shared
-        with other requests' inputs. InvalidRequestError (400) on a generation engine or
-        for an input that cannot be embedded."""
-        self._open_runner()
-        thread = self._thread
-        if not isinstance(thread, EmbeddingLoop):
-            raise NotAnEmbeddingEngineError(self.engine_id)
-        thread.spec.check(inputs, self.info.n_vocab)
-        return await thread.embed(inputs)
+        """One unit vector per input; an embedding engine's (400 here)."""
+        raise NotAnEmbeddingEngineError(self.engine_id)
 
     async def token_pieces(self, tokens: list[int]) -> list[bytes]:
         """Each token's bytes with control tokens rendered (llama-server's /tokenize
@@ -193,8 +179,46 @@ class AsyncEngine:
             return runner.vocab.tokenize(text, add_special, parse_special)
         return await self._worker_calls.run(runner.vocab.tokenize, text, add_special, parse_special)
 
+    # -- a generation engine's requests (400 here) -------------------------------------------
     def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        runner, _ = self._require_ready()
+        raise EmbeddingOnlyError(self.engine_id)
+
+    async def compile_grammar(self, grammar: str) -> Constraint:
+        raise EmbeddingOnlyError(self.engine_id)
+
+    def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
+        """Which of these marker texts are one special token of the model: none here (an
+        embedding engine's requests with tools are refused at submission)."""
+        return {}
+
+    def token_piece(self, token: int) -> bytes:
+        raise EmbeddingOnlyError(self.engine_id)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
+                       timeout_s: float | None = None, n: int = 1
+                       ) -> AsyncGenerator[tuple[int, Event], None]:
+        raise EmbeddingOnlyError(self.engine_id)
+        yield  # an async generator, like the real one
+
+    def stats(self) -> dict[str, Any]:
+        return self._thread.snapshot().as_dict()
+
+
+class GenerationEngine(AsyncEngine):
+    """A generation model behind the continuous-batching scheduler thread."""
+
+    def __init__(self, config: EngineConfig, runner: ModelRunner, holders: Holders) -> None:
+        self._generation_runner = runner
+        self._engine_thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
+                                           config.max_queue, config.engine_id)
+        super().__init__(config, runner, self._engine_thread, holders, "generation")
+
+    def _open_generation(self) -> ModelRunner:
+        self._open_runner()
+        return self._generation_runner
+
+    def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        runner = self._open_generation()
         n_ctx = runner.context.n_ctx
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -209,21 +233,17 @@ class AsyncEngine:
     async def compile_grammar(self, grammar: str) -> Constraint:
         """A grammar state for one request; compiling runs off the event loop (the first
         call also builds the model's grammar tokenizer). InvalidGrammarError when it fails."""
-        runner, _ = self._require_ready()
+        runner = self._open_generation()
         return await self._worker_calls.run(lambda: runner.grammar().compile(grammar))
 
     def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
         """Which of these marker texts are one special token of the model (grammars name
         them by id, and outputs must render them as text)."""
-        runner = self._open_runner()
-        if not isinstance(runner, ModelRunner):  # an embedding engine: refused at submission (400)
-            return {}
-        return runner.special_tokens(texts)
+        return self._open_generation().special_tokens(texts)
 
     def token_piece(self, token: int) -> bytes:
         """The bytes of one token (for logprobs in responses)."""
-        runner, _ = self._require_ready()
-        return runner.vocab.token_to_piece(token)
+        return self._open_generation().vocab.token_to_piece(token)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
                        timeout_s: float | None = None, n: int = 1
@@ -233,7 +253,7 @@ class AsyncEngine:
         on their own (``params.for_choice(index)``: seed + index). Closing or cancelling the
         generator aborts what is unfinished (slots are freed at the next step).
         ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError))."""
-        _, engine_thread = self._require_ready()
+        engine_thread = self._engine_thread
         self.check_prompt(prompt_ids, params)
         if n > self.info.n_parallel:
             raise InvalidRequestError(f"n={n} is more than this engine's {self.info.n_parallel} slots",
@@ -267,5 +287,19 @@ class AsyncEngine:
             for index in unfinished:
                 engine_thread.abort(group[index])
 
-    def stats(self) -> dict[str, Any]:
-        return self._thread.snapshot().as_dict()
+
+class EmbeddingEngine(AsyncEngine):
+    """An embedding model behind the embedding batcher thread."""
+
+    def __init__(self, config: EngineConfig, runner: EmbeddingRunner, holders: Holders) -> None:
+        self.embedding = runner.spec
+        self._loop = EmbeddingLoop(runner, config.max_queue, config.engine_id)
+        super().__init__(config, runner, self._loop, holders, "embedding", runner.spec.pooling)
+
+    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+        """One unit vector per input (rows of a float32 array), computed in steps shared
+        with other requests' inputs. InvalidRequestError (400) for an input that cannot be
+        embedded."""
+        self._open_runner()
+        self._loop.spec.check(inputs, self.info.n_vocab)
+        return await self._loop.embed(inputs)

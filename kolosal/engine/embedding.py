@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import queue
-import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,10 @@ from ..gguf_header import read_gguf_metadata
 from ..llama import Batch, Context, ContextParams, DecodeStatus, Model
 from ..llama.model import ProgressCallback
 from .config import EngineConfig
-from .errors import EngineOverloadedError, EngineStoppedError, InferenceError, InvalidRequestError
+from .errors import EngineStoppedError, InferenceError, InvalidRequestError
 from .runner import ModelRunner
+from .stats import RateWindow
+from .worker import WorkerThread, post
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ _GGUF_POOLING = {1: "mean", 2: "cls", 3: "last"}  # llama_pooling_type values in
 ROW_GROUP = 4                # pad every batch to a multiple of this many rows (see above)
 DEFAULT_INPUTS_PER_STEP = 64
 MAX_SEQUENCES = 256          # libllama's LLAMA_MAX_SEQ
-RATE_WINDOW_S = 5.0
 
 
 class EmbeddingOnlyError(InvalidRequestError):
@@ -236,11 +235,6 @@ class EmbeddingStats:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class _Shutdown:
-    reason: str
-
-
 @dataclass(slots=True)
 class StepPlan:
     entries: list[tuple[EmbeddingJob, int]] = field(default_factory=list)  # (job, input index)
@@ -283,43 +277,24 @@ def _resolve(items: list[tuple[asyncio.Future[np.ndarray], np.ndarray | BaseExce
             future.set_result(outcome)
 
 
-class EmbeddingLoop:
-    """The embedding engine's thread: owns the runner; blocks on its inbox only when idle."""
+class EmbeddingLoop(WorkerThread[EmbeddingJob]):
+    """The embedding engine's thread: owns the runner. The queue bound counts jobs
+    submitted and not answered yet."""
 
     def __init__(self, runner: EmbeddingRunner, max_queue: int, name: str) -> None:
+        super().__init__(f"embedding-{name}", max_queue)
         self.runner = runner
         self.spec = runner.spec
-        self.max_queue = max_queue
         self.stats = EmbeddingStats(slots_total=self.spec.inputs_per_step)
-        self._inbox: queue.SimpleQueue[EmbeddingJob | _Shutdown] = queue.SimpleQueue()
         self._pending: deque[tuple[EmbeddingJob, int]] = deque()
-        self._lock = threading.Lock()
-        self._jobs_waiting = 0      # submitted jobs not yet finished
-        self._stopped = False
-        self._window: deque[tuple[float, int, int]] = deque()  # (time, tokens, inputs)
-        self._thread = threading.Thread(target=self._run, name=f"embedding-{name}", daemon=True)
+        self._window = RateWindow()
 
     # -- called from the event loop -------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
+    def queued_locked(self) -> int:
+        return self.submitted
 
     def submit(self, job: EmbeddingJob) -> None:
-        with self._lock:
-            if self._stopped:
-                raise EngineStoppedError("the engine is shutting down")
-            if self._jobs_waiting >= self.max_queue:
-                raise EngineOverloadedError(
-                    f"the engine queue is full ({self.max_queue} waiting requests); retry later")
-            self._jobs_waiting += 1
-        self._inbox.put(job)
-
-    def shutdown(self, reason: str = "the engine was stopped") -> None:
-        with self._lock:
-            self._stopped = True
-        self._inbox.put(_Shutdown(reason))
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        self.enqueue(job, 1)
 
     def snapshot(self) -> EmbeddingStats:
         return self.stats
@@ -336,30 +311,30 @@ class EmbeddingLoop:
             job.cancelled = True  # read by the thread; harmless once answered
 
     # -- the thread -------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            stop = self._take_commands(block=not self._pending)
-            if stop is not None:
-                self._fail_everything(EngineStoppedError(stop.reason))
-                return
-            plan = plan_step(self._pending, self.spec.max_input_tokens, self.spec.inputs_per_step)
-            if plan.cancelled:
-                self._count_out(len(plan.cancelled))
-                self.stats = replace(self.stats, requests_cancelled=self.stats.requests_cancelled
-                                     + len(plan.cancelled), queue_depth=len(self._pending))
-            if plan.entries:
-                self._step(plan)
+    @property
+    def has_work(self) -> bool:
+        return bool(self._pending)
 
-    def _take_commands(self, block: bool) -> _Shutdown | None:
-        while True:
-            try:
-                command = self._inbox.get(block=block)
-            except queue.Empty:
-                return None
-            block = False
-            if isinstance(command, _Shutdown):
-                return command
-            self._pending.extend((command, index) for index in range(len(command.inputs)))
+    def take(self, command: EmbeddingJob) -> None:
+        self._pending.extend((command, index) for index in range(len(command.inputs)))
+
+    def stop(self, reason: str) -> None:
+        jobs = {job for job, _ in self._pending if not job.done}
+        self._pending.clear()
+        self._deliver([(job, EngineStoppedError(reason)) for job in jobs])
+
+    def refuse(self, command: EmbeddingJob, reason: str) -> None:
+        self._deliver([(command, EngineStoppedError(reason))])
+
+    def step(self) -> None:
+        """Plan a step from the pending inputs (counting out cancelled jobs) and run it."""
+        plan = plan_step(self._pending, self.spec.max_input_tokens, self.spec.inputs_per_step)
+        if plan.cancelled:
+            self.uncount(len(plan.cancelled))
+            self.stats = replace(self.stats, requests_cancelled=self.stats.requests_cancelled
+                                 + len(plan.cancelled), queue_depth=len(self._pending))
+        if plan.entries:
+            self._step(plan)
 
     def _step(self, plan: StepPlan) -> None:
         started = time.perf_counter()
@@ -387,49 +362,22 @@ class EmbeddingLoop:
         self._deliver([(job, error) for job in jobs])
         self.stats = replace(self.stats, requests_failed=self.stats.requests_failed + len(jobs))
 
-    def _fail_everything(self, error: Exception) -> None:
-        jobs = {job for job, _ in self._pending if not job.done}
-        while True:  # jobs that raced the shutdown still get an answer
-            try:
-                command = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(command, EmbeddingJob):
-                jobs.add(command)
-        self._pending.clear()
-        self._deliver([(job, error) for job in jobs])
-
     def _deliver(self, outcomes: list[tuple[EmbeddingJob, np.ndarray | BaseException]]) -> None:
         if not outcomes:
             return
-        self._count_out(len(outcomes))
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = defaultdict(list)
-        for job, outcome in outcomes:
+        self.uncount(len(outcomes))
+        for job, _ in outcomes:
             job.done = True
-            by_loop[job.loop].append((job.future, outcome))
-        for event_loop, items in by_loop.items():
-            try:
-                event_loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:  # that event loop is closed: nobody is listening
-                pass
-
-    def _count_out(self, jobs: int) -> None:
-        with self._lock:
-            self._jobs_waiting -= jobs
+        post(((job.loop, (job.future, outcome)) for job, outcome in outcomes), _resolve)
 
     def _record(self, plan: StepPlan, seconds: float, finished: int) -> None:
-        now = time.monotonic()
-        self._window.append((now, plan.tokens, len(plan.entries)))
-        while self._window and now - self._window[0][0] > RATE_WINDOW_S:
-            self._window.popleft()
-        span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else RATE_WINDOW_S
+        tokens_per_s, inputs_per_s = self._window.add(time.monotonic(), plan.tokens, len(plan.entries))
         old = self.stats
         self.stats = replace(
             old, queue_depth=len(self._pending), steps=old.steps + 1,
             last_step_ms=seconds * 1000.0, last_batch_tokens=plan.tokens,
             last_batch_inputs=len(plan.entries),
-            prefill_tokens_per_s=sum(item[1] for item in self._window) / span,
-            inputs_per_s=sum(item[2] for item in self._window) / span,
+            prefill_tokens_per_s=tokens_per_s, inputs_per_s=inputs_per_s,
             prompt_tokens_total=old.prompt_tokens_total + plan.tokens,
             inputs_total=old.inputs_total + len(plan.entries),
             padding_tokens_total=old.padding_tokens_total + (-plan.tokens % ROW_GROUP),

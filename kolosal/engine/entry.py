@@ -6,10 +6,10 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import EngineConfig
+from .holders import Holders
 from .memory import MemoryEstimate
 
 if TYPE_CHECKING:
@@ -41,27 +41,6 @@ TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
 
 class IllegalTransitionError(RuntimeError):
     """A bug: some code moved an engine along an edge the table does not have."""
-
-
-@dataclass(slots=True)
-class Holders:
-    """Requests holding an engine: from the moment one is resolved (its prompt may still be
-    tokenizing) to the end of its last stream. A held engine is never unloaded or evicted.
-    Shared by the entry (registry decisions) and the loaded engine (its streams)."""
-    count: int = 0
-    last_used: float = field(default_factory=time.monotonic)  # idle unload and LRU eviction
-
-    @property
-    def idle(self) -> bool:
-        return self.count == 0
-
-    def hold(self) -> None:
-        self.count += 1
-        self.last_used = time.monotonic()
-
-    def release(self) -> None:
-        self.count -= 1
-        self.last_used = time.monotonic()
 
 
 class EngineEntry:

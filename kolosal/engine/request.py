@@ -12,7 +12,7 @@ from .errors import EngineError
 if TYPE_CHECKING:
     from .constraint import Constraint
     from .detokenizer import Detokenizer
-    from .speculative import Drafter
+    from .speculation.drafting import Drafter
 
 MAX_TOP_LOGPROBS = 20
 SPECULATE_ON = -1        # SamplingParams.speculative: speculate, at the engine's draft length

@@ -20,8 +20,9 @@ from ..llama.sampler import SampleScratch
 from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
+from .plan import StepOutput, StepPlan
 from .request import Request, SamplerLike, SamplingParams, TokenLogprob
-from .scheduler import SchedulerPolicy, StepOutput, StepPlan
+from .scheduler import SchedulerPolicy
 
 # A step's sampled rows are spread over this many threads once there are MIN_ROWS_PER_THREAD
 # rows for each (one row costs ~0.1-0.6 ms in C, its Python wrapping ~15 us).
@@ -151,25 +152,9 @@ class ModelRunner:
         """Logprobs first (the raw distribution), then grammar masks, then the tokens."""
         facts = {index: self.context.row_logprobs(int(rows[index]), request.params.logprobs)
                  for index, request in enumerate(requests) if request.params.logprobs is not None}
-        constrained = [(index, r) for index, r in enumerate(requests) if r.constraint is not None]
-        if constrained:
-            grammar = self.grammar()
-            grammar.fill_masks([(r.constraint, r.seq_id) for _, r in constrained
-                                if r.constraint is not None])
-            for index, request in constrained:
-                self.context.mask_row(int(rows[index]), grammar.mask(request.seq_id))
+        self._mask_constrained(requests, rows)
         tokens = output.tokens
-        greedy = []
-        for index, request in enumerate(requests):
-            if request.sampler is not None:
-                continue
-            fact = facts.get(index)
-            if fact is not None and len(fact[1]) and request.constraint is None:
-                tokens[index] = fact[1][0]  # the row's best, already found (argmax's tie rule)
-            else:
-                greedy.append(index)
-        if greedy:
-            tokens[greedy] = self.context.argmax_rows(rows[greedy])
+        self._greedy(requests, rows, facts, tokens)
         jobs = [(index, request.sampler, int(rows[index])) for index, request in enumerate(requests)
                 if request.sampler is not None]
         if jobs:
@@ -181,6 +166,33 @@ class ModelRunner:
                 output.logprobs[index] = TokenLogprob(
                     token, self.context.logit(row, token) - lse,
                     tuple(zip(top_ids.tolist(), top_logprobs.tolist(), strict=True)))
+
+    def _mask_constrained(self, requests: list[Request], rows: np.ndarray) -> None:
+        """Each constrained row's logits masked by its grammar's allowed tokens."""
+        constrained = [(index, r.constraint, r.seq_id) for index, r in enumerate(requests)
+                       if r.constraint is not None]
+        if not constrained:
+            return
+        grammar = self.grammar()
+        grammar.fill_masks([(constraint, seq_id) for _, constraint, seq_id in constrained])
+        for index, _, seq_id in constrained:
+            self.context.mask_row(int(rows[index]), grammar.mask(seq_id))
+
+    def _greedy(self, requests: list[Request], rows: np.ndarray,
+                facts: dict[int, tuple[float, np.ndarray, np.ndarray]], tokens: np.ndarray) -> None:
+        """The argmax of each greedy row: the best token a logprobs row already found
+        (argmax's tie rule), else one C pass over the rows."""
+        greedy = []
+        for index, request in enumerate(requests):
+            if request.sampler is not None:
+                continue
+            fact = facts.get(index)
+            if fact is not None and len(fact[1]) and request.constraint is None:
+                tokens[index] = fact[1][0]
+            else:
+                greedy.append(index)
+        if greedy:
+            tokens[greedy] = self.context.argmax_rows(rows[greedy])
 
     def _sample_rows(self, jobs: list[tuple[int, SamplerLike, int]], tokens: np.ndarray) -> None:
         """Each (index, sampler, row): its token into tokens[index]. Many rows are spread

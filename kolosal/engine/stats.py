@@ -13,9 +13,36 @@ from typing import TYPE_CHECKING, Any
 from .request import ErrorEvent, FinishEvent, Request
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler, StepPlan
+    from .plan import StepPlan
+    from .scheduler import Scheduler
 
 RATE_WINDOW_S = 5.0
+
+
+class RateWindow:
+    """Rates of a few counts over the last ``RATE_WINDOW_S`` seconds (sums kept as the
+    window moves, so a rate costs no rescan)."""
+
+    def __init__(self, width: int = 2) -> None:
+        self._entries: deque[tuple[float, tuple[int, ...]]] = deque()
+        self._sums = [0] * width
+
+    def add(self, now: float, *counts: int) -> tuple[float, ...]:
+        """Count these at ``now``; returns the rates including them."""
+        self._entries.append((now, counts))
+        for index, count in enumerate(counts):
+            self._sums[index] += count
+        return self.rates(now)
+
+    def rates(self, now: float) -> tuple[float, ...]:
+        """Per second, each count over the window ending at ``now`` (0.0 when empty)."""
+        while self._entries and now - self._entries[0][0] > RATE_WINDOW_S:
+            for index, count in enumerate(self._entries.popleft()[1]):
+                self._sums[index] -= count
+        if not self._entries:
+            return tuple(0.0 for _ in self._sums)
+        span = max(now - self._entries[0][0], 1e-3) if len(self._entries) > 1 else RATE_WINDOW_S
+        return tuple(total / span for total in self._sums)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,41 +109,17 @@ class EngineStats:
 class StatsRecorder:
     def __init__(self, slots_total: int, kv_cells_total: int) -> None:
         self.snapshot = EngineStats(slots_total=slots_total, kv_cells_total=kv_cells_total)
-        self._window: deque[tuple[float, int, int]] = deque()  # (time, prefill, decode)
-        self._prefill_in_window = self._decode_in_window = 0  # sums over the window, kept as it moves
-
-    def _add_to_window(self, now: float, prefill: int, decode: int) -> None:
-        self._window.append((now, prefill, decode))
-        self._prefill_in_window += prefill
-        self._decode_in_window += decode
-
-    def _rates(self, now: float) -> tuple[float, float]:
-        while self._window and now - self._window[0][0] > RATE_WINDOW_S:
-            _, prefill, decode = self._window.popleft()
-            self._prefill_in_window -= prefill
-            self._decode_in_window -= decode
-        if not self._window:
-            return 0.0, 0.0
-        span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else RATE_WINDOW_S
-        return self._prefill_in_window / span, self._decode_in_window / span
+        self._window = RateWindow()  # prefill and decode tokens
 
     def _occupancy(self, scheduler: Scheduler) -> dict[str, Any]:
+        """The scheduler's state and counters (their fields are named as ours)."""
         return {"slots_busy": len(scheduler.running), "queue_depth": len(scheduler.waiting),
-                "kv_cells_used": scheduler.kv_cells_used(),
-                "kv_cells_cached": scheduler.kv_cells_cached(),
-                "cache_hits": scheduler.counters.cache_hits,
-                "cached_tokens": scheduler.counters.cached_tokens,
-                "preemptions": scheduler.counters.preemptions,
-                "forked_choices": scheduler.counters.forks,
-                "prefix_copies": scheduler.counters.prefix_copies,
-                "prefix_copied_tokens": scheduler.counters.prefix_copied_tokens,
-                "spec_draft_tokens": scheduler.counters.draft_tokens,
-                "spec_accepted_tokens": scheduler.counters.accepted_tokens,
-                "padding_rows": scheduler.counters.padding_rows,
-                "padding_accepted_tokens": scheduler.counters.padding_accepted}
+                "kv_cells_used": scheduler.kv.cells_used(),
+                "kv_cells_cached": scheduler.kv.cells_cached(),
+                **asdict(scheduler.counters), **asdict(scheduler.speculation.counters)}
 
     def record_idle(self, scheduler: Scheduler) -> None:
-        prefill, decode = self._rates(time.monotonic())
+        prefill, decode = self._window.rates(time.monotonic())
         self.snapshot = replace(self.snapshot, prefill_tokens_per_s=prefill,
                                 decode_tokens_per_s=decode, **self._occupancy(scheduler))
 
@@ -126,8 +129,8 @@ class StatsRecorder:
         now = time.monotonic()
         prefill_rows = plan.num_tokens - plan.num_decode_rows - plan.num_draft_rows
         if ok:
-            self._add_to_window(now, prefill_rows, plan.num_decode_rows + scheduler.last_accepted)
-        prefill, decode = self._rates(now)
+            self._window.add(now, prefill_rows, plan.num_decode_rows + scheduler.speculation.last_accepted)
+        prefill, decode = self._window.rates(now)
         old = self.snapshot
         profile = old.profile
         profile = StepProfile(profile.schedule_s + schedule_s,

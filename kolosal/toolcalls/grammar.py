@@ -80,6 +80,14 @@ def closed_objects(schema: Any) -> Any:
         return [closed_objects(item) for item in schema]
     if not isinstance(schema, Mapping):
         return schema
+    closed = _with_closed_subschemas(schema)
+    if "properties" in closed and "additionalProperties" not in closed and "patternProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def _with_closed_subschemas(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` whose subschemas went through ``closed_objects``."""
     closed = dict(schema)
     for key in _SUBSCHEMA_LISTS:
         if isinstance(closed.get(key), list):
@@ -92,8 +100,6 @@ def closed_objects(schema: Any) -> Any:
             closed[key] = closed_objects(closed[key])
     if isinstance(closed.get("additionalProperties"), Mapping):
         closed["additionalProperties"] = closed_objects(closed["additionalProperties"])
-    if "properties" in closed and "additionalProperties" not in closed and "patternProperties" not in closed:
-        closed["additionalProperties"] = False
     return closed
 
 

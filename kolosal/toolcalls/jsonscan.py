@@ -120,26 +120,32 @@ class JsonScanner:
             else:
                 self._value_start(char)
         elif state in (_S.FIRST_KEY, _S.KEY):
-            if state is _S.FIRST_KEY and char == "}":
-                self._close("{")
-            elif char == '"':
-                self._state, self._in_key = _S.STRING, True
-                if len(self._stack) == 1 and self.first_key is None and self._key_chars is None:
-                    self._key_chars = []
-            else:
-                self._fail()
+            self._key_start(state, char)
         elif state is _S.COLON:
             if char == ":":
                 self._state = _S.VALUE
             else:
                 self._fail()
         elif state is _S.AFTER_VALUE:
-            if char == ",":
-                self._state = _S.KEY if self._stack[-1] == "{" else _S.VALUE
-            elif char in "}]":
-                self._close("{" if char == "}" else "[")
-            else:
-                self._fail()
+            self._after_value(char)
+
+    def _key_start(self, state: _S, char: str) -> None:
+        if state is _S.FIRST_KEY and char == "}":
+            self._close("{")
+        elif char == '"':
+            self._state, self._in_key = _S.STRING, True
+            if len(self._stack) == 1 and self.first_key is None and self._key_chars is None:
+                self._key_chars = []
+        else:
+            self._fail()
+
+    def _after_value(self, char: str) -> None:
+        if char == ",":
+            self._state = _S.KEY if self._stack[-1] == "{" else _S.VALUE
+        elif char in "}]":
+            self._close("{" if char == "}" else "[")
+        else:
+            self._fail()
 
     def _value_start(self, char: str) -> None:
         if not self._stack and char not in "{[":
@@ -186,16 +192,7 @@ class JsonScanner:
     def _number_char(self, char: str) -> None:
         n = self._number
         if char in _DIGITS:
-            if n in (_N_SIGN,):
-                self._number = _N_ZERO if char == "0" else _N_INT
-            elif n == _N_ZERO:
-                self._fail()  # no leading zeros
-            elif n in (_N_INT, _N_FRAC, _N_EXP):
-                pass
-            elif n == _N_DOT:
-                self._number = _N_FRAC
-            else:  # after 'e' or its sign
-                self._number = _N_EXP
+            self._number_digit(n, char)
         elif char == "." and n in (_N_ZERO, _N_INT):
             self._number = _N_DOT
         elif char in "eE" and n in (_N_ZERO, _N_INT, _N_FRAC):
@@ -209,6 +206,17 @@ class JsonScanner:
                 self._structural(char)
         else:
             self._fail()
+
+    def _number_digit(self, n: int, char: str) -> None:
+        if n == _N_SIGN:
+            self._number = _N_ZERO if char == "0" else _N_INT
+        elif n == _N_ZERO:
+            self._fail()  # no leading zeros
+        elif n == _N_DOT:
+            self._number = _N_FRAC
+        elif n in (_N_E, _N_ESIGN):
+            self._number = _N_EXP
+        # _N_INT, _N_FRAC, _N_EXP: more digits of the same part
 
     def _value_done(self) -> None:
         self._state = _S.AFTER_VALUE

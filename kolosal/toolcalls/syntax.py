@@ -224,6 +224,7 @@ class MistralRegion:
         return Accepted([call for call in calls if call is not None], end)
 
     def _name_args(self, text: str, start: int, final: bool) -> RegionResult:
+        """``name[CALL_ID]id[ARGS]{...}`` (the call id optional) from ``start``."""
         index = start
         while index < len(text) and text[index] in _NAME_CHARS:
             index += 1
@@ -232,15 +233,15 @@ class MistralRegion:
         name = text[start:index]
         if not name or (self._tool_names is not None and name not in self._tool_names):
             return None
-        if text.startswith("[CALL_ID]", index):
-            index += len("[CALL_ID]")
-            while index < len(text) and text[index].isalnum():
-                index += 1
+        index = _after_call_id(text, index)
         args_tag = match(text, index, "[ARGS]")
         if args_tag != "full":
             maybe = args_tag == "partial" or match(text, index, "[CALL_ID]") == "partial"
             return NEED_MORE if maybe and not final else None
-        scanned = scan_value(self._json, text, index + len("[ARGS]"), final)
+        return self._arguments(name, text, index + len("[ARGS]"), final)
+
+    def _arguments(self, name: str, text: str, start: int, final: bool) -> RegionResult:
+        scanned = scan_value(self._json, text, start, final)
         if scanned is None or scanned is NEED_MORE:
             return scanned
         value, end = scanned
@@ -248,6 +249,16 @@ class MistralRegion:
         if arguments is None:
             return None
         return Accepted([RawCall(name, arguments)], end)
+
+
+def _after_call_id(text: str, index: int) -> int:
+    """Past a ``[CALL_ID]`` and its id at ``index``, if one is there."""
+    if not text.startswith("[CALL_ID]", index):
+        return index
+    index += len("[CALL_ID]")
+    while index < len(text) and text[index].isalnum():
+        index += 1
+    return index
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from kolosal.engine.embedding import (
     step_shape,
 )
 
+from ..waiting import until_async
 from .helpers import loaded
 
 QUERY = "The cat sat on the mat."
@@ -162,17 +163,11 @@ async def test_a_cancelled_request_leaves_the_queue(registry: EngineRegistry, mo
     async with loaded(registry, config) as engine:
         long_inputs = [[2] + [1000 + i] * 63 for i in range(8)]  # one step each
         task = asyncio.create_task(engine.embed(long_inputs))
-        for _ in range(600):  # wait for its first step to start, then hang up
-            if engine.stats()["steps"] >= 1:
-                break
-            await asyncio.sleep(0.05)
+        await until_async(lambda: engine.stats()["steps"] >= 1, what="the first step")  # then hang up
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(600):
-            if engine.stats()["requests_cancelled"] == 1:
-                break
-            await asyncio.sleep(0.05)
+        await until_async(lambda: engine.stats()["requests_cancelled"] == 1, what="the cancellation")
         stats = engine.stats()
         assert stats["requests_cancelled"] == 1 and stats["inputs_total"] < len(long_inputs)
         vectors = await engine.embed([[2, 3, 4]])  # and it still serves
@@ -185,10 +180,7 @@ async def test_removing_the_engine_answers_its_waiting_requests(registry: Engine
                                     embedding=True))
     async with registry.lease("embed-removed") as engine:
         task = asyncio.create_task(engine.embed([[2] + [2000 + i] * 63 for i in range(8)]))
-        for _ in range(600):
-            if engine.stats()["steps"] >= 1:
-                break
-            await asyncio.sleep(0.05)
+        await until_async(lambda: engine.stats()["steps"] >= 1, what="the first step")
         await registry.remove("embed-removed")
         with pytest.raises(EngineStoppedError):
             await task

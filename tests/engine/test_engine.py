@@ -18,6 +18,7 @@ from kolosal.engine import (
 )
 
 from ..near_tie import TOP_LOGPROBS, Step, assert_same_or_near_tie, engine_steps
+from ..waiting import until_async
 from .helpers import greedy, loaded, run, wait_until_idle
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
@@ -168,7 +169,7 @@ async def test_queue_full_is_refused_at_once(registry: EngineRegistry, model_pat
         await running.__anext__()  # admitted and decoding: the queue is empty again
         queued = engine.generate(ids, greedy(4), "b")
         queued_task = asyncio.create_task(queued.__anext__())
-        await asyncio.sleep(0.05)
+        await until_async(lambda: engine.stats()["queue_depth"] == 1, what="b queued")
         with pytest.raises(EngineOverloadedError):
             await engine.generate(ids, greedy(4), "c").__anext__()
         await running.aclose()

@@ -2,59 +2,16 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from kolosal.engine.engine_thread import EngineThread
 from kolosal.engine.errors import EngineOverloadedError
+from kolosal.engine.plan import StepOutput, StepPlan
 from kolosal.engine.request import ErrorEvent, Event, EventSink, Request, SamplingParams
-from kolosal.engine.scheduler import SchedulerPolicy, StepOutput, StepPlan
 
-
-class FakeContext:
-    n_ctx = 12
-
-    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
-        return True
-
-    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
-        pass
-
-    def seq_pos_min(self, seq_id: int) -> int:
-        return 0
-
-
-class FakeVocab:
-    def token_to_piece(self, token: int, special: bool = False) -> bytes:
-        return b"x"
-
-    def is_eog(self, token: int) -> bool:
-        return False
-
-
-@dataclass
-class FakeResult:
-    output: StepOutput
-    ok: bool = True
-    no_kv_slot: bool = False
-    status_name: str = "OK"
-    decode_s: float = 0.0
-    sample_s: float = 0.0
-
-
-@dataclass
-class FakeRunner:
-    context: FakeContext = field(default_factory=FakeContext)
-    vocab: FakeVocab = field(default_factory=FakeVocab)
-    policy: SchedulerPolicy = field(default_factory=SchedulerPolicy)
-
-    def make_sampler(self, params: SamplingParams) -> None:
-        return None
-
-    def run(self, plan: StepPlan) -> FakeResult:
-        return FakeResult(StepOutput(np.full(len(plan.sampled), 5, dtype=np.int32)))
+from .fakes import FakeResult, FakeRunner
 
 
 def request(name: str) -> Request:
@@ -67,7 +24,7 @@ def test_the_queue_count_follows_preemptions() -> None:
     thread.submit(request("b"))
     with pytest.raises(EngineOverloadedError):
         thread.submit(request("refused"))
-    thread._handle_commands(block=False)
+    thread._take_commands(block=False)
     assert thread.num_queued == 2
     thread._step()
     assert thread.num_queued == 0  # both admitted
@@ -115,7 +72,7 @@ async def test_a_step_that_breaks_after_finishing_a_request_still_answers_it() -
         thread.submit(done)
         _, event = await asyncio.wait_for(events.get(), timeout=30)
         assert isinstance(event, ErrorEvent)
-        assert thread.scheduler.slots.num_free == 2
+        assert thread.scheduler.kv.slots.num_free == 2
     finally:
         thread.shutdown()
         await asyncio.to_thread(thread.join)

@@ -7,7 +7,8 @@ from typing import Any, cast
 import pytest
 
 from kolosal.engine import AsyncEngine, EngineConfig, EngineEntry, EngineState
-from kolosal.engine.entry import TRANSITIONS, Holders, IllegalTransitionError
+from kolosal.engine.entry import TRANSITIONS, IllegalTransitionError
+from kolosal.engine.holders import Holders
 
 
 class LoadedStandIn:

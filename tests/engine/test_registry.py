@@ -26,6 +26,7 @@ from kolosal.engine import (
 )
 from kolosal.gguf_header import InvalidModelFileError, read_gguf_metadata
 
+from ..waiting import until_async
 from .helpers import Result, greedy, run
 
 PROMPT = "The quick brown fox"
@@ -252,7 +253,7 @@ async def test_a_caller_that_goes_away_mid_load_does_not_fail_the_engine(model_p
                 pass
 
         waiting = asyncio.create_task(impatient())
-        await asyncio.sleep(0.05)  # the reload is under way
+        await until_async(lambda: entry.state == EngineState.LOADING, what="the reload")
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -268,10 +269,8 @@ async def test_a_removal_whose_caller_goes_away_still_completes(model_path: Path
     removal = asyncio.create_task(engines.remove("doomed"))
     await asyncio.sleep(0)
     removal.cancel()
-    for _ in range(500):
-        if entry.stats() == {} and entry.state != EngineState.READY:
-            break
-        await asyncio.sleep(0.01)
+    await until_async(lambda: entry.stats() == {} and entry.state != EngineState.READY,
+                      what="the removal")
     assert engines.list() == [] and entry.engine is None  # thread, context and model freed
     await engines.close_all()
 

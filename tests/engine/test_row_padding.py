@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kolosal.engine.scheduler import Scheduler, StepOutput
-from kolosal.engine.speculative import MAX_TABLE_ROWS, MIN_SAMPLES, StepCost
+from kolosal.engine.plan import StepOutput
+from kolosal.engine.scheduler import Scheduler
+from kolosal.engine.speculation.drafting import MAX_TABLE_ROWS, MIN_SAMPLES, StepCost
 
-from .test_scheduler import FakeMemory
+from .fakes import FakeMemory
 from .test_speculative import PROMPT, make, prefill, request
 
 
@@ -25,7 +26,7 @@ def padded(num_requests: int = 3, n_ctx: int = 64) -> Scheduler:
     """A scheduler that pads (its engine not speculating) and on whose CPU 3 rows cost
     more than 4, as measured on a 2-core AVX2 machine (benchmarks/RESULTS.md)."""
     scheduler = make(draft_max=0, num_slots=num_requests, n_ctx=n_ctx, pad_rows=True)
-    scheduler.cost = table(r1=0.017, r2=0.028, r3=0.052, r4=0.040)
+    scheduler.speculation.cost = table(r1=0.017, r2=0.028, r3=0.052, r4=0.040)
     return scheduler
 
 
@@ -68,18 +69,19 @@ def test_a_padding_row_accepted_is_a_token_gained_rejected_its_cell_is_removed()
     plan = prefill(scheduler, a, b, c)
     scheduler.update(plan, StepOutput(np.array([9, 4, 4]), drafted=[[5]]))  # a: 9 = the guess
     assert a.token_ids[len(PROMPT):] == [8, 9, 5] and a.num_computed == len(PROMPT) + 2
-    assert scheduler.counters.padding_rows == 1 and scheduler.counters.padding_accepted == 1
-    assert scheduler.counters.draft_tokens == 0 and scheduler.last_accepted == 1
+    counters = scheduler.speculation.counters
+    assert counters.padding_rows == 1 and counters.padding_accepted_tokens == 1
+    assert counters.spec_draft_tokens == 0 and scheduler.speculation.last_accepted == 1
     assert a.drafter is not None and a.drafter.proposed == 0  # its record is not touched
     second = scheduler.schedule()
     assert second is not None and second.num_padding == 1
     (index, _, _), = second.drafts
     rejected = second.sampled[index]
     scheduler.update(second, StepOutput(np.array([3, 3, 3]), drafted=[[]]))
-    memory = scheduler.memory
+    memory = scheduler.kv.memory
     assert isinstance(memory, FakeMemory)
     assert memory.removed[-1] == (rejected.seq_id, rejected.num_computed, -1)
-    assert scheduler.counters.padding_rows == 2 and scheduler.counters.padding_accepted == 1
+    assert counters.padding_rows == 2 and counters.padding_accepted_tokens == 1
 
 
 def test_where_no_padding_goes() -> None:
@@ -103,7 +105,7 @@ def test_where_no_padding_goes() -> None:
     assert plan.num_tokens == 3 and not plan.drafts
     # Off by policy (row_padding off, or a deterministic engine).
     scheduler = make(draft_max=0, num_slots=3)
-    scheduler.cost = table(r3=0.052, r4=0.040)
+    scheduler.speculation.cost = table(r3=0.052, r4=0.040)
     plan = prefill(scheduler, *(request(rid=f"n{i}") for i in range(3)))
     assert plan.num_tokens == 3 and all(r.drafter is None for r in plan.sampled)
 

@@ -5,27 +5,11 @@ from typing import Any
 
 import numpy as np
 
+from kolosal.engine.plan import StepOutput, StepPlan
 from kolosal.engine.request import FinishEvent, Request, RequestStatus, SamplingParams, TokenEvent
-from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
+from kolosal.engine.scheduler import Scheduler, SchedulerPolicy
 
-
-class FakeMemory:
-    def __init__(self) -> None:
-        self.removed: list[tuple[int, int, int]] = []
-        self.copied: list[tuple[int, int]] = []
-        self.copied_ranges: list[tuple[int, int, int, int]] = []
-        self.pos_min: dict[int, int] = {}  # a sequence whose oldest cells libllama reused
-
-    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> bool:
-        self.removed.append((seq_id, start, end))
-        return True
-
-    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
-        self.copied.append((src, dst))
-        self.copied_ranges.append((src, dst, start, end))
-
-    def seq_pos_min(self, seq_id: int) -> int:
-        return self.pos_min.get(seq_id, 0)
+from .fakes import FakeMemory
 
 
 def make(num_slots: int = 2, n_ctx: int = 64, n_batch: int = 8, **policy: Any) -> Scheduler:
@@ -68,8 +52,8 @@ def test_finish_on_max_tokens_frees_the_slot_and_keeps_the_prefix() -> None:
     assert isinstance(finish, FinishEvent) and finish.finish_reason.value == "length"
     assert finish.usage.completion_tokens == 2
     assert req.status == RequestStatus.FINISHED
-    assert scheduler.slots.num_free == 2
-    assert scheduler.slots.slots[0].cached_ids == [5, 6, 7, 8]  # the last token never ran
+    assert scheduler.kv.slots.num_free == 2
+    assert scheduler.kv.slots.slots[0].cached_ids == [5, 6, 7, 8]  # the last token never ran
 
 
 def after_a_cached_request(second: Request) -> tuple[Scheduler, StepPlan]:
@@ -102,7 +86,7 @@ def test_a_request_without_cache_prompt_computes_its_whole_prompt() -> None:
 
 
 def memory_of(scheduler: Scheduler) -> FakeMemory:
-    memory = scheduler.memory
+    memory = scheduler.kv.memory
     assert isinstance(memory, FakeMemory)
     return memory
 
@@ -136,14 +120,14 @@ def test_a_free_slots_cache_is_lent_and_stays_whole() -> None:
     plan = scheduler.schedule()
     assert plan is not None
     scheduler.update(plan, StepOutput(np.array([9])))  # finished: its slot caches the conversation
-    cached = list(scheduler.slots.slots[first.seq_id].cached_ids)
+    cached = list(scheduler.kv.slots.slots[first.seq_id].cached_ids)
     second = request(SYSTEM + [4, 5], max_tokens=1, rid="second")
     scheduler.add(second)
     scheduler.schedule()
     # It took an empty slot and borrowed the shared prefix: the first conversation's cache
     # is still there for its next turn.
     assert second.seq_id != first.seq_id and second.num_cached == len(SYSTEM)
-    assert scheduler.slots.slots[first.seq_id].cached_ids == cached
+    assert scheduler.kv.slots.slots[first.seq_id].cached_ids == cached
     assert memory_of(scheduler).copied == [(first.seq_id, second.seq_id)]
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kolosal.engine.plan import StepOutput, StepPlan
 from kolosal.engine.request import (
     DEFAULT_DRAFT_MAX,
     SPECULATE_ON,
@@ -15,8 +16,8 @@ from kolosal.engine.request import (
     SamplingParams,
     TokenEvent,
 )
-from kolosal.engine.scheduler import Scheduler, SchedulerPolicy, StepOutput, StepPlan
-from kolosal.engine.speculative import (
+from kolosal.engine.scheduler import Scheduler, SchedulerPolicy
+from kolosal.engine.speculation.drafting import (
     BACKOFF_STEPS,
     DRAFT_STEP_SHARE,
     EXPLORE_STEPS,
@@ -31,7 +32,7 @@ from kolosal.engine.speculative import (
     match_bucket,
 )
 
-from .test_scheduler import FakeMemory
+from .fakes import FakeMemory
 
 # [.. 5 6 7 8 9 5 6 7]: the last 3-gram was seen before, followed by 8 9 5 6 ...
 PROMPT = [1, 5, 6, 7, 8, 9, 5, 6, 7]
@@ -43,8 +44,8 @@ def make(draft_max: int = 4, n_batch: int = 32, num_slots: int = 2, n_ctx: int =
                           piece_of=lambda t, special: f"<{t}>".encode(), is_eog=lambda t: t == 0,
                           clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=draft_max, **policy))
     for _ in range(20):  # rows nearly free: every draft token is worth its row
-        scheduler.cost.observe(1, 1.0)
-        scheduler.cost.observe(33, 1.001)
+        scheduler.speculation.cost.observe(1, 1.0)
+        scheduler.speculation.cost.observe(33, 1.001)
     return scheduler
 
 
@@ -116,13 +117,14 @@ def test_accepted_tokens_are_committed_and_the_rejected_cells_removed() -> None:
     emissions = scheduler.update(plan, StepOutput(np.array([9]), drafted=[[5, 6, 1]]))
     assert r.token_ids[len(PROMPT):] == [8, 9, 5, 6, 1]
     assert r.num_computed == 13 and r.num_pending == 1  # positions 0..12 are in the KV
-    memory = scheduler.memory
+    memory = scheduler.kv.memory
     assert isinstance(memory, FakeMemory) and memory.removed[-1] == (r.seq_id, 13, -1)
     (emission,) = emissions  # one event for the whole step
     assert isinstance(emission.event, TokenEvent)
     assert emission.event.text == "<9><5><6><1>" and emission.event.num_tokens == 5
-    assert scheduler.counters.draft_tokens == 4 and scheduler.counters.accepted_tokens == 3
-    assert scheduler.last_accepted == 3
+    counters = scheduler.speculation.counters
+    assert counters.spec_draft_tokens == 4 and counters.spec_accepted_tokens == 3
+    assert scheduler.speculation.last_accepted == 3
     assert r.drafter is not None and (r.drafter.proposed, r.drafter.accepted) == (4, 3)
 
 
@@ -130,10 +132,10 @@ def test_a_fully_accepted_draft_removes_nothing() -> None:
     scheduler = make()
     r = request()
     plan = prefill(scheduler, r)
-    removed_before = len(scheduler.memory.removed)  # type: ignore[attr-defined]
+    removed_before = len(scheduler.kv.memory.removed)  # type: ignore[attr-defined]
     scheduler.update(plan, StepOutput(np.array([9]), drafted=[[5, 6, 7, 8]]))
     assert r.num_computed == 14 and r.token_ids[-5:] == [9, 5, 6, 7, 8]
-    assert len(scheduler.memory.removed) == removed_before  # type: ignore[attr-defined]
+    assert len(scheduler.kv.memory.removed) == removed_before  # type: ignore[attr-defined]
 
 
 def test_a_stop_string_inside_an_accepted_draft_ends_the_request_there() -> None:
@@ -148,8 +150,8 @@ def test_a_stop_string_inside_an_accepted_draft_ends_the_request_there() -> None
     assert finish.usage.completion_tokens == 3
     assert "".join(e.event.text for e in emissions) == "<9>"  # type: ignore[union-attr]
     # The cells of the tokens after it are gone; the cache is exactly what the KV holds.
-    assert scheduler.memory.removed[-1] == (r.seq_id, 12, -1)  # type: ignore[attr-defined]
-    assert scheduler.slots.slots[r.seq_id].cached_ids == r.token_ids
+    assert scheduler.kv.memory.removed[-1] == (r.seq_id, 12, -1)  # type: ignore[attr-defined]
+    assert scheduler.kv.slots.slots[r.seq_id].cached_ids == r.token_ids
 
 
 def test_end_of_generation_and_max_tokens_inside_a_draft() -> None:
@@ -161,7 +163,7 @@ def test_end_of_generation_and_max_tokens_inside_a_draft() -> None:
     finish = emissions[-1].event
     assert isinstance(finish, FinishEvent) and finish.finish_reason.value == "stop"
     assert finish.usage.completion_tokens == 2 and eog.token_ids[-1] == 0
-    assert scheduler.memory.removed[-1] == (eog.seq_id, 11, -1)  # type: ignore[attr-defined]
+    assert scheduler.kv.memory.removed[-1] == (eog.seq_id, 11, -1)  # type: ignore[attr-defined]
 
     scheduler = make()
     short = request(max_tokens=3, rid="short")
@@ -259,7 +261,8 @@ def test_the_measured_time_of_each_row_count_decides_not_a_line() -> None:
 
 def test_one_draft_a_step_explores_an_unmeasured_row_count() -> None:
     scheduler = make(num_slots=4, n_batch=64, n_ctx=256)
-    scheduler.cost = line_cost(0.001, 0.010, rows=(1, 2, 3, 4))  # compute-bound; nothing above 4 measured
+    # compute-bound; nothing above 4 measured
+    scheduler.speculation.cost = line_cost(0.001, 0.010, rows=(1, 2, 3, 4))
     plan = prefill(scheduler, *[request(rid=f"r{i}") for i in range(4)])
     assert plan.num_decode_rows == 4
     counts = [count for _, _, count in plan.drafts]
@@ -287,8 +290,8 @@ def test_drafting_stops_where_it_realises_fewer_tokens_per_second() -> None:
 def test_the_engine_stops_its_drafts_where_they_did_not_pay_but_not_the_drafts_asked_for() -> None:
     scheduler = make(num_slots=2)
     for _ in range(PAYOFF_MIN_SAMPLES):
-        scheduler.payoff.observe(2, drafted=False, tokens=2, seconds=0.02)
-        scheduler.payoff.observe(2, drafted=True, tokens=2, seconds=0.05)
+        scheduler.speculation.payoff.observe(2, drafted=False, tokens=2, seconds=0.02)
+        scheduler.speculation.payoff.observe(2, drafted=True, tokens=2, seconds=0.05)
     engine_default, asked = request(rid="engine"), request(rid="asked", speculative=2)
     plan = prefill(scheduler, engine_default, asked)
     assert plan.num_decode_rows == 2
@@ -318,7 +321,7 @@ def test_a_paused_sequence_plans_no_draft_rows() -> None:
     plan = prefill(scheduler, r)
     assert plan.drafts and r.drafter is not None
     for _ in range(MAX_FAILURES):
-        r.drafter.record(4, 0, scheduler.counters.steps)
+        r.drafter.record(4, 0, scheduler.steps)
     plan = scheduler.schedule()  # type: ignore[assignment]
     assert plan is not None and not plan.drafts and plan.num_tokens == 1  # a draft exists, unused
 
@@ -328,7 +331,7 @@ def test_acceptance_steers_the_draft_length() -> None:
                           clock=lambda: 0.0, policy=SchedulerPolicy(draft_max=16))
     for _ in range(2):  # a CPU curve, every row count measured: 8 ms fixed, 6 ms per row
         for rows in range(1, 18):
-            scheduler.cost.observe(rows, 0.008 + 0.006 * rows)
+            scheduler.speculation.cost.observe(rows, 0.008 + 0.006 * rows)
     r = Request("loop", [3, 4, 5] * 6, SamplingParams(max_tokens=200, temperature=0.0), 0.0)
     plan = prefill(scheduler, r, first=[3])
     assert plan.num_draft_rows == 1  # a new sequence starts with a short draft
@@ -344,7 +347,7 @@ def test_acceptance_steers_the_draft_length() -> None:
 
 
 def costly(scheduler: Scheduler, fixed: float, per_row: float) -> Scheduler:
-    scheduler.cost = line_cost(fixed, per_row, rows=tuple(range(1, 41)))  # every count measured
+    scheduler.speculation.cost = line_cost(fixed, per_row, rows=tuple(range(1, 41)))  # every count measured
     return scheduler
 
 
@@ -391,7 +394,7 @@ def test_drafts_stretch_a_step_that_other_streams_share_by_a_bounded_share() -> 
     # every draft token of a copying loop pays.
     def sure(scheduler: Scheduler) -> Scheduler:
         for _ in range(200):
-            scheduler.odds.record(MAX_MATCH, 16, 16, sampled=False)
+            scheduler.speculation.odds.record(MAX_MATCH, 16, 16, sampled=False)
         return costly(scheduler, 0.010, 0.001)
 
     alone = sure(make(draft_max=16, n_batch=64, n_ctx=512))
@@ -452,7 +455,7 @@ def test_drafts_a_request_asked_for_evict_a_prefix_cache_where_the_cache_is_full
         scheduler.update(plan, StepOutput(np.array([8])))
         second = request(rid="drafting", speculative=2) if asked else request(rid="drafting")
         plan = prefill(scheduler, second)
-        return plan.num_draft_rows, scheduler.kv_cells_cached()
+        return plan.num_draft_rows, scheduler.kv.cells_cached()
 
     assert fill_then_draft(asked=False) == (1, 30)  # the engine's drafts use the one free cell
     assert fill_then_draft(asked=True) == (2, 0)    # an asked draft evicts the cache

@@ -154,7 +154,7 @@ async def test_padding_rows_on_the_real_model(registry: EngineRegistry, model_pa
         assert stats["padding_rows"] >= 2 and stats["spec_draft_tokens"] == 0
         assert 0 <= stats["padding_accepted_tokens"] <= stats["padding_rows"]
         scheduler, context = engine._thread.scheduler, engine._runner.context  # type: ignore[union-attr]
-        for slot in scheduler.slots.slots:
+        for slot in scheduler.kv.slots.slots:
             assert not slot.busy
             assert len(slot.cached_ids) > 24 and context.seq_pos_max(slot.seq_id) == len(slot.cached_ids) - 1
     async with loaded(registry, EngineConfig("no-padding", str(model_path), n_ctx=1024, n_parallel=3,
