@@ -18,6 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.loadgen import SAMPLINGS  # noqa: E402
 from kolosal.default_model import default_model_path  # noqa: E402
 from kolosal.engine import AsyncEngine, EngineConfig, EngineRegistry, SamplingParams  # noqa: E402
 
@@ -47,8 +48,10 @@ def phase_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: str,
-                       logprobs: int | None = None) -> None:
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True, logprobs=logprobs)
+                       logprobs: int | None = None, sampling: str = "greedy") -> None:
+    fields = SAMPLINGS[sampling]
+    params = SamplingParams(max_tokens=tokens, temperature=float(fields["temperature"]),
+                            top_p=float(fields.get("top_p", 1.0)), ignore_eos=True, logprobs=logprobs)
 
     async def one(index: int) -> None:
         ids = await engine.tokenize(f"Request {tag}-{index}: once upon a time")
@@ -59,7 +62,8 @@ async def run_requests(engine: AsyncEngine, concurrency: int, tokens: int, tag: 
 
 
 async def profile(concurrency: int, tokens: int, model: str | None = None, threads: int = 0,
-                  n_ctx: int = 0, logprobs: int | None = None, spec_draft_max: int = 0) -> Profile:
+                  n_ctx: int = 0, logprobs: int | None = None, spec_draft_max: int = 0,
+                  sampling: str = "greedy") -> Profile:
     registry = EngineRegistry()
     config = EngineConfig("profile", model or str(default_model_path()),
                           n_ctx=n_ctx or max(2048, concurrency * (tokens + 32)), n_parallel=concurrency,
@@ -70,7 +74,7 @@ async def profile(concurrency: int, tokens: int, model: str | None = None, threa
             await run_requests(engine, 1, 2, "warmup")  # page in weights; not counted below
             before = engine.stats()
             started = time.perf_counter()
-            await run_requests(engine, concurrency, tokens, "p", logprobs)
+            await run_requests(engine, concurrency, tokens, "p", logprobs, sampling)
             wall = time.perf_counter() - started
             after = engine.stats()
     finally:
@@ -106,10 +110,12 @@ def main() -> None:
     parser.add_argument("--logprobs", type=int, default=None, help="top log-probabilities per token (0-20)")
     parser.add_argument("--spec-draft-max", type=int, default=0,
                         help="the engine's speculative draft length (0 = off, the default)")
+    parser.add_argument("--sampling", choices=sorted(SAMPLINGS), default="greedy",
+                        help="greedy (temperature 0) or chat (temperature 0.8, top_p 0.95)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
     result = asyncio.run(profile(args.concurrency, args.tokens, args.model, args.threads, args.n_ctx,
-                                 args.logprobs, args.spec_draft_max))
+                                 args.logprobs, args.spec_draft_max, args.sampling))
     print(format_profile(result))
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(result), indent=2))

@@ -30,7 +30,7 @@ from .engine_thread import EngineThread
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
 from .holders import Holders
-from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams
+from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams, Tenancy
 from .runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class AsyncEngine:
         raise EmbeddingOnlyError(self.engine_id)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None, n: int = 1
+                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = Tenancy()
                        ) -> AsyncGenerator[tuple[int, Event], None]:
         raise EmbeddingOnlyError(self.engine_id)
         yield  # an async generator, like the real one
@@ -246,13 +246,14 @@ class GenerationEngine(AsyncEngine):
         return self._open_generation().vocab.token_to_piece(token)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None, n: int = 1
+                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = Tenancy()
                        ) -> AsyncGenerator[tuple[int, Event], None]:
         """Yield ``(choice index, event)``: TokenEvents, then one FinishEvent or ErrorEvent per
         choice. ``n`` choices share one prefill of the prompt (KV copied to each) and sample
         on their own (``params.for_choice(index)``: seed + index). Closing or cancelling the
         generator aborts what is unfinished (slots are freed at the next step).
-        ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError))."""
+        ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError)).
+        ``tenancy`` (whose request: tenant, weight, priority) orders admission fairly."""
         engine_thread = self._engine_thread
         self.check_prompt(prompt_ids, params)
         if n > self.info.n_parallel:
@@ -263,7 +264,7 @@ class GenerationEngine(AsyncEngine):
         arrival = time.monotonic()
         group = [Request(request_id=f"{request_id}-{index}" if n > 1 else request_id,
                          prompt_ids=list(prompt_ids), params=params.for_choice(index), arrival=arrival,
-                         sink=EventSink(loop, events, index),
+                         sink=EventSink(loop, events, index), tenancy=tenancy,
                          deadline=None if timeout_s is None else arrival + timeout_s)
                  for index in range(n)]
         if params.grammar is not None:

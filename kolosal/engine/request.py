@@ -46,6 +46,20 @@ class SamplingParams:
         return self if self.seed is None else replace(self, seed=(self.seed + index) & 0xFFFFFFFF)
 
 
+@dataclass(frozen=True, slots=True)
+class Tenancy:
+    """Whose request this is: the tenant (an API key's name; "" for anonymous), its weight
+    (a fair-share multiplier) and the request's priority class (lower first). The engine
+    admits requests weighted-fair between tenants (fair_queue.py)."""
+
+    tenant: str = ""
+    weight: float = 1.0
+    priority: int = 0
+
+
+QueueKey = tuple[int, float, int]  # (priority, start tag, arrival order): fair_queue.py
+
+
 class RequestStatus(enum.IntEnum):
     """Ordered: everything >= FINISHED is terminal."""
 
@@ -155,6 +169,8 @@ class Request:
     drafter: Drafter | None = None       # set when this sequence drafts (speculative decoding)
     fork_of: Request | None = None       # n > 1: the group's first request, until forked
     forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
+    tenancy: Tenancy = Tenancy()
+    queue_key: QueueKey | None = None    # its place in the wait queue, kept across preemptions
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 

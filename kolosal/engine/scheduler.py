@@ -8,12 +8,12 @@ sequences that speculate (speculative.py), as many as are worth their cost.
 """
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
+from .fair_queue import FairQueue, unfair_victim
 from .kv_cache import KVCache, KVMemory
 from .plan import Emission, PlanBuilder, StepOutput, StepPlan
 from .request import (
@@ -46,7 +46,8 @@ class SchedulerCounters:
 
     cache_hits: int = 0
     cached_tokens: int = 0
-    preemptions: int = 0
+    preemptions: int = 0           # to make KV room (the youngest sequence's cells dropped)
+    fairness_preemptions: int = 0  # to give a tenant under its fair share a slot
     forked_choices: int = 0        # n > 1 choices that reused their group's prefill
     prefix_copies: int = 0         # requests that took a prefix from another slot's KV
     prefix_copied_tokens: int = 0
@@ -65,7 +66,7 @@ class Scheduler:
         self.piece_of = piece_of
         self.is_eog = is_eog
         self.clock = clock
-        self.waiting: deque[Request] = deque()
+        self.waiting = FairQueue()
         self.running: list[Request] = []
         self.kv = KVCache(num_slots, n_ctx, memory, self.running, self.policy.swa_window)
         self.speculation = Speculation(self.kv, self.policy.draft_max, self.policy.pad_rows)
@@ -78,7 +79,7 @@ class Scheduler:
         """Queue a request (with its n > 1 siblings in ``request.forks``)."""
         for member in (request, *request.forks):
             member.detokenizer = Detokenizer(member.params.stop)
-        self.waiting.append(request)
+        self.waiting.push(request)
 
     @property
     def num_waiting(self) -> int:
@@ -134,7 +135,7 @@ class Scheduler:
     def fail_all(self, error: EngineError) -> list[Emission]:
         emissions = self.fail(list(self.running), error)
         while self.waiting:
-            request = self.waiting.popleft()
+            request = self.waiting.pop()
             for member in (request, *request.forks):
                 member.status = RequestStatus.FAILED
                 member.fork_of = None
@@ -168,11 +169,14 @@ class Scheduler:
         """Plan the next decode step, or None when there is nothing to compute.
 
         Policy, in order:
-        1. Admit waiting requests first-come first-served into free slots, while the running
-           sequences and the newcomer fit the context; a group of n choices needs n free
-           slots at once. A newcomer starts from the longest prefix any slot holds: its own
-           slot's cache, or cells shared from another slot, free or running
-           (``KVCache.take_slot``).
+        1. Admit waiting requests in the fair queue's order (priority class, then weighted
+           fair between tenants; first come first served within one) into free slots, while
+           the running sequences and the newcomer fit the context; a group of n choices needs
+           n free slots at once. With no free slot, a request of a tenant under its fair share
+           takes the slot of one over its share (``fair_queue.unfair_victim``; the victim's
+           cells stay as its slot's cache while nobody needs them). A newcomer starts from
+           the longest prefix any slot holds: its own slot's cache, or cells shared from
+           another slot, free or running (``KVCache.take_slot``).
         2. Make KV room for one token per decoding sequence: evict prefix caches (least
            recently used first), then preempt the youngest sequence (recomputed later).
         3. One batch row per decoding sequence, so running streams never stall.
@@ -202,16 +206,15 @@ class Scheduler:
         return builder.build(num_decode_rows)
 
     def _admit(self) -> None:
-        """Waiting requests into free slots, first come first served (see ``schedule``)."""
+        """Waiting requests into free slots, in the fair queue's order (see ``schedule``)."""
         while self.waiting:
-            request = self.waiting[0]
-            group = [request, *request.forks]
-            if self.kv.slots.num_free < len(group):
+            request = self.waiting.peek()
+            if not self._free_slots_for(request, 1 + len(request.forks)):
                 break
             active = sum(r.num_computed + r.num_pending for r in self.running)
             if self.running and active + request.num_pending > self.n_ctx:
                 break  # would not fit even with every cache evicted: wait for room
-            self.waiting.popleft()
+            self.waiting.take(request)
             params = request.params
             self._start(request, reuse_prefix=params.cache_prompt and not params.prompt_logprobs)
             for fork in request.forks:
@@ -264,24 +267,40 @@ class Scheduler:
             builder.add(request, request.num_computed, chunk)
             budget -= chunk
 
+    def _free_slots_for(self, request: Request, need: int) -> bool:
+        """Whether ``need`` slots are free, after preempting for fairness if it must."""
+        while self.kv.slots.num_free < need:
+            victim = unfair_victim(self.running, self.waiting, request, self.kv.slots.num_slots)
+            if victim is None:
+                return False
+            self._preempt(victim, keep_cells=True)
+            self.counters.fairness_preemptions += 1
+        return True
+
     def _preempt_youngest(self) -> bool:
-        """Send the youngest running sequence back to the front of the queue, its cells
-        dropped (it is recomputed when admitted again). False when only one runs."""
+        """Send the youngest running sequence back to the queue, its cells dropped to make
+        KV room (it is recomputed when admitted again). False when only one runs."""
         if len(self.running) <= 1:
             return False
-        victim = self.running[-1]
+        self._preempt(self.running[-1], keep_cells=False)
+        self.counters.preemptions += 1
+        return True
+
+    def _preempt(self, victim: Request, keep_cells: bool) -> None:
+        """Back to its place in the queue (its tag is kept). Its computed cells stay as its
+        slot's prefix cache (``keep_cells``) or are dropped."""
         self._detach_forks(victim)
         if victim.fork_of is not None:
             victim.fork_of.forks.remove(victim)
             victim.fork_of = None  # it will compute its own prompt
-        self.kv.drop(victim)
-        victim.num_computed = 0
+        if not keep_cells:
+            self.kv.drop(victim)
+            victim.num_computed = 0
         self.kv.release(victim, self.steps)
+        victim.num_computed = 0
         self.running.remove(victim)
         victim.status = RequestStatus.WAITING
-        self.waiting.appendleft(victim)
-        self.counters.preemptions += 1
-        return True
+        self.waiting.push(victim)
 
     def _detach_forks(self, request: Request) -> None:
         """The group's first request is gone before its prompt was computed: each sibling
@@ -289,7 +308,8 @@ class Scheduler:
         for fork in request.forks:
             fork.fork_of = None
             if fork.status == RequestStatus.WAITING:
-                self.waiting.appendleft(fork)
+                fork.queue_key = request.queue_key  # its group's place in line
+                self.waiting.push(fork)
         request.forks.clear()
 
     # -- after the decode ---------------------------------------------------------------------

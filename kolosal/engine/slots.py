@@ -37,6 +37,10 @@ class SlotTable:
         self.slots = [Slot(seq_id) for seq_id in range(num_slots)]
 
     @property
+    def num_slots(self) -> int:
+        return len(self.slots)
+
+    @property
     def num_free(self) -> int:
         return sum(1 for slot in self.slots if not slot.busy)
 

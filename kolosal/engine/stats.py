@@ -77,6 +77,7 @@ class EngineStats:
     cache_hits: int = 0
     cached_tokens: int = 0
     preemptions: int = 0
+    fairness_preemptions: int = 0   # a tenant over its fair share gave up a slot
     prompt_tokens_total: int = 0
     generated_tokens_total: int = 0
     requests_finished: int = 0
