@@ -30,7 +30,7 @@ from .engine_thread import EngineThread
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
 from .holders import Holders
-from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams, Tenancy
+from .request import ANONYMOUS, ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams, Tenancy
 from .runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class AsyncEngine:
         raise EmbeddingOnlyError(self.engine_id)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = Tenancy()
+                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = ANONYMOUS
                        ) -> AsyncGenerator[tuple[int, Event], None]:
         raise EmbeddingOnlyError(self.engine_id)
         yield  # an async generator, like the real one
@@ -246,7 +246,7 @@ class GenerationEngine(AsyncEngine):
         return self._open_generation().vocab.token_to_piece(token)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = Tenancy()
+                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = ANONYMOUS
                        ) -> AsyncGenerator[tuple[int, Event], None]:
         """Yield ``(choice index, event)``: TokenEvents, then one FinishEvent or ErrorEvent per
         choice. ``n`` choices share one prefill of the prompt (KV copied to each) and sample

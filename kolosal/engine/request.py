@@ -57,6 +57,7 @@ class Tenancy:
     priority: int = 0
 
 
+ANONYMOUS = Tenancy()
 QueueKey = tuple[int, float, int]  # (priority, start tag, arrival order): fair_queue.py
 
 
@@ -169,7 +170,7 @@ class Request:
     drafter: Drafter | None = None       # set when this sequence drafts (speculative decoding)
     fork_of: Request | None = None       # n > 1: the group's first request, until forked
     forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
-    tenancy: Tenancy = Tenancy()
+    tenancy: Tenancy = ANONYMOUS
     queue_key: QueueKey | None = None    # its place in the wait queue, kept across preemptions
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
