@@ -225,10 +225,13 @@ def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
                       function_name: str | None = None, parallel: bool = True,
                       max_calls: int | None = None, reasoning: ReasoningMode = "none",
                       special_tokens: Mapping[str, int] | None = None,
-                      tokenizer: llguidance.LLTokenizer | None = None) -> str:
+                      tokenizer: llguidance.LLTokenizer | None = None,
+                      answer_schema: Mapping[str, Any] | None = None) -> str:
     """Output that is one call (or with ``parallel``, one or more calls, at most
     ``max_calls`` if given) of ``tools`` in ``family``'s format, arguments valid against
-    each function's parameters schema.
+    each function's parameters schema; with ``answer_schema``, or else one JSON value
+    valid against it (tools offered beside a ``response_format``: the model calls a tool
+    or answers in the format; where calls are bare JSON, one call).
 
     For ``tool_choice: "required"`` pass all tools; for a named function pass its name
     as ``function_name``. Raises GrammarError naming the tool whose schema is unusable.
@@ -255,8 +258,60 @@ def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
                      f"{_call_tail(family)}")
         alternatives.append(f"call_{number}")
     rules.append("call: " + " | ".join(alternatives))
-    return _lark_grammar(_calls_body(family, special_tokens, limit), rules, reasoning,
-                         special_tokens, tokenizer)
+    body = _calls_body(family, special_tokens, limit)
+    if answer_schema is not None:
+        _, problem = _schema_grammar(answer_schema)
+        if problem:
+            raise GrammarError(f"invalid JSON schema: {problem}")
+        if family in BARE_JSON_FAMILIES:
+            either = _call_or_answer(family, tools, answer_schema)
+            return _lark_grammar("answer", [f"answer: {_json_rule(either)}"], reasoning, special_tokens,
+                                 tokenizer)
+        rules.append(f"answer: {_json_rule(answer_schema)}")
+        body = f"({body}) | answer"
+    return _lark_grammar(body, rules, reasoning, special_tokens, tokenizer)
+
+
+# Families whose call is a bare JSON object, like an answer: the grammar's lexer cannot
+# choose between a call's literal head and an answer's JSON, so one schema says both.
+BARE_JSON_FAMILIES = (ToolFamily.JSON, ToolFamily.LLAMA3)
+
+
+def _call_or_answer(family: ToolFamily, tools: Sequence[Mapping[str, Any]],
+                    answer: Mapping[str, Any]) -> dict[str, Any]:
+    """One JSON schema for one call of any tool (``{"name": ..., "arguments": ...}``) or
+    the answer. Each alternative keeps its own ``$defs``: it moves under the root's
+    ``$defs`` and its local ``$ref``s are rewritten to its new place."""
+    key = "parameters" if family is ToolFamily.LLAMA3 else "arguments"
+    alternatives: dict[str, Any] = {}
+    for number, tool in enumerate(tools):
+        base = f"#/$defs/call_{number}"
+        alternatives[f"call_{number}"] = {
+            "type": "object", "required": ["name", key], "additionalProperties": False,
+            "properties": {"name": {"const": str(tool["function"].get("name", ""))},
+                           key: _rebased(_parameters(tool), f"{base}/properties/{key}")}}
+    alternatives["answer"] = _rebased(answer, "#/$defs/answer")
+    return {"anyOf": [{"$ref": f"#/$defs/{name}"} for name in alternatives], "$defs": alternatives}
+
+
+_DATA_KEYWORDS = ("const", "enum", "default", "examples")  # values, not schemas
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` with every local ``$ref`` (``#...``) moved under ``base``."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    moved: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            moved[key] = base + value[1:]
+        elif key in _DATA_KEYWORDS:
+            moved[key] = value
+        else:
+            moved[key] = _rebased(value, base)
+    return moved
 
 
 def _call_head(family: ToolFamily, name: str, special: Mapping[str, int] | None) -> str:

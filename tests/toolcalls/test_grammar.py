@@ -287,3 +287,23 @@ def test_objects_without_a_word_on_extra_keys_admit_none() -> None:
         "name": "f", "parameters": person}}], reasoning="none")
     assert accepts(call, format_tool_calls(ToolFamily.HERMES, [("f", '{"name": "Ada"}')]))
     assert not accepts(call, format_tool_calls(ToolFamily.HERMES, [("f", '{"name": "Ada", "x": 1}')]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tools_beside_a_response_format_allow_a_call_or_an_answer(family: ToolFamily) -> None:
+    grammar = tool_call_grammar(family, TOOLS, answer_schema=PERSON)
+    assert accepts(grammar, calls_text(family, ("get_weather", {"city": "Oslo"})))
+    assert accepts(grammar, json.dumps({"name": "Ann", "role": "admin", "age": 30}))
+    assert not accepts(grammar, json.dumps({"name": "Ann", "role": "boss", "age": 30}))
+    assert not accepts(grammar, "Hello there")
+    rng = random.Random(5)
+    for text in (sample(grammar, rng) for _ in range(examples(20))):
+        if text is None:
+            continue
+        if not parse_tool_calls(text, family, NAMES).tool_calls:  # no call: a valid answer
+            jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_a_bad_answer_schema_beside_tools_is_named() -> None:
+    with pytest.raises(GrammarError, match="invalid JSON schema"):
+        tool_call_grammar(ToolFamily.HERMES, TOOLS, answer_schema={"type": "nonsense"})
