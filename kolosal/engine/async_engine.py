@@ -30,7 +30,6 @@ from .engine_thread import EngineThread
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
 from .holders import Holders
-from .lora import LoraTable
 from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams
 from .runner import ModelRunner
 
@@ -194,13 +193,13 @@ class AsyncEngine:
         embedding engine's requests with tools are refused at submission)."""
         return {}
 
-    def token_piece(self, token: int) -> bytes:
-        raise EmbeddingOnlyError(self.engine_id)
-
     def lora_adapters(self) -> list[dict[str, Any]]:
         raise EmbeddingOnlyError(self.engine_id)
 
     def set_lora_scales(self, scales: list[tuple[int, float]]) -> None:
+        raise EmbeddingOnlyError(self.engine_id)
+
+    def token_piece(self, token: int) -> bytes:
         raise EmbeddingOnlyError(self.engine_id)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
@@ -220,7 +219,7 @@ class GenerationEngine(AsyncEngine):
 
     def __init__(self, config: EngineConfig, runner: ModelRunner, holders: Holders) -> None:
         self._generation_runner = runner
-        self._lora = LoraTable(config.lora)
+        self._lora = runner.lora
         self._engine_thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
                                            config.max_queue, config.engine_id)
         super().__init__(config, runner, self._engine_thread, holders, "generation")
@@ -288,12 +287,14 @@ class GenerationEngine(AsyncEngine):
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         arrival = time.monotonic()
-        adapters = self._lora.resolve(params.lora)
         group = [Request(request_id=f"{request_id}-{index}" if n > 1 else request_id,
                          prompt_ids=list(prompt_ids), params=params.for_choice(index), arrival=arrival,
-                         sink=EventSink(loop, events, index), adapters=adapters,
+                         sink=EventSink(loop, events, index),
                          deadline=None if timeout_s is None else arrival + timeout_s)
                  for index in range(n)]
+        adapters = self._lora.resolve(params.lora)  # the engine's scales as they are now
+        for request in group:
+            request.adapters = adapters
         if params.grammar is not None:
             for request in group:
                 request.constraint = await self.compile_grammar(params.grammar)

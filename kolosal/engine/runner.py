@@ -21,7 +21,7 @@ from ..llama.sampler import SampleScratch
 from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
-from .lora import BASE_MODEL, LoraSpec
+from .lora import BASE_MODEL, LoraSpec, LoraTable
 from .plan import StepOutput, StepPlan
 from .request import Request, SamplerLike, SamplingParams, TokenLogprob
 from .scheduler import SchedulerPolicy
@@ -82,6 +82,7 @@ class ModelRunner:
             self.model.close()
             raise
         self._applied = BASE_MODEL  # the adapter set the context applies
+        self.lora = LoraTable(config.lora)  # ids, paths and default scales, for requests
         self.batch = Batch(self.context.n_batch)
         self.vocab = self.model.vocab
         self.num_slots = config.resolved_parallel

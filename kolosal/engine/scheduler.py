@@ -302,7 +302,7 @@ class Scheduler:
         """libllama found no room (nothing was committed): shrink the budget, evict caches,
         and if the step was decode-only, preempt the youngest sequence."""
         self.kv.make_room(self.n_ctx)
-        if plan.num_tokens > len(self.running):
+        if plan.num_tokens > plan.num_decode_rows:
             self._budget_cap = max(1, plan.num_tokens // 2)
         else:
             self._preempt_youngest()

@@ -75,6 +75,19 @@ def test_turns_skip_sets_with_no_work_and_wrap_around() -> None:
     assert turns.pick([]) == ()  # nothing at work: the last set stays
 
 
+def test_no_kv_slot_on_a_step_with_a_prompt_chunk_shrinks_it_whatever_the_other_sets_run() -> None:
+    scheduler = make(num_slots=4, n_batch=64)
+    others = [request([1, 2], B, 20, f"b{i}") for i in range(3)]
+    for member in others:
+        scheduler.add(member)
+    step(scheduler)  # B's prompts; A's comes next, a 3-token chunk: fewer rows than running
+    scheduler.add(request([4, 5, 6], A, 4, "a"))
+    plan = scheduler.schedule()
+    assert plan is not None and plan.adapters == A and plan.num_tokens == 3 < len(scheduler.running)
+    scheduler.on_no_kv_slot(plan)
+    assert scheduler.counters.preemptions == 0 and len(scheduler.running) == 4
+
+
 def finish(scheduler: Scheduler, member: Request) -> None:
     scheduler.add(member)
     while not member.is_finished:
