@@ -191,6 +191,14 @@ int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
 void llama_synchronize(struct llama_context * ctx);
 
+/* ---- LoRA adapters (kolosal/llama/adapter.py): one set with scales per context ---- */
+struct llama_adapter_lora;
+struct llama_adapter_lora * llama_adapter_lora_init(struct llama_model * model, const char * path_lora);
+void llama_adapter_lora_free(struct llama_adapter_lora * adapter);
+uint64_t llama_adapter_get_alora_n_invocation_tokens(const struct llama_adapter_lora * adapter);
+int32_t llama_set_adapters_lora(struct llama_context * ctx, struct llama_adapter_lora ** adapters,
+                                size_t n_adapters, float * scales);
+
 /* ---- embeddings (kolosal/llama/context.py, used by kolosal/engine/embedding.py) ---- */
 enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);
 void llama_set_embeddings(struct llama_context * ctx, bool embeddings);

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..llama import BatchInvariantUnavailableError, ModelLoadError
+from ..llama import AdapterLoadError, BatchInvariantUnavailableError, ModelLoadError
 from .config import EngineConfig
 from .constraint import Constraint
 from .embedding import (
@@ -119,6 +119,8 @@ class AsyncEngine:
         the model loaded frees it again."""
         try:
             runner = await asyncio.to_thread(make_runner, config, on_progress)
+        except AdapterLoadError as error:  # the model loaded; an adapter did not fit it
+            raise InvalidRequestError(str(error), param="lora") from error
         except ModelLoadError as error:
             raise ModelLoadFailedError(str(error)) from error
         except BatchInvariantUnavailableError as error:  # a setting this process cannot apply
@@ -191,6 +193,12 @@ class AsyncEngine:
         embedding engine's requests with tools are refused at submission)."""
         return {}
 
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        raise EmbeddingOnlyError(self.engine_id)
+
+    def set_lora_scales(self, scales: list[tuple[int, float]]) -> None:
+        raise EmbeddingOnlyError(self.engine_id)
+
     def token_piece(self, token: int) -> bytes:
         raise EmbeddingOnlyError(self.engine_id)
 
@@ -205,10 +213,13 @@ class AsyncEngine:
 
 
 class GenerationEngine(AsyncEngine):
-    """A generation model behind the continuous-batching scheduler thread."""
+    """A generation model behind the continuous-batching scheduler thread, with its LoRA
+    adapters: each request runs under its own adapter set, resolved when it is submitted
+    (lora.py); the steps of different sets take turns (adapters.py)."""
 
     def __init__(self, config: EngineConfig, runner: ModelRunner, holders: Holders) -> None:
         self._generation_runner = runner
+        self._lora = runner.lora
         self._engine_thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
                                            config.max_queue, config.engine_id)
         super().__init__(config, runner, self._engine_thread, holders, "generation")
@@ -229,6 +240,21 @@ class GenerationEngine(AsyncEngine):
         vocab_size = runner.vocab.n_tokens
         if any(not 0 <= token < vocab_size for token in prompt_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", param="prompt")
+        self._lora.resolve(params.lora)  # InvalidRequestError (param "lora") for a bad entry
+
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        """The engine's adapters as llama-server's GET /lora-adapters lists them:
+        ``[{"id", "path", "scale"}]``, scale the current default."""
+        self._open_generation()
+        return self._lora.describe()
+
+    def set_lora_scales(self, scales: list[tuple[int, float]]) -> None:
+        """New default scales, as llama-server's POST /lora-adapters: each (id, scale) given,
+        every adapter not named off. Requests submitted afterwards run with them (those
+        already submitted keep theirs). InvalidRequestError (param ``lora``) for an
+        unknown or repeated id or a scale outside [0, MAX_LORA_SCALE]: nothing changes."""
+        self._open_generation()
+        self._lora.set_scales(scales)
 
     async def compile_grammar(self, grammar: str) -> Constraint:
         """A grammar state for one request; compiling runs off the event loop (the first
@@ -267,6 +293,9 @@ class GenerationEngine(AsyncEngine):
                          sink=EventSink(loop, events, index), tenancy=tenancy,
                          deadline=None if timeout_s is None else arrival + timeout_s)
                  for index in range(n)]
+        adapters = self._lora.resolve(params.lora)  # the engine's scales as they are now
+        for request in group:
+            request.adapters = adapters
         if params.grammar is not None:
             for request in group:
                 request.constraint = await self.compile_grammar(params.grammar)

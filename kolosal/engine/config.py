@@ -2,10 +2,13 @@
 it is set (flag, environment, config file, POST /engines), its default and its bounds."""
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ..options import check_options, option
+from ..options import OptionValueError, check_options, option
+from .lora import LoraSpec, lora_specs
 
 if TYPE_CHECKING:
     from ..llama import ContextParams, ModelParams
@@ -30,6 +33,23 @@ def _pooling(text: str) -> str:
     if text not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {text!r}")
     return text
+
+
+def _check_lora(config: EngineConfig) -> None:
+    """The adapters in their one form (LoraSpec), each file present: OptionValueError naming
+    ``lora`` otherwise (its content is checked when it loads: llama/adapter.py)."""
+    try:
+        specs = lora_specs(config.lora)
+    except ValueError as error:
+        raise OptionValueError("lora", f"lora: {error}") from None
+    for spec in specs:
+        try:
+            mode = os.stat(spec.path).st_mode
+        except OSError as error:
+            raise OptionValueError("lora", f"LoRA adapter {spec.path}: {error.strerror or error}") from None
+        if not stat.S_ISREG(mode):
+            raise OptionValueError("lora", f"LoRA adapter {spec.path} is not a regular file")
+    object.__setattr__(config, "lora", specs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +106,15 @@ class EngineConfig:
     pooling: Literal["mean", "cls", "last"] | None = option(
         None, "how an embedding engine pools token vectors (default: the GGUF's, else mean); "
         "setting it makes an embedding engine", flag="--pooling", parse=_pooling)
+    lora: tuple[LoraSpec, ...] = option(
+        (), "LoRA adapters (GGUF) loaded with the model, each {path, scale} (scale 1 by default, "
+        "0 = off); ids are their positions; a request picks its own set (lora.py)", http=False)
 
     def __post_init__(self) -> None:
         if not self.engine_id:
             raise ValueError("engine_id must be a non-empty string")
         check_options(self)
+        _check_lora(self)
         if self.pooling is not None:
             _pooling(self.pooling)
         if self.cache_type_v != "f16" and self.flash_attn == "off":

@@ -108,6 +108,9 @@ def make_runner(config: EngineConfig, progress: ProgressCallback | None = None
     pooling = resolve_pooling(config)
     if pooling is None:
         return ModelRunner(config, progress)
+    if config.lora:
+        raise InvalidRequestError("LoRA adapters are served by generation engines, not embedding ones",
+                                  param="lora")
     return EmbeddingRunner(config, pooling, progress)
 
 

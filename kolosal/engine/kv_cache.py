@@ -10,6 +10,8 @@ Policy:
   prefix is lent only while the cells the next token's window needs are still there.
 - Room is made by evicting free slots' caches, least recently used first; running
   sequences are never evicted here (the scheduler preempts them).
+- Cells computed under one LoRA adapter set are lent only to a request of the same set
+  (``Request.adapters``, ``Slot.adapters``): under another set their keys and values differ.
 """
 from __future__ import annotations
 
@@ -71,9 +73,10 @@ class KVCache:
         whether they were shared from another slot's cells (else they are the slot's own
         cache, or none)."""
         tokens = request.token_ids
-        acquired = self.slots.acquire(tokens)
+        acquired = self.slots.acquire(tokens, request.adapters)
         assert acquired is not None
         slot, own = acquired
+        slot.adapters = request.adapters
         if reuse_prefix:
             source, shared = self.slots.best_source(tokens, self._holders(slot))
             if source is not None and shared > own and self._window_intact(source.seq_id, shared):
@@ -98,12 +101,14 @@ class KVCache:
         self.slots.release(self.slot(request), request.token_ids[:request.num_computed], step)
 
     def _holders(self, taken: Slot) -> list[tuple[Slot, list[int], int]]:
-        """Every other slot with tokens in its KV: free slots' caches and running sequences'
-        computed tokens, as (slot, tokens, how many of them the KV holds)."""
+        """Every other slot with tokens in its KV computed under ``taken``'s adapter set: free
+        slots' caches and running sequences' computed tokens, as (slot, tokens, how many of
+        them the KV holds)."""
+        adapters = taken.adapters
         holders = [(s, s.cached_ids, len(s.cached_ids)) for s in self.slots.slots
-                   if not s.busy and s is not taken and s.cached_ids]
+                   if not s.busy and s is not taken and s.cached_ids and s.adapters == adapters]
         holders += [(self.slot(r), r.token_ids, r.num_computed) for r in self._running
-                    if r.num_computed > 0]
+                    if r.num_computed > 0 and r.adapters == adapters]
         return holders
 
     def _window_intact(self, seq_id: int, prefix: int) -> bool:

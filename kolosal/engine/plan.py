@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .lora import BASE_MODEL, AdapterSet
 from .request import Event, Request, TokenLogprob
 
 
@@ -28,6 +29,7 @@ class StepPlan:
     # (index in sampled, first batch row, count) of draft tokens to verify, after the
     # sequence's decode row; their tokens are tokens[first:first + count]
     num_padding: int = 0                      # the last this many drafts are padding rows
+    adapters: AdapterSet = BASE_MODEL         # the LoRA adapter set of every row (adapters.py)
 
     @property
     def num_tokens(self) -> int:
@@ -63,10 +65,12 @@ class Emission:
 
 class PlanBuilder:
     """Accumulates the rows of one step within a token budget: chunks of sequences
-    (``add``), then draft rows after their decode rows (``add_draft``)."""
+    (``add``), then draft rows after their decode rows (``add_draft``), all of one adapter
+    set (``adapters``)."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, adapters: AdapterSet = BASE_MODEL) -> None:
         self.budget = budget
+        self.adapters = adapters
         self.tokens: list[int] = []
         self.positions: list[int] = []
         self.seq_ids: list[int] = []
@@ -129,4 +133,4 @@ class PlanBuilder:
                         np.asarray(self.positions, dtype=np.int32),
                         np.asarray(self.seq_ids, dtype=np.int32), logits, self.scheduled, sampled,
                         np.asarray(rows, dtype=np.int32), num_decode_rows, self.prompt_rows, drafts,
-                        self.num_padding)
+                        self.num_padding, self.adapters)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import EngineError
+from .lora import BASE_MODEL, AdapterSet
 
 if TYPE_CHECKING:
     from .constraint import Constraint
@@ -40,6 +41,8 @@ class SamplingParams:
     special_as_text: bool = False        # control tokens (tool-call / reasoning markers) as text
     speculative: int | None = None       # draft tokens per step: None = the engine's setting,
     # 0 = off, k = at most k, SPECULATE_ON = on at the engine's length (DEFAULT_DRAFT_MAX if off)
+    lora: tuple[tuple[int, float], ...] | None = None  # (adapter id, scale): exactly these
+    # adapters (the others off; scale 0 = off); None = the engine's current scales (lora.py)
 
     def for_choice(self, index: int) -> SamplingParams:
         """The params of choice ``index`` of an n > 1 request: its own seed."""
@@ -168,6 +171,7 @@ class Request:
     constraint: Constraint | None = None
     detokenizer: Detokenizer | None = None
     drafter: Drafter | None = None       # set when this sequence drafts (speculative decoding)
+    adapters: AdapterSet = BASE_MODEL    # its LoRA adapter set, resolved at submission
     fork_of: Request | None = None       # n > 1: the group's first request, until forked
     forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
     tenancy: Tenancy = ANONYMOUS

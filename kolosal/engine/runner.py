@@ -1,6 +1,7 @@
-"""Runs a StepPlan on libllama: fill the batch, decode, then read each output row:
-logprobs (rows that asked), grammar masks (constrained rows), sampling. The only engine
-module that imports kolosal.llama."""
+"""Runs a StepPlan on libllama: apply the step's LoRA adapter set (when it differs from the
+context's), fill the batch, decode, then read each output row: logprobs (rows that asked),
+grammar masks (constrained rows), sampling. The only engine module that imports
+kolosal.llama."""
 from __future__ import annotations
 
 import os
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..llama import Batch, Context, DecodeStatus, Model, Sampler, SamplerSettings
+from ..llama import Batch, Context, DecodeStatus, LoraAdapter, Model, Sampler, SamplerSettings
 from ..llama.grammar import build_lltokenizer, is_grammar_special
 from ..llama.model import ProgressCallback
 from ..llama.sampler import SampleScratch
 from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
+from .lora import BASE_MODEL, LoraSpec, LoraTable
 from .plan import StepOutput, StepPlan
 from .request import Request, SamplerLike, SamplingParams, TokenLogprob
 from .scheduler import SchedulerPolicy
@@ -50,14 +52,37 @@ class StepResult:
         return self.status.name
 
 
+def load_adapters(model: Model, specs: tuple[LoraSpec, ...]) -> list[LoraAdapter]:
+    """The engine's LoRA adapters, in order (an adapter's id is its position); when one
+    fails (AdapterLoadError) those already loaded are freed."""
+    adapters: list[LoraAdapter] = []
+    try:
+        for spec in specs:
+            adapters.append(LoraAdapter(model, spec.path))
+    except BaseException:
+        for adapter in adapters:
+            adapter.close()
+        raise
+    return adapters
+
+
 class ModelRunner:
+    """The model, its LoRA adapters and one context. The context applies one adapter set
+    at a time; ``run`` changes it only when a step's set differs (libllama then re-plans
+    its compute graph once)."""
+
     def __init__(self, config: EngineConfig, progress: ProgressCallback | None = None) -> None:
         self.model = Model(config.model_path, config.model_params(), progress=progress)
+        self.adapters: list[LoraAdapter] = []
         try:
+            self.adapters = load_adapters(self.model, config.lora)
             self.context = Context(self.model, config.context_params())
         except Exception:
+            self._free_adapters()
             self.model.close()
             raise
+        self._applied = BASE_MODEL  # the adapter set the context applies
+        self.lora = LoraTable(config.lora)  # ids, paths and default scales, for requests
         self.batch = Batch(self.context.n_batch)
         self.vocab = self.model.vocab
         self.num_slots = config.resolved_parallel
@@ -75,7 +100,12 @@ class ModelRunner:
             self._sample_pool.shutdown(wait=True)
         self.batch.close()
         self.context.close()
+        self._free_adapters()  # after the context that applied them, before their model
         self.model.close()
+
+    def _free_adapters(self) -> None:
+        for adapter in self.adapters:
+            adapter.close()
 
     def grammar(self) -> GrammarEngine:
         """The model's grammar engine, built on first use (about a second for a large
@@ -108,6 +138,9 @@ class ModelRunner:
         return Sampler(settings, self.context.n_vocab, self._sample_scratch)
 
     def run(self, plan: StepPlan) -> StepResult:
+        if plan.adapters != self._applied:
+            self.context.set_adapters([(self.adapters[index], scale) for index, scale in plan.adapters])
+            self._applied = plan.adapters
         self.batch.fill(plan.tokens, plan.positions, plan.seq_ids, plan.logits)
         started = time.perf_counter()
         status = self.context.decode(self.batch)

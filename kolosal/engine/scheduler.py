@@ -4,13 +4,15 @@ the sampled tokens mean afterwards. Never imports libllama, so it tests in milli
 Each step hands out a token budget (``n_batch``): one row per decoding sequence first,
 then chunks of pending prompts (at most ``prefill_budget`` tokens while anything decodes),
 so a long prompt never stalls running streams; then, from what is left, draft rows of
-sequences that speculate (speculative.py), as many as are worth their cost.
+sequences that speculate (speculative.py), as many as are worth their cost. Every row of a
+step belongs to one LoRA adapter set; the sets at work take turns (adapters.py).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .adapters import AdapterTurns
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
 from .fair_queue import FairQueue, unfair_victim
@@ -70,6 +72,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.kv = KVCache(num_slots, n_ctx, memory, self.running, self.policy.swa_window)
         self.speculation = Speculation(self.kv, self.policy.draft_max, self.policy.pad_rows)
+        self.turns = AdapterTurns()
         self.counters = SchedulerCounters()
         self.steps = 0  # successful steps: the clock of slot LRU and draft pauses
         self._budget_cap = n_batch  # lowered after a "no KV slot" decode, restored on success
@@ -189,12 +192,14 @@ class Scheduler:
         5. What is left goes to draft rows of speculating sequences, and a step whose every
            row has logits may take a row or more where that makes it cheaper
            (``Speculation.plan``).
+        Steps 3 to 5 take only the sequences of the step's LoRA adapter set: the sets at
+        work take turns (``AdapterTurns``); the others' rows wait for theirs.
         """
         self._admit()
         if not self.running:
             return None
-        decoding = self._ensure_decode_room()
-        builder = PlanBuilder(min(self._budget_cap, self.n_batch))
+        builder = PlanBuilder(min(self._budget_cap, self.n_batch), self.turns.pick(self.running))
+        decoding = [r for r in self._ensure_decode_room() if r.adapters == builder.adapters]
         for request in decoding[:builder.budget]:
             builder.add(request, request.num_computed, 1)
         num_decode_rows = len(builder.scheduled)
@@ -255,7 +260,7 @@ class Scheduler:
         for request in self.running:
             if budget <= 0:
                 break
-            if request.num_pending <= 1 or request.awaits_fork:
+            if request.num_pending <= 1 or request.awaits_fork or request.adapters != builder.adapters:
                 continue
             chunk = min(request.num_pending, budget)
             if request.params.prompt_logprobs:
@@ -317,7 +322,7 @@ class Scheduler:
         """libllama found no room (nothing was committed): shrink the budget, evict caches,
         and if the step was decode-only, preempt the youngest sequence."""
         self.kv.make_room(self.n_ctx)
-        if plan.num_tokens > len(self.running):
+        if plan.num_tokens > plan.num_decode_rows:
             self._budget_cap = max(1, plan.num_tokens // 2)
         else:
             self._preempt_youngest()

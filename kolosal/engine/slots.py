@@ -1,13 +1,17 @@
 """KV slots: one seq_id each. A free slot keeps the tokens of its last sequence as a
 prefix cache. A new request takes the free slot whose loss costs least (one whose whole
 cache it extends, else an empty one, else the least recently used), and any slot, free or
-running, can lend it a longer prefix: its cells are shared (``seq_copy``), not recomputed."""
+running, can lend it a longer prefix: its cells are shared (``seq_copy``), not recomputed.
+Cells are keyed by the LoRA adapter set they were computed under (``Slot.adapters``): a
+cache or a running sequence lends its prefix only to a request of the same set."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .lora import BASE_MODEL, AdapterSet
 
 QUICK_COMPARE = 32  # tokens compared in Python before numpy takes over
 
@@ -18,6 +22,7 @@ class Slot:
     cached_ids: list[int] = field(default_factory=list)  # what the KV holds while free
     busy: bool = False
     last_used: int = 0  # step counter, for LRU eviction
+    adapters: AdapterSet = BASE_MODEL  # the adapter set its cells were computed under
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -44,23 +49,25 @@ class SlotTable:
     def num_free(self) -> int:
         return sum(1 for slot in self.slots if not slot.busy)
 
-    def acquire(self, token_ids: list[int]) -> tuple[Slot, int] | None:
+    def acquire(self, token_ids: list[int], adapters: AdapterSet = BASE_MODEL) -> tuple[Slot, int] | None:
         """Take a free slot: the one whose whole cache this request extends, or that holds
         the request's whole prompt (the longest such: nothing is lost, and a repeated
         request lands in the same cells), else an empty one, else the least recently used,
-        so the caches of other conversations stay alive. Returns it and how many leading
-        tokens its own KV already holds (never the last token: its logits are needed)."""
+        so the caches of other conversations stay alive. A cache of another adapter set is
+        never reused, only evicted. Returns it and how many leading tokens its own KV
+        already holds for this request (never the last token: its logits are needed)."""
         best: Slot | None = None
         best_rank: tuple[int, int, int] = (-1, 0, 0)
         best_prefix = 0
         for slot in self.slots:
             if slot.busy:
                 continue
-            prefix = common_prefix_length(slot.cached_ids, token_ids)
+            same_set = slot.adapters == adapters
+            prefix = common_prefix_length(slot.cached_ids, token_ids) if same_set else 0
             # nothing lost (the longer the better) > empty > least recently used
             if not slot.cached_ids:
                 rank = (1, 0, 0)
-            elif prefix == len(slot.cached_ids) or prefix >= len(token_ids) - 1:
+            elif same_set and (prefix == len(slot.cached_ids) or prefix >= len(token_ids) - 1):
                 rank = (2, prefix, 0)
             else:
                 rank = (0, 0, -slot.last_used)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import enum
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .batch import Batch
 from .model import Model
+
+if TYPE_CHECKING:
+    from .adapter import LoraAdapter
 
 
 class DecodeStatus(enum.IntEnum):
@@ -153,6 +157,16 @@ class Context:
         if code < -1:
             raise DecodeError(f"llama_decode failed with code {code}")
         return DecodeStatus(code)
+
+    def set_adapters(self, adapters: Sequence[tuple[LoraAdapter, float]]) -> None:
+        """Apply these LoRA adapters at these scales to every later decode of this context
+        (libllama keeps one set per context; an empty list applies none)."""
+        if not adapters:
+            self._lib.llama_set_adapters_lora(self.ptr, self._ffi.NULL, 0, self._ffi.NULL)
+            return
+        pointers = self._ffi.new("struct llama_adapter_lora *[]", [adapter.ptr for adapter, _ in adapters])
+        scales = self._ffi.new("float[]", [scale for _, scale in adapters])
+        self._lib.llama_set_adapters_lora(self.ptr, pointers, len(adapters), scales)
 
     def logits_row(self, row: int) -> np.ndarray:
         """A read-only numpy view of one output row's logits (valid until the next decode)."""
