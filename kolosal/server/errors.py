@@ -96,6 +96,7 @@ PREVIOUS_RESPONSE_NOT_FOUND = Rule(400, code="previous_response_not_found",
                                    param="previous_response_id",
                                    message="Previous response with id '{subject}' not found.")
 Table = tuple[tuple[type[BaseException], Rule], ...]
+GENERATION_STATUSES = (404, 500, 504)   # error statuses of a generation: unknown model, failure, deadline
 
 ENGINE_ERRORS: Table = (
     (EngineNotFoundError, MODEL_NOT_FOUND),

@@ -172,21 +172,27 @@ class RequestRecord:
         self.finished = True
         self.status = status
         self.usage = usage or self.usage
-        metrics = self.metrics
         duration = time.perf_counter() - self.started
-        endpoint = self.route
-        model = metrics.model_label(self.model)
-        metrics.requests.labels(endpoint, model, str(status)).inc()
-        metrics.duration.labels(endpoint, model).observe(duration)
         ttft = self.first_token_at - self.started if self.first_token_at else None
-        if self.usage is not None:
-            metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
-            metrics.generated_tokens.labels(model).inc(self.usage.completion_tokens)
-            if ttft is not None:
-                metrics.ttft.labels(model).observe(ttft)
-                if self.usage.completion_tokens > 1:
-                    gap = (duration - ttft) / (self.usage.completion_tokens - 1)
-                    metrics.inter_token.labels(model).observe(gap)
+        self._count(status, duration, ttft)
+        self._log(status, duration, ttft)
+
+    def _count(self, status: int, duration: float, ttft: float | None) -> None:
+        metrics = self.metrics
+        model = metrics.model_label(self.model)
+        metrics.requests.labels(self.route, model, str(status)).inc()
+        metrics.duration.labels(self.route, model).observe(duration)
+        if self.usage is None:
+            return
+        metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
+        metrics.generated_tokens.labels(model).inc(self.usage.completion_tokens)
+        if ttft is not None:
+            metrics.ttft.labels(model).observe(ttft)
+            if self.usage.completion_tokens > 1:
+                gap = (duration - ttft) / (self.usage.completion_tokens - 1)
+                metrics.inter_token.labels(model).observe(gap)
+
+    def _log(self, status: int, duration: float, ttft: float | None) -> None:
         quiet = self.quiet and status < 400
         access_log.log(  # the formatter escapes control characters in every field
             logging.DEBUG if quiet else logging.INFO, "%s %s %d", self.method, clip(self.path), status,

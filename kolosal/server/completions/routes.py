@@ -6,7 +6,7 @@ import secrets
 
 from quart import Response, g
 
-from ..errors import bad_request
+from ..errors import GENERATION_STATUSES, bad_request
 from ..http import parse_body
 from ..leases import held_engine
 from ..records import log_prompt
@@ -17,8 +17,6 @@ from .generation import start
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .shapes import ChatCompletion, Completion, Envelope
 from .writers import ChatWriter, CompletionWriter, respond
-
-GENERATION_ERRORS = (404, 500, 504)   # unknown model; inference failure; deadline passed
 
 
 def new_id(prefix: str) -> str:
@@ -70,8 +68,8 @@ async def completions() -> Response:
 ROUTES = (
     Route("post", ("/v1/chat/completions", "/chat/completions"), chat_completions,
           "Chat completion (stream or not)", ChatCompletionRequest, ChatCompletion,
-          errors=GENERATION_ERRORS, stream=True),
+          errors=GENERATION_STATUSES, stream=True),
     Route("post", ("/v1/completions", "/completions"), completions,
           "Text completion; prompt string, list or token ids", CompletionRequest, Completion,
-          errors=GENERATION_ERRORS, stream=True),
+          errors=GENERATION_STATUSES, stream=True),
 )

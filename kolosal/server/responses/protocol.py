@@ -153,13 +153,17 @@ class ResponsesRequest(SamplingFields):
         return self
 
     @model_validator(mode="after")
-    def _check_tools(self) -> ResponsesRequest:
+    def _check_tool_choice(self) -> ResponsesRequest:
         choice = self.tool_choice
         if choice is not None and choice != "none" and not self.tools:
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, FunctionChoice) and choice.name not in {t.name for t in self.tools or []}:
             raise ValueError(f"tool_choice names '{choice.name}', which is not in tools")
-        if self.tools and choice != "none" and self.format().type != "text":
+        return self
+
+    @model_validator(mode="after")
+    def _check_tools_and_format(self) -> ResponsesRequest:
+        if self.tools and self.tool_choice != "none" and self.format().type != "text":
             raise ValueError("tools cannot be combined with a text.format other than text")
         return self
 

@@ -16,10 +16,15 @@ from quart.typing import ResponseReturnValue
 
 from ..completions.chat_prompt import prepare_chat
 from ..completions.generation import start
-from ..completions.routes import GENERATION_ERRORS
 from ..completions.shapes import Envelope
 from ..completions.writers import respond
-from ..errors import PREVIOUS_RESPONSE_NOT_FOUND, RESPONSE_NOT_FOUND, APIError, from_validation_error
+from ..errors import (
+    GENERATION_STATUSES,
+    PREVIOUS_RESPONSE_NOT_FOUND,
+    RESPONSE_NOT_FOUND,
+    APIError,
+    from_validation_error,
+)
 from ..http import json_response, parse_body
 from ..leases import held_engine
 from ..routing import Route
@@ -92,7 +97,7 @@ async def delete_response(response_id: str) -> ResponseReturnValue:
 ROUTES = (
     Route("post", ("/v1/responses", "/responses"), create_response,
           "OpenAI's Responses API (stream or not; previous_response_id, store)", ResponsesRequest,
-          ResponseObject, errors=GENERATION_ERRORS, stream=True),
+          ResponseObject, errors=GENERATION_STATUSES, stream=True),
     Route("get", ("/v1/responses/{response_id}", "/responses/{response_id}"), get_response,
           "A stored response", response=ResponseObject, errors=(404,)),
     Route("delete", ("/v1/responses/{response_id}", "/responses/{response_id}"), delete_response,
