@@ -11,7 +11,7 @@ from kolosal.cli import build_parser
 from kolosal.config import ServerSettings, settings_from
 from kolosal.engine import EngineConfig
 from kolosal.options import option_fields
-from kolosal.server.protocol import EngineCreateRequest
+from kolosal.server.engines.protocol import EngineCreateRequest
 
 ENGINE_OPTIONS = option_fields(EngineConfig)
 

@@ -1,6 +1,6 @@
 """create_app(registry, settings): the Quart app. State lives on the app, not in globals;
-each concern installs its own hooks (records, auth, health, guards) and routes
-(blueprints), and this module only puts them together in order."""
+the routes come from the one route table (``endpoints.ROUTES``), each concern installs its
+own hooks (records, auth, drain, guards), and this module only puts them together in order."""
 from __future__ import annotations
 
 import asyncio
@@ -13,25 +13,15 @@ from werkzeug.exceptions import HTTPException
 
 from ..config import ServerSettings
 from ..engine import EngineError, EngineRegistry
-from . import (
-    auth,
-    guards,
-    health,
-    records,
-    routes_embeddings,
-    routes_engines,
-    routes_openai,
-    routes_responses,
-    routes_site,
-    routes_tokenize,
-)
+from . import auth, drain, guards, records
+from .endpoints import ROUTES
 from .errors import APIError, from_engine_error
 from .http import json_response
 from .observe import Metrics
+from .openapi import openapi_document
+from .routing import quiet_rules, register
 
 logger = logging.getLogger(__name__)
-BLUEPRINTS = (routes_openai.blueprint, routes_responses.blueprint, routes_engines.blueprint,
-              routes_embeddings.blueprint, routes_tokenize.blueprint, routes_site.blueprint)
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key, X-Request-Id"
 # A preflight's Access-Control-Request-Headers is echoed when it is a plain header list (the
 # OpenAI SDKs send their own x-stainless-* headers, and more with each release).
@@ -41,14 +31,14 @@ HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+
 def create_app(registry: EngineRegistry, settings: ServerSettings) -> Quart:
     app = Quart("kolosal")
     app.config.update(REGISTRY=registry, SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes,
-                      BODY_TIMEOUT=60, RESPONSE_TIMEOUT=None, METRICS=Metrics(registry))
-    for blueprint in BLUEPRINTS:
-        app.register_blueprint(blueprint)
+                      BODY_TIMEOUT=60, RESPONSE_TIMEOUT=None, METRICS=Metrics(registry),
+                      OPENAPI=openapi_document())
+    register(app, ROUTES)
     # before_request hooks run in this order: the record first, so even a refused request
     # is counted and logged
-    records.install(app, app.config["METRICS"])
+    records.install(app, app.config["METRICS"], quiet_rules(ROUTES))
     auth.install(app, settings)
-    health.register(app)  # probes; after SIGTERM, new work is refused with 503 server_draining
+    drain.install(app)  # after SIGTERM, new work is refused with 503 server_draining
     guards.install(app, settings)  # client gone, JSON bodies, Origin/Host without keys
     install_idle_unloader(app, registry)
     install_cors(app, settings)

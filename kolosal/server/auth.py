@@ -1,4 +1,6 @@
-"""API keys and admin keys: which requests need which key, compared in constant time."""
+"""API keys and admin keys: which requests need which key (the routes declared ``public``
+need none, those declared ``admin`` an admin key when admin keys are configured), compared
+in constant time."""
 from __future__ import annotations
 
 import hmac
@@ -6,10 +8,12 @@ import hmac
 from quart import Quart, request
 
 from ..config import ServerSettings
-from . import health
+from .endpoints import ROUTES
 from .errors import APIError
+from .routing import admin_prefixes, public_paths
 
-PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health", "/openapi.json"}) | health.PROBE_PATHS
+PUBLIC_PATHS = public_paths(ROUTES)
+ADMIN_PREFIXES = admin_prefixes(ROUTES)   # method -> path prefixes
 
 
 def supplied_key() -> bytes:
@@ -30,7 +34,7 @@ def key_matches(supplied: bytes, keys: list[bytes]) -> bool:
 
 def is_management(method: str, path: str) -> bool:
     """Loading and deleting engines (reading their status stays an API-key call)."""
-    return method in ("POST", "DELETE") and (path.startswith("/engines") or path.startswith("/v1/engines"))
+    return path.startswith(ADMIN_PREFIXES.get(method, ()))
 
 
 def install(app: Quart, settings: ServerSettings) -> None:

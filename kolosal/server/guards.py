@@ -125,17 +125,20 @@ class BrowserGuard:
                            "requests to a server without an API key must name it by a loopback "
                            "name or an IP address (DNS rebinding defence)",
                            type="permission_error", code="host_forbidden")
-        if origin is None or self.any_origin:
-            return  # not sent by a browser page, or every origin allowed
-        normalized = origin.rstrip("/").lower()
-        if normalized in self.origins:
-            return
-        parts = urlsplit(normalized) if normalized != "null" else None
-        if parts is not None and parts.netloc and parts.netloc == host.lower():
-            return  # same origin: e.g. the built-in chat page
+        if origin is None or self.origin_allowed(origin, host):
+            return  # not sent by a browser page, or an allowed one
         raise APIError(403, f"Origin {origin[:100]!r} may not change this server: it has no "
                        "API key, and the origin is neither this server nor in --cors-origins",
                        type="permission_error", code="origin_forbidden")
+
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """Every origin allowed, this one listed, or the server's own (e.g. the chat page)."""
+        normalized = origin.rstrip("/").lower()
+        if self.any_origin or normalized in self.origins:
+            return True
+        parts = urlsplit(normalized) if normalized != "null" else None
+        return parts is not None and bool(parts.netloc) and parts.netloc == host.lower()
 
 
 def install(app: Quart, settings: ServerSettings) -> None:

@@ -1,6 +1,7 @@
-"""Request parsing and JSON responses shared by the route modules."""
+"""Request parsing, JSON responses and SSE responses, shared by every route."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import orjson
@@ -16,6 +17,14 @@ MAX_JSON_DEPTH = 64
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status=status, headers=headers,
                     content_type="application/json")
+
+
+def sse_response(body: AsyncIterator[bytes]) -> Response:
+    response = Response(body, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    response.timeout = None  # a long generation is not a timeout
+    return response
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -21,9 +21,6 @@ UNMATCHED_ROUTE = "unmatched"   # endpoint label of requests no route matched (4
 OTHER_MODEL = "other"           # model label of names that are not a known engine
 NO_MODEL = "-"
 LOGGED_TEXT_LIMIT = 256         # characters of a client-chosen path/model kept in the log
-# Balancers probe every second and Prometheus scrapes every few: their successful calls are
-# logged at DEBUG, so they do not drown the requests (a failing probe stays at INFO).
-QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/health", "/v1/health", "/metrics"})
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -155,6 +152,7 @@ class RequestRecord:
     method: str
     path: str
     route: str = UNMATCHED_ROUTE   # the matched route's template: a bounded label
+    quiet: bool = False            # a probe or scrape: logged at DEBUG unless it failed
     started: float = field(default_factory=time.perf_counter)
     model: str = ""
     status: int = 0
@@ -174,22 +172,28 @@ class RequestRecord:
         self.finished = True
         self.status = status
         self.usage = usage or self.usage
-        metrics = self.metrics
         duration = time.perf_counter() - self.started
-        endpoint = self.route
-        model = metrics.model_label(self.model)
-        metrics.requests.labels(endpoint, model, str(status)).inc()
-        metrics.duration.labels(endpoint, model).observe(duration)
         ttft = self.first_token_at - self.started if self.first_token_at else None
-        if self.usage is not None:
-            metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
-            metrics.generated_tokens.labels(model).inc(self.usage.completion_tokens)
-            if ttft is not None:
-                metrics.ttft.labels(model).observe(ttft)
-                if self.usage.completion_tokens > 1:
-                    gap = (duration - ttft) / (self.usage.completion_tokens - 1)
-                    metrics.inter_token.labels(model).observe(gap)
-        quiet = self.route in QUIET_ROUTES and status < 400
+        self._count(status, duration, ttft)
+        self._log(status, duration, ttft)
+
+    def _count(self, status: int, duration: float, ttft: float | None) -> None:
+        metrics = self.metrics
+        model = metrics.model_label(self.model)
+        metrics.requests.labels(self.route, model, str(status)).inc()
+        metrics.duration.labels(self.route, model).observe(duration)
+        if self.usage is None:
+            return
+        metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
+        metrics.generated_tokens.labels(model).inc(self.usage.completion_tokens)
+        if ttft is not None:
+            metrics.ttft.labels(model).observe(ttft)
+            if self.usage.completion_tokens > 1:
+                gap = (duration - ttft) / (self.usage.completion_tokens - 1)
+                metrics.inter_token.labels(model).observe(gap)
+
+    def _log(self, status: int, duration: float, ttft: float | None) -> None:
+        quiet = self.quiet and status < 400
         access_log.log(  # the formatter escapes control characters in every field
             logging.DEBUG if quiet else logging.INFO, "%s %s %d", self.method, clip(self.path), status,
             extra={"request_id": self.request_id, "status": status,

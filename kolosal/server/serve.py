@@ -13,7 +13,7 @@ from ..config import ServerSettings
 from ..engine import EngineRegistry
 from . import connections
 from .app import create_app
-from .health import Drain
+from .drain import Drain
 
 logger = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 5.0  # after the engines stop: time for their final error events to go out

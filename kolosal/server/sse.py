@@ -2,6 +2,7 @@
 per stream), so each stream precomputes the bytes around the only part that changes."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -9,7 +10,7 @@ import orjson
 DONE = b"data: [DONE]\n\n"
 
 
-def event(payload: dict[str, Any]) -> bytes:
+def event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 

@@ -29,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from kolosal.server.openapi import OPERATIONS, openapi_document
+from kolosal.server.endpoints import ROUTES as OPERATIONS
+from kolosal.server.openapi import openapi_document
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server, wait_idle
 

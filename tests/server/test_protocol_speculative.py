@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from kolosal.engine.request import SPECULATE_ON
-from kolosal.server.protocol import CompletionRequest
+from kolosal.server.completions.protocol import CompletionRequest
 
 
 def drafts(value: object) -> int | None:

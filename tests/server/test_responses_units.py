@@ -15,10 +15,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from kolosal.engine import FinishEvent, FinishReason, TokenEvent, Usage
 from kolosal.server.errors import APIError
-from kolosal.server.protocol_response_items import chat_messages
-from kolosal.server.protocol_responses import ResponsesRequest
-from kolosal.server.response_store import ResponseStore, StoredResponse
-from kolosal.server.writers_responses import ResponsesWriter
+from kolosal.server.responses.items import chat_messages
+from kolosal.server.responses.protocol import ResponsesRequest
+from kolosal.server.responses.store import ResponseStore, StoredResponse
+from kolosal.server.responses.writer import ResponsesWriter
 from kolosal.toolcalls.families import ToolFamily
 from kolosal.toolcalls.output import OutputFormat
 

@@ -18,9 +18,9 @@ from kolosal.engine import (
     TokenLogprob,
     Usage,
 )
-from kolosal.server import shapes
+from kolosal.server.completions import shapes
+from kolosal.server.completions.protocol import ChatCompletionRequest, CompletionRequest
 from kolosal.server.errors import from_engine_error
-from kolosal.server.protocol import ChatCompletionRequest, CompletionRequest
 from kolosal.server.sse import ContentChunkEncoder, event
 from kolosal.toolcalls.types import ToolCall, ToolCallArguments, ToolCallStart
 

@@ -32,7 +32,7 @@ QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 NAMED_TIME: Any = {"type": "function", "function": {"name": "get_time"}}
 SDK_TOOLS: Any = TOOLS
 THREE_CITIES = [{"role": "user", "content": "What is the weather in Paris, Rome and Oslo?"}]
-MAX_ENFORCED_CALLS = 8  # kolosal.server.constraints: a base model would call until max_tokens
+MAX_ENFORCED_CALLS = 8  # kolosal.server.completions.constraints: a base model would call until max_tokens
 
 
 @pytest.fixture(scope="module")

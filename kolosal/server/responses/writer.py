@@ -1,4 +1,4 @@
-"""Engine events -> a Responses API response (``ResponsesWriter``, a ``writers.Writer``).
+"""Engine events -> a Responses API response (``ResponsesWriter``, a chat ``Writer``).
 
 The generation is parsed as chat output is (reasoning block, content, tool calls in the
 model family's format); each run of one kind becomes an output item — ``reasoning``,
@@ -12,15 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from ..engine import FinishEvent, FinishReason, TokenEvent, Usage
-from ..toolcalls.output import OutputFormat, OutputParser
-from ..toolcalls.types import ContentDelta, ReasoningDelta, StreamEvent, ToolCallStart
-from . import shapes_responses as shapes
-from .errors import APIError
-from .shapes_responses import ItemStatus
-from .writers import Chunk
+from ...engine import FinishEvent, FinishReason, TokenEvent, Usage
+from ...toolcalls.output import OutputFormat, OutputParser
+from ...toolcalls.types import ContentDelta, ReasoningDelta, StreamEvent, ToolCallStart
+from ..completions.writers import Chunk
+from ..errors import APIError
+from . import shapes
+from .shapes import ItemStatus, OutputItem, OutputReasoningText, OutputText, ResponseError, ResponseSettings
 
 ItemKind = Literal["reasoning", "message", "function_call"]
 PREFIXES: dict[ItemKind, str] = {"reasoning": "rs", "message": "msg", "function_call": "fc"}
@@ -35,7 +35,7 @@ class _Item:
     name: str = ""
     status: ItemStatus = "in_progress"
 
-    def shape(self, opening: bool = False) -> dict[str, Any]:
+    def shape(self, opening: bool = False) -> OutputItem:
         """The item as output lists it (``opening``: as ``output_item.added`` shows it)."""
         text = None if opening else self.text
         if self.kind == "message":
@@ -44,7 +44,7 @@ class _Item:
             return shapes.reasoning_item(self.id, text, self.status)
         return shapes.function_call_item(self.id, self.call_id, self.name, text or "", self.status)
 
-    def part(self) -> dict[str, Any]:
+    def part(self) -> OutputText | OutputReasoningText:
         return (shapes.output_text(self.text) if self.kind == "message"
                 else shapes.reasoning_text(self.text))
 
@@ -53,7 +53,7 @@ class ResponsesWriter:
     object_name = "response"
     end = b""  # a Responses stream ends with its response.completed (or .incomplete) event
 
-    def __init__(self, response_id: str, created_at: int, settings: dict[str, Any],
+    def __init__(self, response_id: str, created_at: int, settings: ResponseSettings,
                  output: OutputFormat, streaming: bool,
                  on_complete: Callable[[dict[str, Any]], None]) -> None:
         self.response_id = response_id
@@ -168,11 +168,12 @@ class ResponsesWriter:
 
     # -- the response and its events --------------------------------------------------------------
     def _response(self, status: shapes.Status, usage: Usage | None = None,
-                  completed_at: int | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+                  completed_at: int | None = None, error: ResponseError | None = None) -> dict[str, Any]:
         usage_body = None if usage is None else shapes.usage_body(usage, self._reasoning_tokens(usage))
-        return shapes.response_object(self.response_id, self.created_at, self.settings, status,
-                                      [item.shape() for item in self._items], usage_body,
-                                      completed_at, error)
+        response = shapes.response_object(self.response_id, self.created_at, self.settings, status,
+                                          [item.shape() for item in self._items], usage_body,
+                                          completed_at, error)
+        return cast(dict[str, Any], response)  # from here on a plain dict: events, store, body
 
     def _reasoning_tokens(self, usage: Usage) -> int:
         """Tokens up to the last reasoning text (all of them when the block never closed)."""

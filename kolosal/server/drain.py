@@ -1,8 +1,7 @@
-"""Probes and graceful drain, for load balancers and orchestrators.
+"""Graceful drain, for load balancers and orchestrators.
 
-``GET /health/live``: the process answers. ``GET /health/ready``: at least one engine can
-serve and the server is not draining. SIGTERM calls ``Drain.begin()`` (see serve.py): from
-then on readiness is 503, new work gets 503 ``server_draining`` with ``Retry-After`` (a
+SIGTERM calls ``Drain.begin()`` (see serve.py): from then on the readiness probe answers 503
+(server/engines/routes.py), new work gets 503 ``server_draining`` with ``Retry-After`` (a
 balancer retries it on another replica), and ``wait_idle()`` tells when the requests already
 in flight, streams included, have ended."""
 from __future__ import annotations
@@ -12,18 +11,12 @@ import contextlib
 import time
 from typing import Any
 
-from quart import Blueprint, Quart, Response, current_app, request
+from quart import Quart, Response, request
 
-from ..engine import EngineState
 from .errors import APIError
-from .http import json_response
 
-PROBE_PATHS = frozenset({"/health/live", "/health/ready"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})   # still answered while draining
 DRAIN_RETRY_AFTER_S = 1
-SERVABLE = (EngineState.READY, EngineState.UNLOADED)  # an unloaded engine reloads on demand
-
-blueprint = Blueprint("health", __name__)
 
 
 class Drain:
@@ -89,32 +82,10 @@ def draining_error() -> APIError:
                     headers={"Retry-After": str(DRAIN_RETRY_AFTER_S), "x-should-retry": "true"})
 
 
-def engine_counts() -> tuple[int, int]:
-    engines = current_app.config["REGISTRY"].list()
-    return len(engines), sum(1 for engine in engines if engine.state in SERVABLE)
-
-
-@blueprint.get("/health/live")
-async def live() -> Response:
-    return json_response({"status": "ok"})
-
-
-@blueprint.get("/health/ready")
-async def ready() -> Response:
-    total, servable = engine_counts()
-    if current_app.config["DRAIN"].draining:
-        status = "draining"
-    else:
-        status = "ready" if servable else "no_engine"
-    return json_response({"status": status, "engines": {"total": total, "ready": servable}},
-                         status=200 if status == "ready" else 503)
-
-
-def register(app: Quart) -> Drain:
-    """Install the probes, the drain refusal and the in-flight counter on ``app``."""
+def install(app: Quart) -> Drain:
+    """Install the drain refusal and the in-flight counter on ``app``."""
     drain = Drain()
     app.config["DRAIN"] = drain
-    app.register_blueprint(blueprint)
     count_in_flight(app, drain)
 
     @app.before_request

@@ -1,5 +1,5 @@
 """POST /v1/responses bodies (OpenAI's Responses API) and their translation to a chat
-completion request: input items become chat messages (``protocol_response_items``),
+completion request: input items become chat messages (``items``),
 ``text.format`` a response_format, Responses-shaped function tools chat tools. Everything
 after that is the chat path's.
 
@@ -13,8 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from .protocol import INT32_MAX, ChatCompletionRequest, SamplingFields, Strict
-from .protocol_response_items import InputItem
+from ..completions.protocol import INT32_MAX, ChatCompletionRequest, SamplingFields, Strict
+from .items import InputItem
+from .shapes import FormatEcho, FunctionToolEcho, ResponseSettings
 
 MAX_METADATA_KEYS = 16
 
@@ -45,12 +46,11 @@ class TextFormat(Strict):
             "name": self.name or "response", "schema": self.schema_, "strict": self.strict,
             "description": self.description}}
 
-    def echo(self) -> dict[str, Any]:
-        shape: dict[str, Any] = {"type": self.type}
-        if self.type == "json_schema":
-            shape.update(name=self.name or "response", schema=self.schema_, strict=self.strict,
-                         description=self.description)
-        return shape
+    def echo(self) -> FormatEcho:
+        if self.type != "json_schema":
+            return {"type": self.type}
+        return {"type": self.type, "name": self.name or "response", "schema": self.schema_,
+                "strict": self.strict, "description": self.description}
 
 
 class TextConfig(Strict):
@@ -77,7 +77,7 @@ class FunctionTool(Strict):
             function["strict"] = self.strict
         return {"type": "function", "function": function}
 
-    def echo(self) -> dict[str, Any]:
+    def echo(self) -> FunctionToolEcho:
         return {"type": "function", "name": self.name, "description": self.description,
                 "parameters": self.parameters, "strict": self.strict}
 
@@ -150,12 +150,20 @@ class ResponsesRequest(SamplingFields):
                 len(key) > 64 or len(value) > 512 for key, value in metadata.items()):
             raise ValueError(f"metadata has at most {MAX_METADATA_KEYS} keys of at most 64 "
                              "characters, values of at most 512")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tool_choice(self) -> ResponsesRequest:
         choice = self.tool_choice
         if choice is not None and choice != "none" and not self.tools:
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, FunctionChoice) and choice.name not in {t.name for t in self.tools or []}:
             raise ValueError(f"tool_choice names '{choice.name}', which is not in tools")
-        if self.tools and choice != "none" and self.format().type != "text":
+        return self
+
+    @model_validator(mode="after")
+    def _check_tools_and_format(self) -> ResponsesRequest:
+        if self.tools and self.tool_choice != "none" and self.format().type != "text":
             raise ValueError("tools cannot be combined with a text.format other than text")
         return self
 
@@ -178,7 +186,7 @@ class ResponsesRequest(SamplingFields):
                             if isinstance(choice, FunctionChoice) else choice),
             "parallel_tool_calls": self.parallel_tool_calls})
 
-    def echo(self) -> dict[str, Any]:
+    def echo(self) -> ResponseSettings:
         """The request's settings as every response object repeats them."""
         choice = self.tool_choice
         return {
@@ -188,7 +196,8 @@ class ResponsesRequest(SamplingFields):
             "previous_response_id": self.previous_response_id,
             "reasoning": {"effort": None, "summary": None}, "store": self.store,
             "temperature": self.temperature, "text": {"format": self.format().echo(), "verbosity": "medium"},
-            "tool_choice": choice.model_dump() if isinstance(choice, FunctionChoice) else choice or "auto",
+            "tool_choice": ({"type": "function", "name": choice.name} if isinstance(choice, FunctionChoice)
+                            else choice or "auto"),
             "tools": [tool.echo() for tool in self.tools or []], "top_p": self.top_p,
             "truncation": "disabled", "user": self.user, "background": False,
             "service_tier": "default", "top_logprobs": 0, "max_tool_calls": self.max_tool_calls}

@@ -1,4 +1,5 @@
-"""OpenAI request bodies (pydantic) and their translation to engine SamplingParams.
+"""Chat and text completion request bodies (pydantic) and their translation to engine
+SamplingParams.
 
 Strict where a field would change the output in a way we do not implement (400), lenient
 where a field is a no-op that real clients send (``null`` for any optional field means its
@@ -12,14 +13,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from ..engine import EngineConfig, InvalidRequestError, SamplingParams
-from ..engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
-from ..options import option_fields
+from ...engine import InvalidRequestError, SamplingParams
+from ...engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
@@ -351,25 +350,3 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(item, int) for item in prompt):
             return [list(prompt)]
         return list(prompt)
-
-
-class EngineCreateBase(BaseModel):
-    """POST /engines. The identity fields are here; every tunable field (its name, type,
-    default and bounds) is generated from EngineConfig below, so they cannot drift."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    engine_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-    model_path: str = Field(min_length=1)
-
-    def engine_config(self, model_path: str) -> EngineConfig:
-        """The engine's config, with ``model_path`` as resolved by the caller."""
-        return EngineConfig(engine_id=self.engine_id, model_path=model_path,
-                            **{spec.name: getattr(self, spec.http_name) for spec in ENGINE_HTTP_OPTIONS})
-
-
-ENGINE_HTTP_OPTIONS = tuple(spec for spec in option_fields(EngineConfig) if spec.option.http)
-_ENGINE_FIELDS: dict[str, Any] = {
-    spec.http_name: (Annotated[spec.type, Field(ge=spec.option.ge, le=spec.option.le,
-                                                description=spec.option.help)], spec.default)
-    for spec in ENGINE_HTTP_OPTIONS}
-EngineCreateRequest = create_model("EngineCreateRequest", __base__=EngineCreateBase, **_ENGINE_FIELDS)

@@ -1,37 +1,20 @@
-"""POST /v1/embeddings (and /embeddings): OpenAI's embeddings API on an embedding engine."""
+"""OpenAI's embeddings API on an embedding engine (its route is declared in ``ROUTES``)."""
 from __future__ import annotations
 
-import base64
-from typing import Any
-
-import numpy as np
 import orjson
-from quart import Blueprint, Response, g
+from quart import Response, g
 
-from ..engine import EngineError, Usage
-from ..engine.embedding import NotAnEmbeddingEngineError
-from .errors import bad_request, from_engine_error
-from .http import parse_body
-from .protocol_embeddings import EmbeddingRequest
-from .routes_openai import held_engine, log_prompt
-
-blueprint = Blueprint("embeddings", __name__)
-
-
-def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[dict[str, Any]]:
-    """OpenAI's data items. base64 is the raw little-endian float32 bytes, as OpenAI sends
-    (the openai SDK asks for base64 by default and decodes it with numpy)."""
-    if encoding_format == "base64":
-        raw = np.ascontiguousarray(vectors, dtype="<f4")
-        return [{"object": "embedding", "index": index,
-                 "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
-                for index, row in enumerate(raw)]
-    rows = np.ascontiguousarray(vectors, dtype=np.float32)
-    return [{"object": "embedding", "index": index, "embedding": row} for index, row in enumerate(rows)]
+from ...engine import EngineError, Usage
+from ...engine.embedding import NotAnEmbeddingEngineError
+from ..errors import bad_request, from_engine_error
+from ..http import parse_body
+from ..leases import held_engine
+from ..records import log_prompt
+from ..routing import Route
+from .protocol import EmbeddingRequest
+from .shapes import Embeddings, embeddings_body
 
 
-@blueprint.post("/v1/embeddings")
-@blueprint.post("/embeddings")
 async def embeddings() -> Response:
     body = await parse_body(EmbeddingRequest)
     g.record.model = body.model
@@ -58,8 +41,12 @@ async def embeddings() -> Response:
             raise from_engine_error(error) from None
     prompt_tokens = sum(len(ids) for ids in inputs)
     g.record.usage = Usage(prompt_tokens, 0)
-    payload = {"object": "list", "data": encode_vectors(vectors, body.encoding_format),
-               "model": body.model,
-               "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    payload = embeddings_body(vectors, body.encoding_format, body.model, prompt_tokens)
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
                     content_type="application/json")
+
+
+ROUTES = (
+    Route("post", ("/v1/embeddings", "/embeddings"), embeddings, "Embeddings of an embedding engine",
+          EmbeddingRequest, Embeddings, errors=(404, 500)),
+)

@@ -1,4 +1,4 @@
-"""Stored responses for ``previous_response_id`` and ``GET /v1/responses/{id}``: in memory,
+"""Stored responses for ``previous_response_id`` and for retrieval: in memory,
 bounded in count, each entry expiring a fixed time after it was stored. Nothing survives a
 restart; the least recently stored entry goes first when the store is full."""
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter
 
-from .protocol import Lenient
+from ..completions.protocol import Lenient
 
 
 class TextContent(Lenient):

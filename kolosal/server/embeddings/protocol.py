@@ -1,5 +1,4 @@
-"""Request bodies of POST /v1/embeddings (OpenAI's shape) and of POST /tokenize and
-/detokenize (llama-server's shapes)."""
+"""The body of POST /v1/embeddings (OpenAI's shape)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -52,23 +51,3 @@ class EmbeddingRequest(BaseModel):
         if all(isinstance(item, int) for item in value):
             return [list(value)]
         return list(value)
-
-
-class TokenizeRequest(BaseModel):
-    """llama-server's /tokenize: BOS only when asked (``add_special``), control-token text
-    such as ``<start_of_turn>`` parsed (``parse_special``), pieces on request."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    content: str
-    add_special: bool = False
-    parse_special: bool = True
-    with_pieces: bool = False
-    model: str | None = Field(default=None, min_length=1)  # default: the first ready engine
-
-
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    tokens: list[TokenId]
-    model: str | None = Field(default=None, min_length=1)

@@ -7,19 +7,23 @@ from the same state, so a streamed response and a whole one always agree.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import ErrorEvent, FinishEvent, TokenEvent, TokenLogprob, Usage
-from ..toolcalls.output import OutputFormat, OutputParser
-from ..toolcalls.types import ContentDelta, StreamEvent, ToolCallStart, aggregate
+from quart import Response, g
+
+from ...engine import ErrorEvent, FinishEvent, TokenEvent, TokenLogprob, Usage
+from ...toolcalls.output import OutputFormat, OutputParser
+from ...toolcalls.types import ContentDelta, StreamEvent, ToolCallStart, aggregate
+from ..errors import APIError, from_engine_error
+from ..http import json_response, sse_response
+from ..observe import RequestRecord
+from ..sse import DONE, ContentChunkEncoder, event
 from . import shapes
-from .errors import APIError, from_engine_error
 from .generation import MultiStream, total_usage
-from .observe import RequestRecord
-from .shapes import Envelope, PieceOf
-from .sse import DONE, ContentChunkEncoder, event
+from .protocol import SamplingFields
+from .shapes import ChatLogprobs, CompletionLogprobs, Envelope, FinishReason, PieceOf
 
 Chunk = dict[str, Any] | bytes
 
@@ -36,7 +40,14 @@ class Writer(Protocol):
 
     def on_error(self, index: int, error: APIError) -> list[Chunk]: ...
 
-    def body(self, usage: Usage) -> dict[str, Any]: ...
+    def body(self, usage: Usage) -> Mapping[str, Any]: ...
+
+
+async def respond(streams: MultiStream, writer: Writer, envelope: Envelope, body: SamplingFields) -> Response:
+    """An SSE stream when the request asked for one, else the whole body as JSON."""
+    if body.stream:
+        return sse_response(stream_response(streams, writer, envelope, body.include_usage(), g.record))
+    return json_response(await whole_response(streams, writer, g.record))
 
 
 async def stream_response(streams: MultiStream, writer: Writer, envelope: Envelope,
@@ -69,7 +80,7 @@ async def stream_response(streams: MultiStream, writer: Writer, envelope: Envelo
         record.finish(status)
 
 
-async def whole_response(streams: MultiStream, writer: Writer, record: RequestRecord) -> dict[str, Any]:
+async def whole_response(streams: MultiStream, writer: Writer, record: RequestRecord) -> Mapping[str, Any]:
     """Run every choice to its end; the first failed choice fails the whole request
     (OpenAI returns no partial choices)."""
     finishes: list[FinishEvent] = []
@@ -100,7 +111,7 @@ class _ChunkStream:
     end = DONE
 
     def on_error(self, index: int, error: APIError) -> list[Chunk]:
-        return [error.body()]
+        return [event(error.body())]
 
 
 # -- chat -----------------------------------------------------------------------------------------
@@ -110,7 +121,7 @@ class _ChatChoice:
     events: list[StreamEvent] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     unsent_logprobs: list[TokenLogprob] = field(default_factory=list)  # text still held back
-    finish_reason: str | None = None
+    finish_reason: FinishReason = None
 
 
 class ChatWriter(_ChunkStream):
@@ -169,12 +180,12 @@ class ChatWriter(_ChunkStream):
             choice.unsent_logprobs = []
         return chunks
 
-    def _logprobs_body(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+    def _logprobs_body(self, entries: list[TokenLogprob]) -> ChatLogprobs | None:
         if not self.logprobs:
             return None
         return shapes.chat_logprobs(entries, self.piece_of)
 
-    def body(self, usage: Usage) -> dict[str, Any]:
+    def body(self, usage: Usage) -> shapes.ChatCompletion:
         choices = []
         for index, choice in enumerate(self.choices):
             parsed = aggregate(choice.events)
@@ -189,9 +200,9 @@ class ChatWriter(_ChunkStream):
 class _TextChoice:
     echo: str
     parts: list[str] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[CompletionLogprobs] = field(default_factory=list)
     offset: int = 0  # characters of this choice's text so far (for text_offset)
-    finish_reason: str | None = None
+    finish_reason: FinishReason = None
 
 
 class CompletionWriter(_ChunkStream):
@@ -236,14 +247,14 @@ class CompletionWriter(_ChunkStream):
         return [shapes.completion_chunk(self.envelope, shapes.completion_choice(
             index, item.text, choice.finish_reason, logprobs))]
 
-    def _logprobs(self, choice: _TextChoice, entries: tuple[TokenLogprob, ...]) -> dict[str, Any] | None:
+    def _logprobs(self, choice: _TextChoice, entries: tuple[TokenLogprob, ...]) -> CompletionLogprobs | None:
         if not self.logprobs:
             return None
         part = shapes.completion_logprobs(entries, self.piece_of, choice.offset)
         choice.logprobs.append(part)
         return part
 
-    def body(self, usage: Usage) -> dict[str, Any]:
+    def body(self, usage: Usage) -> shapes.Completion:
         choices = [shapes.completion_choice(
             index, choice.echo + "".join(choice.parts), choice.finish_reason,
             shapes.merge_completion_logprobs(choice.logprobs) if self.logprobs else None)

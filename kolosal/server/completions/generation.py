@@ -1,5 +1,5 @@
-"""Run one engine request per prompt (each with ``n`` choices) and merge their events: the
-bridge between a handler and AsyncEngine.generate()."""
+"""Submit one engine request per prompt (each with ``n`` choices) and merge their events:
+the bridge between a handler and AsyncEngine.generate()."""
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +7,14 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
-from ..engine import AsyncEngine, Event, FinishEvent, SamplingParams, TokenEvent, Usage
-from .guards import raise_if_client_gone
+from quart import g
+
+from ...engine import AsyncEngine, Event, FinishEvent, SamplingParams, Usage
+from ...engine.errors import InvalidGrammarError
+from ..errors import from_engine_error
+from ..guards import raise_if_client_gone
+from .constraints import grammar_param
+from .protocol import SamplingFields
 
 Choices = AsyncGenerator[tuple[int, Event], None]
 
@@ -110,4 +116,19 @@ class MultiStream:
                 await prompt.generator.aclose()
 
 
-__all__ = ["MultiStream", "TokenEvent", "total_usage"]
+
+async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFields,
+                params: SamplingParams, request_id: str) -> MultiStream:
+    """Submit every prompt (n choices each); refusals raise here, before any response."""
+    try:
+        for ids in prompts:
+            engine.check_prompt(ids, params)
+        streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n)
+        await streams.start()
+    except InvalidGrammarError as error:  # compiled against the vocabulary: name the field
+        named = InvalidGrammarError(str(error), error.param or grammar_param(body))
+        raise from_engine_error(named) from error
+    except Exception as error:
+        raise from_engine_error(error) from error
+    g.record.token()  # every prompt has produced its first event
+    return streams

@@ -1,49 +1,52 @@
-"""POST /v1/responses (OpenAI's Responses API), GET and DELETE /v1/responses/{id}, and the
-aliases without /v1.
+"""OpenAI's Responses API: create a response, get or delete a stored one. Each route is
+declared once, in ``ROUTES`` below.
 
 A response is a chat completion underneath: the request becomes a ChatCompletionRequest
-(``protocol_responses``), is prepared and submitted exactly as /v1/chat/completions does,
-and a ResponsesWriter turns the engine's events into Responses items and events. Stored
+(``protocol``), is prepared and submitted exactly as /v1/chat/completions does, and a
+ResponsesWriter turns the engine's events into Responses items and events. Stored
 responses (``store``, on by default) keep their conversation for ``previous_response_id``.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Blueprint, Response, current_app, g
+from quart import Response, current_app, g
 from quart.typing import ResponseReturnValue
 
-from .errors import APIError, from_validation_error
-from .http import json_response, parse_body
-from .protocol_response_items import INPUT_ITEMS, chat_messages
-from .protocol_responses import ResponsesRequest
-from .response_store import ResponseStore, StoredResponse
-from .routes_openai import fingerprint, held_engine, prepare_chat, respond, start
-from .shapes import Envelope
-from .shapes_responses import new_id
-from .writers_responses import ResponsesWriter
+from ..completions.chat_prompt import prepare_chat
+from ..completions.generation import start
+from ..completions.shapes import Envelope
+from ..completions.writers import respond
+from ..errors import (
+    GENERATION_STATUSES,
+    PREVIOUS_RESPONSE_NOT_FOUND,
+    RESPONSE_NOT_FOUND,
+    APIError,
+    from_validation_error,
+)
+from ..http import json_response, parse_body
+from ..leases import held_engine
+from ..routing import Route
+from .items import INPUT_ITEMS, chat_messages
+from .protocol import ResponsesRequest
+from .shapes import ResponseDeleted, ResponseObject, new_id
+from .store import ResponseStore, StoredResponse
+from .writer import ResponsesWriter
 
-blueprint = Blueprint("responses", __name__)
 STORE_KEY = "RESPONSE_STORE"
 CHAT_PARAMS = {"messages": "input", "response_format": "text.format",
                "max_completion_tokens": "max_output_tokens"}  # chat field -> Responses field
 
 
-@blueprint.record_once
-def _create_store(state: Any) -> None:
-    """One store per app (a test may pass its own before registering)."""
-    state.app.config.setdefault(STORE_KEY, ResponseStore())
-
-
 def response_store() -> ResponseStore:
-    store: ResponseStore = current_app.config[STORE_KEY]
+    """The app's store, made on first use (a test may put its own in the config first)."""
+    store: ResponseStore | None = current_app.config.get(STORE_KEY)
+    if store is None:
+        store = current_app.config[STORE_KEY] = ResponseStore()
     return store
 
 
-@blueprint.post("/v1/responses")
-@blueprint.post("/responses")
 async def create_response() -> Response:
     body = await parse_body(ResponsesRequest)
     g.record.model = body.model
@@ -52,8 +55,7 @@ async def create_response() -> Response:
     if body.previous_response_id is not None:
         previous = store.get(body.previous_response_id)
         if previous is None:
-            raise APIError(400, f"Previous response with id '{body.previous_response_id}' not found.",
-                           param="previous_response_id", code="previous_response_not_found")
+            raise PREVIOUS_RESPONSE_NOT_FOUND.error(body.previous_response_id)
         history = previous.messages
     conversation = history + chat_messages(body.input)
     try:
@@ -69,7 +71,7 @@ async def create_response() -> Response:
     async with held_engine(body.model) as engine:
         try:
             prompt_ids, params, output = await prepare_chat(engine, chat)
-            envelope = Envelope(new_id("resp"), int(time.time()), body.model, fingerprint(engine))
+            envelope = Envelope.new(new_id("resp"), body.model, engine)
             streams = await start(engine, [prompt_ids], chat, params, envelope.id)
         except APIError as error:  # name the field as this request spelled it
             error.param = CHAT_PARAMS.get(error.param or "", error.param)
@@ -78,23 +80,26 @@ async def create_response() -> Response:
     return await respond(streams, writer, envelope, chat)
 
 
-@blueprint.get("/v1/responses/<response_id>")
-@blueprint.get("/responses/<response_id>")
 async def get_response(response_id: str) -> ResponseReturnValue:
     stored = response_store().get(response_id)
     if stored is None:
-        raise not_found(response_id)
+        raise RESPONSE_NOT_FOUND.error(response_id)
     return json_response(stored.response)
 
 
-@blueprint.delete("/v1/responses/<response_id>")
-@blueprint.delete("/responses/<response_id>")
 async def delete_response(response_id: str) -> ResponseReturnValue:
     if not response_store().delete(response_id):
-        raise not_found(response_id)
-    return json_response({"id": response_id, "object": "response", "deleted": True})
+        raise RESPONSE_NOT_FOUND.error(response_id)
+    deleted: ResponseDeleted = {"id": response_id, "object": "response", "deleted": True}
+    return json_response(deleted)
 
 
-def not_found(response_id: str) -> APIError:
-    return APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
-                    code="response_not_found")
+ROUTES = (
+    Route("post", ("/v1/responses", "/responses"), create_response,
+          "OpenAI's Responses API (stream or not; previous_response_id, store)", ResponsesRequest,
+          ResponseObject, errors=GENERATION_STATUSES, stream=True),
+    Route("get", ("/v1/responses/{response_id}", "/responses/{response_id}"), get_response,
+          "A stored response", response=ResponseObject, errors=(404,)),
+    Route("delete", ("/v1/responses/{response_id}", "/responses/{response_id}"), delete_response,
+          "Delete a stored response", response=ResponseDeleted, errors=(404,)),
+)

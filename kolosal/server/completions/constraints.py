@@ -11,9 +11,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from ..toolcalls import grammar as tool_grammar
-from ..toolcalls.families import ToolFamily
-from .errors import APIError, bad_request
+from ...toolcalls import grammar as tool_grammar
+from ...toolcalls.families import ToolFamily
+from ..errors import APIError, bad_request
 from .protocol import ChatCompletionRequest, NamedToolChoice, SamplingFields
 
 # A base model offered parallel calls may keep calling until max_tokens: bound the list.

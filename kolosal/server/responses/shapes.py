@@ -1,18 +1,160 @@
 """The Responses API's shapes (``POST /v1/responses``): the response object, its output
 items (reasoning, message, function_call), usage, and the typed stream events, as the
-openai SDK's ``openai.types.responses`` declares them. Chat and text completion shapes are
-in ``shapes``; both build from the same engine ``Usage``."""
+openai SDK's ``openai.types.responses`` declares them. Bodies are typed once (TypedDicts,
+plain dicts at run time; /openapi.json's schemas are generated from them); stream events
+stay plain dicts. Both build from the same engine ``Usage`` as chat completions do."""
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import orjson
+from typing_extensions import NotRequired
 
-from ..engine import Usage
+from ...engine import Usage
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 Status = Literal["in_progress", "completed", "incomplete", "failed"]
+ToolChoiceMode = Literal["none", "auto", "required"]
+
+
+class OutputText(TypedDict):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any]
+
+
+class OutputReasoningText(TypedDict):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class OutputMessage(TypedDict):
+    id: str
+    type: Literal["message"]
+    status: ItemStatus
+    role: Literal["assistant"]
+    content: list[OutputText]
+
+
+class OutputReasoning(TypedDict):
+    id: str
+    type: Literal["reasoning"]
+    status: ItemStatus
+    summary: list[Any]
+    content: list[OutputReasoningText]
+
+
+class OutputFunctionCall(TypedDict):
+    id: str
+    type: Literal["function_call"]
+    status: ItemStatus
+    call_id: str
+    name: str
+    arguments: str
+
+
+OutputItem = OutputMessage | OutputReasoning | OutputFunctionCall
+
+
+class InputTokensDetails(TypedDict):
+    cached_tokens: int
+    cache_write_tokens: int
+
+
+class OutputTokensDetails(TypedDict):
+    reasoning_tokens: int
+
+
+class ResponseUsage(TypedDict):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ResponseError(TypedDict):
+    code: str
+    message: str
+
+
+class IncompleteDetails(TypedDict):
+    reason: Literal["max_output_tokens"]
+
+
+class ReasoningEcho(TypedDict):
+    effort: None
+    summary: None
+
+
+class FormatEcho(TypedDict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: NotRequired[str]
+    schema: NotRequired[dict[str, Any] | None]
+    strict: NotRequired[bool | None]
+    description: NotRequired[str | None]
+
+
+class TextEcho(TypedDict):
+    format: FormatEcho
+    verbosity: Literal["medium"]
+
+
+class FunctionChoiceEcho(TypedDict):
+    type: Literal["function"]
+    name: str
+
+
+class FunctionToolEcho(TypedDict):
+    type: Literal["function"]
+    name: str
+    description: str | None
+    parameters: dict[str, Any] | None
+    strict: bool | None
+
+
+class ResponseSettings(TypedDict):
+    """The request's settings, as every response object repeats them."""
+
+    instructions: str | None
+    max_output_tokens: int | None
+    metadata: dict[str, str]
+    model: str
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    reasoning: ReasoningEcho
+    store: bool
+    temperature: float
+    text: TextEcho
+    tool_choice: ToolChoiceMode | FunctionChoiceEcho
+    tools: list[FunctionToolEcho]
+    top_p: float
+    truncation: Literal["disabled"]
+    user: str | None
+    background: Literal[False]
+    service_tier: Literal["default"]
+    top_logprobs: Literal[0]
+    max_tool_calls: int | None
+
+
+class ResponseObject(ResponseSettings):
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Status
+    completed_at: int | None
+    error: ResponseError | None
+    incomplete_details: IncompleteDetails | None
+    output: list[OutputItem]
+    usage: ResponseUsage | None
+
+
+class ResponseDeleted(TypedDict):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
 
 
 def new_id(prefix: str) -> str:
@@ -21,34 +163,34 @@ def new_id(prefix: str) -> str:
 
 
 # -- output items and their parts -------------------------------------------------------------------
-def output_text(text: str) -> dict[str, Any]:
+def output_text(text: str) -> OutputText:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def reasoning_text(text: str) -> dict[str, Any]:
+def reasoning_text(text: str) -> OutputReasoningText:
     return {"type": "reasoning_text", "text": text}
 
 
-def message_item(item_id: str, text: str | None, status: ItemStatus) -> dict[str, Any]:
+def message_item(item_id: str, text: str | None, status: ItemStatus) -> OutputMessage:
     """An assistant message; ``text`` None while it has no content part yet."""
     return {"id": item_id, "type": "message", "status": status, "role": "assistant",
             "content": [] if text is None else [output_text(text)]}
 
 
-def reasoning_item(item_id: str, text: str | None, status: ItemStatus) -> dict[str, Any]:
+def reasoning_item(item_id: str, text: str | None, status: ItemStatus) -> OutputReasoning:
     """The model's reasoning (a ``<think>`` block) as ``content`` (no summary is written)."""
     return {"id": item_id, "type": "reasoning", "status": status, "summary": [],
             "content": [] if text is None else [reasoning_text(text)]}
 
 
 def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
-                       status: ItemStatus) -> dict[str, Any]:
+                       status: ItemStatus) -> OutputFunctionCall:
     return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id,
             "name": name, "arguments": arguments}
 
 
 # -- the response -----------------------------------------------------------------------------------
-def usage_body(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
+def usage_body(usage: Usage, reasoning_tokens: int = 0) -> ResponseUsage:
     return {"input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": usage.completion_tokens,
@@ -56,10 +198,10 @@ def usage_body(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
             "total_tokens": usage.total_tokens}
 
 
-def response_object(response_id: str, created_at: int, settings: dict[str, Any], status: Status,
-                    output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+def response_object(response_id: str, created_at: int, settings: ResponseSettings, status: Status,
+                    output: list[OutputItem], usage: ResponseUsage | None = None,
                     completed_at: int | None = None,
-                    error: dict[str, Any] | None = None) -> dict[str, Any]:
+                    error: ResponseError | None = None) -> ResponseObject:
     """``settings`` are the request's echoed fields (``ResponsesRequest.echo``)."""
     return {"id": response_id, "object": "response", "created_at": created_at, "status": status,
             "completed_at": completed_at, "error": error,

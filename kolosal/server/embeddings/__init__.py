@@ -1,0 +1,1 @@
+"""OpenAI's embeddings API on an embedding engine."""

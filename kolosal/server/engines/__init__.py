@@ -1,0 +1,1 @@
+"""Engine management, health and the load balancer's probes."""

@@ -1,0 +1,1 @@
+"""OpenAI's models (list, retrieve) and llama-server's tokenize and detokenize."""

@@ -1,0 +1,2 @@
+"""OpenAI's Responses API (create; get and delete stored responses), built on the chat
+completion path."""

@@ -1,0 +1,1 @@
+"""The built-in chat page, the API's own description and the Prometheus scrape."""
