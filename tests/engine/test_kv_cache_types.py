@@ -13,7 +13,7 @@ from kolosal.engine import EngineConfig
 from kolosal.engine.config import KV_CACHE_BYTES
 from kolosal.engine.memory import estimate_memory
 from kolosal.llama import Context, ContextParams, Model
-from kolosal.server.protocol import EngineCreateRequest
+from kolosal.server.engines.protocol import EngineCreateRequest
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 
