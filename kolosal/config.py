@@ -22,6 +22,8 @@ class ServerSettings:
                                        "KOLOSAL_API_KEY)", flag="--api-key")
     admin_keys: tuple[str, ...] = option((), "only these keys may POST/DELETE engines (repeatable); "
                                          "they also work as API keys", flag="--admin-key")
+    keys_file: str | None = option(None, "API keys with names, engines, limits and fair shares (YAML "
+                                   "or JSON; re-read on SIGHUP; see README)", flag="--keys-file")
     cors_origins: tuple[str, ...] = option((), "comma-separated origins, or *", flag="--cors-origins")
     cors_credentials: bool = option(False, "allow credentialed browser requests from those origins "
                                     "(Access-Control-Allow-Credentials: true)", flag="--cors-credentials")

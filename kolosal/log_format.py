@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Any
 
-REQUEST_FIELDS = ("request_id", "status", "model", "duration_ms", "ttft_ms", "prompt_tokens",
+REQUEST_FIELDS = ("request_id", "status", "model", "key", "duration_ms", "ttft_ms", "prompt_tokens",
                   "completion_tokens", "prompt")  # prompt: only with --log-prompts
 
 # C0 and C1 controls, DEL, and every character Python's str.splitlines() treats as a line

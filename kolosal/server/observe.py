@@ -44,6 +44,11 @@ class Metrics:
                                      buckets=TOKEN_GAP_BUCKETS, registry=self.registry)
         self.duration = Histogram("kolosal_request_duration_seconds", "End-to-end request latency",
                                   ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # per API key (its configured name: a bounded set); anonymous requests are not counted
+        self.key_requests = Counter("kolosal_key_requests", "HTTP requests by API key and status",
+                                    ["key", "status"], registry=self.registry)
+        self.key_tokens = Counter("kolosal_key_tokens", "Tokens by API key (prompt or completion)",
+                                  ["key", "kind"], registry=self.registry)
         self.engines = engines
         self.registry.register(EngineCollector(engines))
         self.registry.register(VllmCollector(engines))
@@ -160,6 +165,7 @@ class RequestRecord:
     usage: Usage | None = None
     finished: bool = False
     prompt: str | None = None   # set only when the operator asked for --log-prompts
+    key: str = ""               # the API key's name (never the key); "" anonymous
 
     def token(self) -> None:
         if not self.first_token_at:
@@ -182,8 +188,13 @@ class RequestRecord:
         model = metrics.model_label(self.model)
         metrics.requests.labels(self.route, model, str(status)).inc()
         metrics.duration.labels(self.route, model).observe(duration)
+        if self.key:
+            metrics.key_requests.labels(self.key, str(status)).inc()
         if self.usage is None:
             return
+        if self.key:
+            metrics.key_tokens.labels(self.key, "prompt").inc(self.usage.prompt_tokens)
+            metrics.key_tokens.labels(self.key, "completion").inc(self.usage.completion_tokens)
         metrics.prompt_tokens.labels(model).inc(self.usage.prompt_tokens)
         metrics.generated_tokens.labels(model).inc(self.usage.completion_tokens)
         if ttft is not None:
@@ -202,7 +213,7 @@ class RequestRecord:
                    "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
                    "prompt_tokens": self.usage.prompt_tokens if self.usage else None,
                    "completion_tokens": self.usage.completion_tokens if self.usage else None,
-                   "prompt": self.prompt})
+                   "key": self.key or None, "prompt": self.prompt})
 
 
 def clip(text: str, limit: int = LOGGED_TEXT_LIMIT) -> str:

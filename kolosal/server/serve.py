@@ -1,5 +1,5 @@
 """Run the app under Hypercorn (HTTP/1.1, h2c with prior knowledge, h2 over TLS) and
-drain gracefully on SIGINT/SIGTERM."""
+drain gracefully on SIGINT/SIGTERM; SIGHUP re-reads the keys file."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +11,7 @@ from hypercorn.config import Config
 
 from ..config import ServerSettings
 from ..engine import EngineRegistry
-from . import connections
+from . import auth, connections
 from .app import create_app
 from .drain import Drain
 
@@ -49,9 +49,11 @@ async def run_server(settings: ServerSettings, registry: EngineRegistry,
         (hurry if shutdown.is_set() else shutdown).set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handlers = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal,
+                signal.SIGHUP: lambda: auth.reload_keys(app, settings)}  # keys file again
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # not the main thread / platform
             pass
 

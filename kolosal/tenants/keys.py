@@ -128,6 +128,8 @@ class KeyRing:
     def __init__(self, specs: Iterable[KeySpec] = ()) -> None:
         self.specs = tuple(specs)
         self.has_admin_keys = any(spec.admin for spec in self.specs)
+        # a key is needed once any non-admin key exists (admin keys alone guard management)
+        self.requires_key = any(not spec.admin for spec in self.specs)
 
     def __bool__(self) -> bool:
         return bool(self.specs)

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 
 from quart import g
 
-from ...engine import AsyncEngine, Event, FinishEvent, SamplingParams, Usage
+from ...engine import AsyncEngine, Event, FinishEvent, SamplingParams, Tenancy, Usage
 from ...engine.errors import InvalidGrammarError
+from ...engine.request import ANONYMOUS
+from ...tenants.limits import Ticket
+from ..caller import admit, tenancy
 from ..errors import from_engine_error
 from ..guards import raise_if_client_gone
 from .constraints import grammar_param
@@ -43,8 +46,11 @@ class MultiStream:
     the first's prefix cached, and its last rows run on other kernels)."""
 
     def __init__(self, engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams,
-                 request_id: str, timeout_s: float | None = None, n: int = 1) -> None:
+                 request_id: str, timeout_s: float | None = None, n: int = 1,
+                 tenancy: Tenancy = ANONYMOUS, ticket: Ticket | None = None) -> None:
         self.n = n
+        self._ticket = ticket          # the key's hold on its limits, settled at close()
+        self._used = 0                 # tokens of the finished choices (for the ticket)
         self.num_choices = len(prompts) * n
         first_of: dict[tuple[int, ...], int] = {}
         self._offsets: list[list[int]] = []  # per run: the prompts (times n) it answers for
@@ -58,8 +64,9 @@ class MultiStream:
             runs.append(ids)
             self._offsets.append([index * n])
         self._prompts = [_Prompt(engine.generate(ids, params, f"{request_id}-{p}" if len(prompts) > 1
-                                                 else request_id, timeout_s, n))
+                                                 else request_id, timeout_s, n, tenancy))
                          for p, ids in enumerate(runs)]
+        self._prompt_tokens = sum(len(ids) for ids in runs)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -79,6 +86,7 @@ class MultiStream:
             assert prompt.first is not None
             yield prompt.first
             async for choice_event in prompt.generator:
+                self._count(choice_event[1])
                 yield choice_event
             return
         queue: asyncio.Queue[tuple[int, Event] | None] = asyncio.Queue()
@@ -90,7 +98,12 @@ class MultiStream:
             if item is None:
                 pending -= 1
                 continue
+            self._count(item[1])
             yield item
+
+    def _count(self, event: Event) -> None:
+        if isinstance(event, FinishEvent):
+            self._used += event.usage.completion_tokens
 
     async def _pump(self, index: int, prompt: _Prompt,
                     queue: asyncio.Queue[tuple[int, Event] | None]) -> None:
@@ -106,6 +119,9 @@ class MultiStream:
             queue.put_nowait(None)
 
     async def close(self) -> None:
+        """Abort what is unfinished; the key's limits count the tokens used."""
+        if self._ticket is not None:
+            self._ticket.settle(self._prompt_tokens + self._used)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -119,16 +135,24 @@ class MultiStream:
 
 async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFields,
                 params: SamplingParams, request_id: str) -> MultiStream:
-    """Submit every prompt (n choices each); refusals raise here, before any response."""
-    try:
-        for ids in prompts:
+    """Submit every prompt (n choices each); refusals raise here, before any response: the
+    key's limits first (its tokens: the prompts and the most output they may generate)."""
+    for ids in prompts:
+        try:
             engine.check_prompt(ids, params)
-        streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n)
+        except Exception as error:
+            raise from_engine_error(error) from error
+    ticket = admit(sum(len(ids) for ids in prompts) + max(params.max_tokens, 1) * body.n * len(prompts))
+    try:
+        streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n,
+                              tenancy(body.priority), ticket)
         await streams.start()
     except InvalidGrammarError as error:  # compiled against the vocabulary: name the field
         named = InvalidGrammarError(str(error), error.param or grammar_param(body))
         raise from_engine_error(named) from error
     except Exception as error:
+        if ticket is not None:
+            ticket.settle(0)
         raise from_engine_error(error) from error
     g.record.token()  # every prompt has produced its first event
     return streams

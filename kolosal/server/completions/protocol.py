@@ -161,6 +161,7 @@ class SamplingFields(Strict):
     ignore_eos: bool = False         # non-standard, as in llama-server: fixed-length outputs
     cache_prompt: bool = True        # non-standard, as in llama-server: False = compute the whole prompt
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # non-standard: seconds, whole request
+    priority: Annotated[int, Field(ge=-1000, le=1000)] | None = None  # vLLM's: lower first; key's default
     speculative: bool | SpeculativeOptions | None = None  # non-standard: prompt-lookup drafts
     response_format: ResponseFormat | None = None
     grammar: str | None = Field(default=None, max_length=100_000)   # llama-server: GBNF

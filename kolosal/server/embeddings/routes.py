@@ -6,6 +6,7 @@ from quart import Response, g
 
 from ...engine import EngineError, Usage
 from ...engine.embedding import NotAnEmbeddingEngineError
+from ..caller import admit
 from ..errors import bad_request, from_engine_error
 from ..http import parse_body
 from ..leases import held_engine
@@ -35,11 +36,15 @@ async def embeddings() -> Response:
                 inputs.append(await engine.tokenize(item, add_special=True, parse_special=True))
             else:
                 inputs.append(item)
+        prompt_tokens = sum(len(ids) for ids in inputs)
+        ticket = admit(prompt_tokens)  # the key's limits: 429 when over one
         try:
             vectors = await engine.embed(inputs)
         except EngineError as error:  # refusals (400), a full queue (503), a failed step (500)
             raise from_engine_error(error) from None
-    prompt_tokens = sum(len(ids) for ids in inputs)
+        finally:
+            if ticket is not None:
+                ticket.settle(prompt_tokens)
     g.record.usage = Usage(prompt_tokens, 0)
     payload = embeddings_body(vectors, body.encoding_format, body.model, prompt_tokens)
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),

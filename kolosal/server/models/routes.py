@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Response, current_app
 
 from ...engine import AsyncEngine, EngineError, EngineNotFoundError
+from ..caller import may_use
 from ..errors import MODEL_NOT_FOUND, from_engine_error
 from ..http import json_response, parse_body
 from ..leases import default_model, held_engine
@@ -14,13 +15,15 @@ from .shapes import Model, ModelList, Text, TokenPiece, Tokens, model_object, pi
 
 
 async def list_models() -> Response:
-    engines = current_app.config["REGISTRY"].list()
+    engines = [entry for entry in current_app.config["REGISTRY"].list() if may_use(entry.engine_id)]
     models: ModelList = {"object": "list", "data": [model_object(engine) for engine in engines]}
     return json_response(models)
 
 
 async def retrieve_model(model_id: str) -> Response:
     try:
+        if not may_use(model_id):
+            raise EngineNotFoundError(model_id)
         entry = current_app.config["REGISTRY"].get(model_id)
     except EngineNotFoundError:
         raise MODEL_NOT_FOUND.error(model_id) from None
