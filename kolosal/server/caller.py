@@ -18,7 +18,7 @@ from quart import current_app, g
 from ..engine import Tenancy
 from ..engine.request import ANONYMOUS
 from ..tenants.keys import KeySpec
-from ..tenants.limits import RateLimitedError, Ticket
+from ..tenants.limits import Limiter, RateLimitedError, Ticket
 from .errors import APIError
 
 
@@ -48,7 +48,8 @@ def admit(tokens: int) -> Ticket | None:
     if spec is None or not spec.limited:
         return None
     try:
-        return current_app.config["LIMITER"].admit(spec, tokens)  # type: ignore[no-any-return]
+        limiter: Limiter = current_app.config["LIMITER"]
+        return limiter.admit(spec, tokens)
     except RateLimitedError as error:
         wait = max(error.retry_after_s, 0.001)
         headers = {**error.headers, "Retry-After": str(max(1, math.ceil(wait))),
