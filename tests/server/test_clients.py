@@ -106,14 +106,21 @@ async def test_delete_engine_ends_streams_cleanly(server: ServerProcess, model_p
         "engine_id": "doomed", "model_path": str(model_path), "n_ctx": 1024}, timeout=60)
     assert created.status_code == 201
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+        streaming = asyncio.Event()
+
         async def stream() -> list[str]:
+            lines = []
             async with http.stream("POST", "/v1/completions", json={
                     "model": "doomed", "prompt": "Count forever:", "max_tokens": 3000,
                     "ignore_eos": True, "stream": True}) as response:
-                return [line async for line in response.aiter_lines() if line.startswith("data: ")]
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        lines.append(line)
+                        streaming.set()
+            return lines
 
         task = asyncio.create_task(stream())
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(streaming.wait(), 60)  # tokens are flowing
         deleted = await http.delete("/engines/doomed")
         assert deleted.status_code == 200
         lines = await asyncio.wait_for(task, 30)

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from ..server_process import ENGINE, ServerProcess
+from ..waiting import until_async
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
@@ -139,7 +140,8 @@ async def test_queue_full_gives_503_with_retry_after(server: ServerProcess, mode
             await lines.__anext__()  # decoding: the slot is taken
             queued = asyncio.create_task(client.post("/v1/completions", json={**body, "stream": False,
                                                                               "max_tokens": 2}))
-            await asyncio.sleep(0.5)
+            await until_async(lambda: httpx.get(f"{server.base_url}/engines/one-slot/status")
+                              .json()["stats"]["queue_depth"] == 1, what="the second request queued")
             refused = await client.post("/v1/completions", json=body)
             assert_error(refused, 503, code="engine_overloaded")
             assert refused.headers["Retry-After"] == "1"

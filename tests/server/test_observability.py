@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server, wait_idle
+from ..waiting import until
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
 
@@ -56,7 +57,7 @@ def test_json_access_log_without_prompt_text(model_path: Path, tmp_path: Path) -
         httpx.post(f"{server.base_url}/v1/completions", timeout=60,
                    headers={"X-Request-Id": "trace-42"},
                    json={"model": ENGINE, "prompt": secret, "max_tokens": 4, "stream": True})
-        time.sleep(0.3)
+        until(lambda: "trace-42" in log.read_text(), what="the access log line")
     finally:
         stop_server(server)
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
@@ -79,7 +80,7 @@ def test_log_prompts_is_opt_in(model_path: Path, tmp_path: Path) -> None:
             response = httpx.post(f"{server.base_url}{path}", timeout=60,
                                   json={"model": ENGINE, "max_tokens": 2, **body})
             assert response.status_code == 200
-        time.sleep(0.3)
+        until(lambda: log.read_text().count("kolosal.access") >= 2, what="both access log lines")
     finally:
         stop_server(server)
     access = [line for line in log.read_text().splitlines() if "kolosal.access" in line]
@@ -201,7 +202,7 @@ def test_text_log_escapes_control_characters(model_path: Path, tmp_path: Path) -
         for model in (f"m\r\n{forged}", f"m\x85{forged}", f"m\u2028{forged}", f"m\x1b[2J\x00{forged}"):
             httpx.post(f"{server.base_url}/v1/completions", timeout=60,
                        headers={"X-Request-Id": "inject-model"}, json={"model": model, "prompt": "x"})
-        time.sleep(0.3)
+        until(lambda: server.log().count("inject-model") >= 4, what="the access log lines")
     finally:
         stop_server(server)
     log = server.log()
@@ -224,7 +225,7 @@ def test_json_log_keeps_one_record_per_line(model_path: Path, tmp_path: Path) ->
         httpx.post(f"{server.base_url}/v1/completions", timeout=60,
                    headers={"X-Request-Id": "inject-model"},
                    json={"model": 'm\x85\u2028\u2029\x7f\r\n{"forged": 1}', "prompt": "x"})
-        time.sleep(0.3)
+        until(lambda: "inject-model" in server.log(), what="the access log line")
     finally:
         stop_server(server)
     records = []
