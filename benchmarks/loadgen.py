@@ -110,14 +110,21 @@ def cached_tokens(payload: dict[str, Any]) -> int | None:
 
 
 async def one_request(client: httpx.AsyncClient, config: LoadConfig, call: Call) -> RequestRecord:
-    """One streamed request. A pooled keep-alive connection the server closed while idle
-    fails before any response (llama-server does this); that request is resent once on a
-    new connection and counted as a reconnect, not an error. Its TTFT keeps the lost time."""
+    """One streamed request of the workload."""
+    path, body = request_body(config, call)
+    return await stream_request(client, path, body)
+
+
+async def stream_request(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> RequestRecord:
+    """One streamed request (the one SSE client of the benchmarks). A pooled keep-alive
+    connection the server closed while idle fails before any response (llama-server does
+    this); that request is resent once on a new connection and counted as a reconnect, not
+    an error. Its TTFT keeps the lost time."""
     record = RequestRecord()
     started = time.perf_counter()
     for _ in range(2):
         try:
-            await stream_into(record, client, config, call, started)
+            await stream_into(record, client, path, body, started)
             return record
         except httpx.RemoteProtocolError as error:
             if record.chunks or record.error:
@@ -131,9 +138,8 @@ async def one_request(client: httpx.AsyncClient, config: LoadConfig, call: Call)
     return record
 
 
-async def stream_into(record: RequestRecord, client: httpx.AsyncClient, config: LoadConfig,
-                      call: Call, started: float) -> None:
-    path, body = request_body(config, call)
+async def stream_into(record: RequestRecord, client: httpx.AsyncClient, path: str,
+                      body: dict[str, Any], started: float) -> None:
     last = started
     async with client.stream("POST", path, json=body) as response:
         if response.status_code != 200:

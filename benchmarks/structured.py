@@ -37,7 +37,7 @@ import httpx
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.loadgen import format_table, parse_levels, requests_for  # noqa: E402
+from benchmarks.loadgen import format_table, parse_levels, requests_for, stream_request  # noqa: E402
 from benchmarks.machine import busy_fraction, machine_info  # noqa: E402
 from benchmarks.metrics import LevelResult, RequestRecord, median_result, summarize  # noqa: E402
 from benchmarks.servers import (  # noqa: E402
@@ -265,65 +265,6 @@ def request_body(model: str, max_tokens: int, constrained: bool, index: int) -> 
     return body
 
 
-async def stream_one(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestRecord:
-    """One streamed completion: TTFT, gaps between text chunks, tokens from usage. A pooled
-    connection the server closed while idle (llama-server does) fails before any response:
-    that request is resent once and counted as a reconnect, as loadgen.py does."""
-    record = RequestRecord()
-    started = time.perf_counter()
-    for _ in range(2):
-        try:
-            await stream_into(record, client, body, started)
-            break
-        except httpx.RemoteProtocolError as error:
-            if record.chunks or record.error:
-                record.error = f"{type(error).__name__}: {error}"[:160]
-                return record
-            record.reconnects += 1
-        except (httpx.HTTPError, json.JSONDecodeError) as error:
-            record.error = f"{type(error).__name__}: {error}"[:160]
-            return record
-    else:
-        record.error = "the server closed the connection twice before responding"
-        return record
-    if record.error:
-        return record
-    record.ok = record.chunks > 0
-    record.error = "" if record.ok else "no text in the stream"
-    record.latency_s = time.perf_counter() - started
-    record.completion_tokens = record.completion_tokens or record.chunks
-    return record
-
-
-async def stream_into(record: RequestRecord, client: httpx.AsyncClient, body: dict[str, Any],
-                      started: float) -> None:
-    last = started
-    async with client.stream("POST", "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            record.error = f"HTTP {response.status_code}: {response.text[:120]}"
-            return
-        async for line in response.aiter_lines():
-            data = line[5:].strip() if line.startswith("data:") else ""
-            if not data or data == "[DONE]":
-                continue
-            payload = json.loads(data)
-            if "error" in payload:
-                record.error = str(payload["error"])[:160]
-                return
-            if payload.get("usage"):
-                record.prompt_tokens = int(payload["usage"].get("prompt_tokens") or 0)
-                record.completion_tokens = int(payload["usage"].get("completion_tokens") or 0)
-            if any(choice.get("text") for choice in payload.get("choices") or []):
-                now = time.perf_counter()
-                if record.chunks == 0:
-                    record.ttft_s = now - started
-                else:
-                    record.inter_token_s.append(now - last)
-                last = now
-                record.chunks += 1
-
-
 def check_constrained(url: str, model: str) -> None:
     """The server really applies the schema: a short output is the start of SCHEMA's JSON
     (whitespace aside: llama-server's grammar lets the model indent, ours is compact)."""
@@ -344,7 +285,8 @@ async def run_level(url: str, model: str, constrained: bool, concurrency: int, n
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
         async def client_loop() -> None:
             for index in indices:
-                records.append(await stream_one(client, request_body(model, max_tokens, constrained, index)))
+                records.append(await stream_request(client, "/v1/completions",
+                                                    request_body(model, max_tokens, constrained, index)))
 
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     return summarize(concurrency, records, time.perf_counter() - started)
