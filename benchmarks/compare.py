@@ -91,14 +91,16 @@ def parse_ours(items: list[str]) -> dict[str, tuple[str, ...]]:
     return variants
 
 
-def parse_builds(items: list[str], ours: dict[str, tuple[str, ...]]) -> dict[str, Path]:
-    """``--ours-libllama NAME=DIR`` entries: the libllama build (its lib directory) that the
-    variant NAME of ``--ours`` runs on; "kolosal" is the default build."""
+def parse_builds(items: list[str], ours: dict[str, tuple[str, ...]],
+                 flag: str = "--ours-libllama") -> dict[str, Path]:
+    """``NAME=DIR`` entries of ``--ours-libllama`` (the libllama build, its lib directory,
+    that the variant NAME of ``--ours`` runs on; "kolosal" is the default build) or of
+    ``--ours-checkout`` (the copy of this repository whose code it runs)."""
     builds: dict[str, Path] = {}
     for item in items:
         name, _, directory = item.partition("=")
         if name not in ours or not directory:
-            raise SystemExit(f"--ours-libllama {item!r}: expected NAME=DIR with NAME from --ours")
+            raise SystemExit(f"{flag} {item!r}: expected NAME=DIR with NAME from --ours")
         builds[name] = Path(directory).expanduser()
     return builds
 
@@ -135,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "ngram-map-k4v, ngram-mod, ngram-cache); repeatable")
     parser.add_argument("--ours-libllama", action="append", default=[], metavar="NAME=DIR",
                         help="run the --ours variant NAME on the libllama build in DIR")
+    parser.add_argument("--ours-checkout", action="append", default=[], metavar="NAME=DIR",
+                        help="run the --ours variant NAME from another copy of this repository "
+                             "(e.g. `git worktree add DIR COMMIT`: before/after a change)")
     parser.add_argument("--ours", action="append", default=[], metavar='NAME="FLAGS"',
                         help="also run our server as NAME with extra flags, e.g. "
                              'spec="--spec-draft-max 8"; repeatable')
@@ -166,7 +171,8 @@ def main() -> None:
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
     ours = {"kolosal": (), **parse_ours(args.ours)}
     specs = server_specs(settings, peers, args.llama_server, ours, tuple(args.peer_spec_type),
-                         parse_builds(args.ours_libllama, ours))
+                         parse_builds(args.ours_libllama, ours),
+                         parse_builds(args.ours_checkout, ours, "--ours-checkout"))
     options = SweepOptions(endpoint=args.endpoint, max_tokens=args.max_tokens,
                            long_fraction=args.long_fraction or 0.0, rounds=args.rounds, repeats=args.repeats,
                            max_level_s=args.max_level_s, workload=args.workload, logprobs=args.logprobs,

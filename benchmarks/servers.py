@@ -82,17 +82,21 @@ def find_llama_server() -> Path | None:
 
 
 def kolosal_spec(settings: ServerSettings, name: str = "kolosal", extra: tuple[str, ...] = (),
-                 libllama: Path | None = None) -> ServerSpec:
-    """Our server; ``extra`` flags (e.g. ``--spec-draft-max 0``) make a variant of it, and
-    ``libllama`` (a build's lib directory) runs it on another build."""
+                 libllama: Path | None = None, checkout: Path | None = None) -> ServerSpec:
+    """Our server; ``extra`` flags (e.g. ``--spec-draft-max 0``) make a variant of it,
+    ``libllama`` (a build's lib directory) runs it on another build, and ``checkout`` (another
+    copy of this repository, e.g. a git worktree of an older commit) runs that copy's code."""
     script = Path(sys.executable).parent / "kolosal-server"
-    launcher = (str(script),) if script.is_file() else (sys.executable, "-m", "kolosal")
+    launcher = (str(script),) if script.is_file() and checkout is None else (sys.executable, "-m", "kolosal")
+    env = (("KOLOSAL_LIBLLAMA", str(libllama)),) if libllama else ()
+    if checkout is not None:
+        env += (("PYTHONPATH", str(checkout)),)
     port = free_port()
     return ServerSpec(name, (*launcher, "--model", str(settings.model), "--host", HOST,
                              "--port", str(port), "--threads", str(settings.threads),
                              "--n-ctx", str(settings.n_ctx), "--parallel", str(settings.parallel),
                              "--engine-id", "bench", "--log-level", "warning", *extra), "bench", port,
-                      env=(("KOLOSAL_LIBLLAMA", str(libllama)),) if libllama else ())
+                      env=env)
 
 
 def llama_server_spec(settings: ServerSettings, binary: Path, spec_type: str | None = None) -> ServerSpec:
@@ -129,13 +133,14 @@ def llama_cpp_python_spec(settings: ServerSettings) -> ServerSpec | None:
 def server_specs(settings: ServerSettings, peers: tuple[str, ...] = ("llama-server",),
                  llama_server: Path | None = None, ours: dict[str, tuple[str, ...]] | None = None,
                  peer_spec_types: tuple[str, ...] = (),
-                 libllama: dict[str, Path] | None = None) -> list[ServerSpec]:
+                 libllama: dict[str, Path] | None = None,
+                 checkouts: dict[str, Path] | None = None) -> list[ServerSpec]:
     """Ours first (``ours``: name -> extra flags, default one plain "kolosal"; ``libllama``:
-    name -> the build it runs on), then each peer that is available (a missing one is
-    reported, not fatal); every entry of ``peer_spec_types`` adds llama-server with that
-    speculative type."""
-    builds = libllama or {}
-    specs = [kolosal_spec(settings, name, extra, builds.get(name))
+    name -> the build it runs on; ``checkouts``: name -> the copy of the code it runs), then
+    each peer that is available (a missing one is reported, not fatal); every entry of
+    ``peer_spec_types`` adds llama-server with that speculative type."""
+    builds, copies = libllama or {}, checkouts or {}
+    specs = [kolosal_spec(settings, name, extra, builds.get(name), copies.get(name))
              for name, extra in (ours or {"kolosal": ()}).items()]
     if "llama-server" in peers or peer_spec_types:
         binary = llama_server or find_llama_server()
