@@ -88,7 +88,7 @@ def kolosal_spec(settings: ServerSettings, name: str = "kolosal", extra: tuple[s
     copy of this repository, e.g. a git worktree of an older commit) runs that copy's code."""
     script = Path(sys.executable).parent / "kolosal-server"
     launcher = (str(script),) if script.is_file() and checkout is None else (sys.executable, "-m", "kolosal")
-    env = (("KOLOSAL_LIBLLAMA", str(libllama)),) if libllama else ()
+    env: tuple[tuple[str, str], ...] = (("KOLOSAL_LIBLLAMA", str(libllama)),) if libllama else ()
     if checkout is not None:
         env += (("PYTHONPATH", str(checkout)),)
     port = free_port()
