@@ -110,6 +110,11 @@ def test_a_requests_lora_picks_its_adapters(api: httpx.Client) -> None:
     assert chat_text(api, [{"id": REAL, "scale": 0}]) == base_text  # scale 0: the base model
     assert_same_or_near_tie(api_steps(base["logprobs"]["content"]),
                             chat_text(api, [{"id": ZERO, "scale": 1.0}]), "all-zero adapter vs base")
+    responses = api.post("/v1/responses", json={"model": LORA_ENGINE, "input": MESSAGES[0]["content"],
+                                                "max_output_tokens": 16, "temperature": 0,
+                                                "cache_prompt": False, "lora": [{"id": REAL, "scale": 1}]})
+    assert responses.status_code == 200, responses.text  # the same chat, so the same text
+    assert responses.json()["output"][-1]["content"][0]["text"] == chat_text(api, [{"id": REAL, "scale": 1}])
     plain = completion_text(api, [])
     assert completion_text(api, [{"id": REAL, "scale": 1}]) != plain
     assert completion_text(api, [{"id": REAL, "scale": 0.0}, {"id": ZERO, "scale": 0.0}]) == plain
