@@ -113,9 +113,13 @@ def default_engines(inputs: Mapping[str, Any], has_engines: bool,
                     bundled_models: Callable[[], list[Path]]) -> list[dict[str, Any]]:
     """The engine of --model with the engine flags. When neither --model nor the config
     names an engine (and not --no-default-model): the bundled models, each with the engine
-    flags (--engine-id names the first); else none."""
+    flags (--engine-id names the first); else none. --lora needs --model: an adapter is
+    made for one base model."""
     model = inputs.get("model")
     flags = {spec.name: inputs[spec.name] for spec in ENGINE_OPTIONS if spec.name in inputs}
+    if model is None and flags.get("lora"):
+        raise ValueError("--lora (KOLOSAL_LORA) needs --model: an adapter belongs to one base model "
+                         "(a config file's engine takes its own lora list)")
     if model is not None:
         return [{"engine_id": inputs.get("engine_id") or Path(model).stem, "model_path": str(model),
                  **flags}]

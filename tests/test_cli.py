@@ -15,6 +15,7 @@ from kolosal.cli import (
     settings_from_args,
 )
 from kolosal.config import ServerSettings
+from kolosal.engine.lora import LoraSpec
 
 INSTRUCT_MODEL = Path("/cache/smollm2-135m-instruct-q4_1.gguf")
 DEFAULT_MODEL = Path("/cache/gemma-3-270m.gguf")
@@ -109,3 +110,21 @@ def test_out_of_range_values_fail_wherever_they_come_from(tmp_path: Path) -> Non
     config.write_text("engines:\n  - {engine_id: e, model_path: m, n_batch: 0}\n")
     with pytest.raises(ValueError, match="n_batch must be >= 1"):
         settings(["--config", str(config)])
+
+
+def test_lora_flags_load_adapters_with_the_models_engine(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "a.gguf", tmp_path / "b:c.gguf"  # a colon inside a path stays in it
+    first.write_bytes(b"")
+    second.write_bytes(b"")
+    result = settings(["--model", "/m/x.gguf", "--lora", f"{first}:0.5", "--lora", str(second)])
+    assert result.engines[0].lora == (LoraSpec(str(first), 0.5), LoraSpec(str(second), 1.0))
+    from_env = settings(["--model", "/m/x.gguf"], {"KOLOSAL_LORA": f"{first},{second}:2"})
+    assert from_env.engines[0].lora == (LoraSpec(str(first), 1.0), LoraSpec(str(second), 2.0))
+    with pytest.raises(ValueError, match="--lora .* needs --model"):
+        settings(["--lora", str(first)])  # the bundled models are two: an adapter fits one
+    with pytest.raises(ValueError, match="No such file"):
+        settings(["--model", "/m/x.gguf", "--lora", str(tmp_path / "none.gguf")])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--lora", f"{first}:-1"])
+    assert "LoRA scale must be in [0, 10]" in capsys.readouterr().err

@@ -3,6 +3,7 @@ CLI flags, the environment names and the bounds are all derived from it."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 from kolosal.cli import build_parser
 from kolosal.config import ServerSettings, settings_from
 from kolosal.engine import EngineConfig
+from kolosal.engine.lora import LoraSpec
 from kolosal.options import option_fields
 from kolosal.server.engines.protocol import EngineCreateRequest
 
@@ -30,7 +32,7 @@ def test_post_engines_fields_are_derived_from_engine_config() -> None:
             assert spec.http_name not in schema
             continue
         field = schema[spec.http_name]
-        assert field["default"] == spec.default
+        assert field["default"] == (list(spec.default) if isinstance(spec.default, tuple) else spec.default)
         assert field.get("minimum") == spec.option.ge and field.get("maximum") == spec.option.le
         assert field["description"] == spec.option.help
     assert schema["keep_alive"]["default"] == 0.0 and "keep_alive_s" not in schema
@@ -44,6 +46,19 @@ def test_post_engines_body_becomes_the_engine_config() -> None:
     for bad in ({"n_ctx": 8}, {"n_ctx": "512"}, {"flash_attn": "on"}, {"keep_alive_s": 1}):
         with pytest.raises(ValidationError):
             EngineCreateRequest.model_validate({"engine_id": "e", "model_path": "x", **bad})
+
+
+def test_post_engines_lora_becomes_the_engines_adapters(tmp_path: Path) -> None:
+    adapter = tmp_path / "a.gguf"
+    adapter.write_bytes(b"")
+    body = EngineCreateRequest.model_validate({"engine_id": "e", "model_path": "x.gguf",
+                                               "lora": [{"path": "a.gguf", "scale": 0.5}]})
+    config = body.engine_config("/abs/x.gguf", [str(adapter)])  # the path as the server resolved it
+    assert config.lora == (LoraSpec(str(adapter), 0.5),)
+    for bad in ("a.gguf", [{"path": ""}], [{"path": "a", "scale": "1"}], [{"path": "a", "other": 1}],
+                [{"path": "a"}] * 33):
+        with pytest.raises(ValidationError, match="lora"):
+            EngineCreateRequest.model_validate({"engine_id": "e", "model_path": "x", "lora": bad})
 
 
 def test_engine_config_checks_the_same_bounds() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..options import OptionValueError, check_options, option
-from .lora import LoraSpec, lora_specs
+from .lora import LoraSpec, lora_flag, lora_specs
 
 if TYPE_CHECKING:
     from ..llama import ContextParams, ModelParams
@@ -107,8 +107,9 @@ class EngineConfig:
         None, "how an embedding engine pools token vectors (default: the GGUF's, else mean); "
         "setting it makes an embedding engine", flag="--pooling", parse=_pooling)
     lora: tuple[LoraSpec, ...] = option(
-        (), "LoRA adapters (GGUF) loaded with the model, each {path, scale} (scale 1 by default, "
-        "0 = off); ids are their positions; a request picks its own set (lora.py)", http=False)
+        (), "LoRA adapter (GGUF) loaded with the model: PATH[:SCALE] (repeatable; scale 1 by "
+        "default, 0 = off; over HTTP [{path, scale}]); ids are their positions; a request picks "
+        "its own set with `lora`", flag="--lora", parse=lora_flag)
 
     def __post_init__(self) -> None:
         if not self.engine_id:

@@ -63,6 +63,20 @@ def lora_spec(item: object) -> LoraSpec:
     return LoraSpec(item.path, check_scale(item.scale))
 
 
+def lora_flag(text: str) -> tuple[LoraSpec, ...]:
+    """``--lora`` (and KOLOSAL_LORA): ``PATH[:SCALE]``, comma-separated for several, as
+    llama-server's ``--lora-scaled``. A suffix that is not a number is part of the path."""
+    specs = []
+    for item in filter(None, text.split(",")):
+        path, _, suffix = item.rpartition(":")
+        try:
+            scale = float(suffix) if path else None
+        except ValueError:
+            scale = None
+        specs.append(LoraSpec(item) if scale is None else LoraSpec(path, check_scale(scale)))
+    return tuple(specs)
+
+
 def lora_specs(value: object) -> tuple[LoraSpec, ...]:
     """An engine's adapters from a config value (a list of the forms ``lora_spec`` takes)."""
     if isinstance(value, (str, Mapping, LoraSpec)) or not isinstance(value, Iterable):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .completions import routes as completions
 from .embeddings import routes as embeddings
 from .engines import routes as engines
+from .lora import routes as lora
 from .models import routes as models
 from .responses import routes as responses
 from .routing import Route
@@ -16,5 +17,6 @@ ROUTES: tuple[Route, ...] = (
     *embeddings.ROUTES,
     *models.ROUTES,
     *engines.ROUTES,
+    *lora.ROUTES,
     *site.ROUTES,
 )

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 from quart import Response, request
 
 from .errors import bad_request, from_validation_error
@@ -50,8 +50,9 @@ async def parse_body(model: type[Body]) -> Body:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise bad_request(f"invalid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise bad_request("the request body must be a JSON object")
+    shape = list if issubclass(model, RootModel) else dict  # a RootModel's body is a JSON array
+    if not isinstance(data, shape):
+        raise bad_request(f"the request body must be a JSON {'array' if shape is list else 'object'}")
     if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise bad_request("the JSON body is nested too deeply")
     try:

@@ -12,7 +12,7 @@ from typing import Any
 from .. import __version__
 from .endpoints import ROUTES
 from .errors import ErrorBody
-from .json_schema import typed_dict_schema
+from .json_schema import type_schema, typed_dict_schema
 from .routing import PARAMETER, Route
 
 STATUS_TEXT = {400: "invalid request (param names the field)", 401: "missing or wrong API key",
@@ -45,7 +45,7 @@ def json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def describe(route: Route, path: str, schemas: dict[str, Any]) -> dict[str, Any]:
     """One operation; the response shapes it refers to are added to ``schemas``."""
     if route.response is not None:
-        content = json_content(typed_dict_schema(route.response, schemas))
+        content = json_content(type_schema(route.response, schemas))
     else:
         content = {route.media: {"schema": STRING if route.media != "application/json"
                                  else {"type": "object"}}}
@@ -62,10 +62,12 @@ def describe(route: Route, path: str, schemas: dict[str, Any]) -> dict[str, Any]
     if route.request is not None:
         described["requestBody"] = {"required": True, "content": json_content(
             {"$ref": f"#/components/schemas/{route.request.__name__}"})}
-    names = PARAMETER.findall(path)
-    if names:
-        described["parameters"] = [{"name": name, "in": "path", "required": True, "schema": STRING}
-                                   for name in names]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": STRING}
+                  for name in PARAMETER.findall(path)]
+    parameters += [{"name": name, "in": "query", "required": False, "schema": STRING}
+                   for name in route.query]
+    if parameters:
+        described["parameters"] = parameters
     if route.public:
         described["security"] = []
     return described

@@ -31,7 +31,7 @@ class Route:
     handler: Handler
     summary: str
     request: type[BaseModel] | None = None   # the JSON body, validated by this model
-    response: type | None = None         # the success body's TypedDict; None: not JSON
+    response: type | None = None         # the success body's TypedDict (or list of one); None: not JSON
     status: int = 200
     errors: tuple[int, ...] = ()         # statuses beyond what the method, auth and body imply
     media: str = "application/json"      # of a success body without a TypedDict
@@ -41,6 +41,7 @@ class Route:
     quiet: bool = False                  # successful calls are logged at DEBUG (probes, scrapes)
     also: Mapping[int, type] = field(default_factory=lambda: MappingProxyType({}))  # status -> body
     slashes: frozenset[str] = frozenset()  # path parameters that may hold "/"
+    query: tuple[str, ...] = ()          # optional query parameters (strings)
 
     def rules(self) -> list[str]:
         """The paths as Quart rules: ``{name}`` -> ``<name>`` (``<path:name>`` with slashes)."""

@@ -35,6 +35,7 @@ async def call(app: Quart, method: str, path: str, key: str | None = None,
 def test_management_routes() -> None:
     assert is_management("POST", "/engines") and is_management("DELETE", "/v1/engines/x")
     assert not is_management("GET", "/engines/x/status") and not is_management("POST", "/v1/completions")
+    assert is_management("POST", "/lora-adapters") and not is_management("GET", "/lora-adapters")
 
 
 async def test_api_keys_guard_everything_but_the_public_paths(app: Quart) -> None:
@@ -58,6 +59,9 @@ async def test_managing_engines_needs_an_admin_key(app: Quart) -> None:
     status, _, body = await call(app, "DELETE", "/engines/x", ADMIN_KEY)  # past auth: no such engine
     assert status == 404 and body["error"]["code"] == "model_not_found"
     assert (await call(app, "GET", "/engines/x/status", API_KEY))[0] == 404  # reading is an API call
+    status, _, body = await call(app, "POST", "/lora-adapters", API_KEY)  # re-scaling adapters too
+    assert status == 403 and body["error"]["code"] == "admin_key_required"
+    assert (await call(app, "GET", "/lora-adapters", API_KEY))[0] == 404  # no engine to list
 
 
 async def test_request_ids_errors_and_cors(app: Quart) -> None:

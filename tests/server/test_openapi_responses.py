@@ -76,6 +76,8 @@ def test_every_operation_answers_its_documented_schema(api: httpx.Client, model_
         call("post", "/v1/embeddings", json={"model": EMBEDDER, "input": ["a", "b"],
                                              "encoding_format": encoding_format})
     call("get", "/engines")
+    call("get", "/lora-adapters", params={"model": ENGINE})
+    call("post", "/lora-adapters", json=[])  # the default engine, which has no adapters
     call("get", "/engines/{engine_id}/status", f"/engines/{ENGINE}/status")
     call("delete", "/engines/{engine_id}", f"/engines/{EMBEDDER}")
     call("get", "/v1/health")
@@ -96,9 +98,11 @@ def test_every_operation_answers_its_documented_schema(api: httpx.Client, model_
     ("delete", "/engines/{engine_id}", "/engines/no-such-engine", None),
     ("get", "/v1/responses/{response_id}", "/v1/responses/resp_none", None),
     ("post", "/engines", None, {"engine_id": "x", "model_path": "/no/such/file.gguf"}),
+    ("get", "/lora-adapters", "/lora-adapters?model=no-such-model", None),
+    ("post", "/lora-adapters", None, [{"id": 0, "scale": 1.0}]),
 ])
 def test_errors_answer_the_error_schema(api: httpx.Client, method: str, path: str, url: str | None,
-                                        body: dict[str, Any] | None) -> None:
+                                        body: dict[str, Any] | list[Any] | None) -> None:
     response = api.request(method, url or path, json=body)
     assert response.status_code >= 400
     assert set(check(response, method, path)) == {"error"}

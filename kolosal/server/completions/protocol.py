@@ -19,6 +19,7 @@ from pydantic import (
 
 from ...engine import InvalidRequestError, SamplingParams
 from ...engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
+from ..lora.protocol import LoraScales, lora_pairs
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
@@ -166,6 +167,7 @@ class SamplingFields(Strict):
     response_format: ResponseFormat | None = None
     grammar: str | None = Field(default=None, max_length=100_000)   # llama-server: GBNF
     json_schema: dict[str, Any] | None = None                       # llama-server: a bare schema
+    lora: LoraScales | None = None   # llama-server: [{"id", "scale"}], the others off; none: the engine's
     store: bool | None = None        # no-ops that SDKs and frameworks send
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
@@ -249,7 +251,7 @@ class SamplingFields(Strict):
             repeat_penalty=self.repeat_penalty, logit_bias=bias,
             stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos, cache_prompt=self.cache_prompt,
             logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
-            grammar=grammar, speculative=self.draft_max())
+            grammar=grammar, speculative=self.draft_max(), lora=lora_pairs(self.lora))
 
     def draft_max(self) -> int | None:
         """SamplingParams.speculative: None = the engine's setting."""

@@ -2,31 +2,42 @@
 EngineConfig's declared options (``kolosal.options``), so the CLI and HTTP cannot drift."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ...engine import EngineConfig
-from ...options import option_fields
+from ...engine.lora import MAX_LORA_ADAPTERS
+from ...options import by_name, option_fields
+from ..lora.protocol import LoraFile
 
 
 class EngineCreateBase(BaseModel):
-    """POST /engines. The identity fields are here; every tunable field (its name, type,
-    default and bounds) is generated from EngineConfig below, so they cannot drift."""
+    """POST /engines. The identity fields and the LoRA adapters (their JSON form is not the
+    config's) are here; every other tunable field (its name, type, default and bounds) is
+    generated from EngineConfig below, so they cannot drift."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     engine_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     model_path: str = Field(min_length=1)
+    lora: list[LoraFile] = Field(default=[], max_length=MAX_LORA_ADAPTERS,
+                                 description=by_name(option_fields(EngineConfig))["lora"].option.help)
 
-    def engine_config(self, model_path: str) -> EngineConfig:
-        """The engine's config, with ``model_path`` as resolved by the caller."""
-        return EngineConfig(engine_id=self.engine_id, model_path=model_path,
-                            **{spec.name: getattr(self, spec.http_name) for spec in ENGINE_HTTP_OPTIONS})
+    def engine_config(self, model_path: str, lora_paths: Sequence[str] | None = None) -> EngineConfig:
+        """The engine's config, with ``model_path`` and the adapters' paths (in ``lora``'s
+        order; default: as given) as resolved by the caller."""
+        paths = [item.path for item in self.lora] if lora_paths is None else lora_paths
+        lora = tuple(item.spec(path) for item, path in zip(self.lora, paths, strict=True))
+        return EngineConfig(engine_id=self.engine_id, model_path=model_path, lora=lora,
+                            **{spec.name: getattr(self, spec.http_name) for spec in GENERATED_OPTIONS})
 
 
 ENGINE_HTTP_OPTIONS = tuple(spec for spec in option_fields(EngineConfig) if spec.option.http)
+GENERATED_OPTIONS = tuple(spec for spec in ENGINE_HTTP_OPTIONS
+                          if spec.http_name not in EngineCreateBase.model_fields)
 _ENGINE_FIELDS: dict[str, Any] = {
     spec.http_name: (Annotated[spec.type, Field(ge=spec.option.ge, le=spec.option.le,
                                                 description=spec.option.help)], spec.default)
-    for spec in ENGINE_HTTP_OPTIONS}
+    for spec in GENERATED_OPTIONS}
 EngineCreateRequest = create_model("EngineCreateRequest", __base__=EngineCreateBase, **_ENGINE_FIELDS)

@@ -39,8 +39,9 @@ def find_engine(engine_id: str) -> EngineEntry:
 async def create_engine() -> Response:
     body = await parse_body(EngineCreateRequest)
     path = await resolve_model_path(body.model_path)
+    lora_paths = [str(await resolve_model_path(item.path, "lora")) for item in body.lora]
     try:
-        config = body.engine_config(str(path))
+        config = body.engine_config(str(path), lora_paths)
     except OptionValueError as error:
         raise bad_request(str(error), param=error.name) from None
     except ValueError as error:  # settings that contradict each other

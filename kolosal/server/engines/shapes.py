@@ -9,6 +9,7 @@ from typing_extensions import NotRequired
 
 from ...engine import EngineEntry, EngineState
 from ..json_schema import Schema
+from ..lora.shapes import LoraAdapter, lora_adapters
 from ..models.shapes import EngineKind
 
 State = Annotated[str, Schema({"enum": [state.value for state in EngineState]})]
@@ -43,6 +44,7 @@ class Engine(TypedDict):
     keep_alive: float
     idle_seconds: float
     memory_estimate: dict[str, int] | None   # weights, KV cache, buffers and total, in bytes
+    lora: list[LoraAdapter]                # its LoRA adapters and their current scales
     model: NotRequired[ModelInfo]          # once it has loaded
     stats: NotRequired[dict[str, Any]]     # live statistics (engine status only)
 
@@ -94,7 +96,8 @@ def engine_body(engine: EngineEntry, with_stats: bool = False) -> Engine:
         "load_seconds": round(engine.load_seconds, 3), "error": engine.error,
         "pinned": config.pinned, "keep_alive": config.keep_alive_s,
         "idle_seconds": round(time.monotonic() - engine.holders.last_used, 1) if engine.idle else 0.0,
-        "memory_estimate": engine.memory.as_dict() if engine.memory else None}
+        "memory_estimate": engine.memory.as_dict() if engine.memory else None,
+        "lora": lora_adapters(engine)}
     info = engine.info
     if info is not None:
         body["model"] = {"architecture": info.architecture, "description": info.description,
