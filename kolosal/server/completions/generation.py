@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from quart import g
 
 from ...engine import AsyncEngine, Event, FinishEvent, SamplingParams, Usage
-from ...engine.errors import InvalidGrammarError
 from ..errors import from_engine_error
 from ..guards import raise_if_client_gone
-from .constraints import grammar_param
 from .protocol import SamplingFields
 
 Choices = AsyncGenerator[tuple[int, Event], None]
@@ -119,16 +117,12 @@ class MultiStream:
 
 async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFields,
                 params: SamplingParams, request_id: str) -> MultiStream:
-    """Submit every prompt (n choices each); refusals raise here, before any response."""
+    """Submit every prompt (n choices each); refusals raise here, before any response. The
+    engine checks each prompt as it takes it; a refusal names the request's field."""
     try:
-        for ids in prompts:
-            engine.check_prompt(ids, params)
         streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n)
         await streams.start()
-    except InvalidGrammarError as error:  # compiled against the vocabulary: name the field
-        named = InvalidGrammarError(str(error), error.param or grammar_param(body))
-        raise from_engine_error(named) from error
     except Exception as error:
-        raise from_engine_error(error) from error
+        raise from_engine_error(error, param=body.field_at_fault(error)) from error
     g.record.token()  # every prompt has produced its first event
     return streams
