@@ -189,8 +189,8 @@ class AsyncEngine:
         raise EmbeddingOnlyError(self.engine_id)
 
     def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
-        """Which of these marker texts are one special token of the model: none here (an
-        embedding engine's requests with tools are refused at submission)."""
+        """Which of ``texts`` are one special token of the vocabulary: none here (an
+        embedding engine's generation requests are refused at submission)."""
         return {}
 
     def lora_adapters(self) -> list[dict[str, Any]]:
@@ -263,8 +263,8 @@ class GenerationEngine(AsyncEngine):
         return await self._worker_calls.run(lambda: runner.grammar().compile(grammar))
 
     def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
-        """Which of these marker texts are one special token of the model (grammars name
-        them by id, and outputs must render them as text)."""
+        """Which of ``texts`` are one special token of the vocabulary (text -> token id): a
+        generic lookup; which texts to ask about is the caller's knowledge."""
         return self._open_generation().special_tokens(texts)
 
     def token_piece(self, token: int) -> bytes:

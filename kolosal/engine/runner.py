@@ -18,7 +18,6 @@ from ..llama import Batch, Context, DecodeStatus, LoraAdapter, Model, Sampler, S
 from ..llama.grammar import build_lltokenizer, is_grammar_special
 from ..llama.model import ProgressCallback
 from ..llama.sampler import SampleScratch
-from ..toolcalls.families import special_token_ids
 from .config import EngineConfig
 from .constraint import GrammarEngine
 from .lora import BASE_MODEL, LoraSpec, LoraTable
@@ -118,10 +117,15 @@ class ModelRunner:
             return self._grammar
 
     def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
-        """Which marker texts are one special token of this model."""
+        """Which of ``texts`` are one special token of this vocabulary (tokenized with
+        special tokens parsed, and marked special for grammars): text -> token id."""
         vocab = self.vocab
-        return special_token_ids(texts, lambda text: vocab.tokenize(text, False, True),
-                                 lambda token: is_grammar_special(vocab, token))
+        found: dict[str, int] = {}
+        for text in texts:
+            ids = vocab.tokenize(text, False, True)
+            if len(ids) == 1 and is_grammar_special(vocab, ids[0]):
+                found[text] = ids[0]
+        return found
 
     def make_sampler(self, params: SamplingParams) -> Sampler | None:
         """None means greedy: argmax in numpy over all greedy rows, no sampler chain."""

@@ -153,13 +153,16 @@ def from_validation_error(error: ValidationError) -> APIError:
 
 
 def from_engine_error(error: BaseException, subject: str | None = None,
-                      table: Table = ENGINE_ERRORS) -> APIError:
-    """The HTTP meaning of a failure (anything without a rule is a 500)."""
+                      table: Table = ENGINE_ERRORS, param: str | None = None) -> APIError:
+    """The HTTP meaning of a failure (anything without a rule is a 500). ``param``: the
+    request's field at fault, when the caller knows it (as the request spells it)."""
     if isinstance(error, APIError):
         return error
     if isinstance(error, InsufficientMemoryError) and not error.fits_alone:
         return bad_request(str(error), param="n_ctx", code=error.code)  # waiting never helps
     for kind, rule in table:
         if isinstance(error, kind):
-            return rule.error(subject, error)
+            refusal = rule.error(subject, error)
+            refusal.param = param or refusal.param
+            return refusal
     return APIError(500, "internal server error", type="server_error", code="internal_error")

@@ -58,6 +58,11 @@ class GrammarError(ValueError):
     says why."""
 
 
+class AnswerSchemaError(GrammarError):
+    """``tool_call_grammar``'s ``answer_schema`` (a response_format beside tools) is the
+    part that cannot be turned into a grammar."""
+
+
 def validate(grammar: str, tokenizer: llguidance.LLTokenizer | None = None) -> str:
     """Return ``grammar`` if llguidance accepts it, else raise GrammarError."""
     is_error, messages = deep_call(llguidance.LLMatcher.validate_grammar_with_warnings, grammar, tokenizer)
@@ -174,11 +179,10 @@ def _schema_grammar(schema: Mapping[str, Any]) -> tuple[str, str]:
     return ("", "; ".join(messages) or "invalid schema") if is_error else (grammar, "")
 
 
-def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
-    """The grammar for an OpenAI ``response_format``: None for ``text`` (no constraint),
-    any JSON object for ``json_object`` (or its ``schema``, as llama-server allows), the
-    schema for ``json_schema``. ``options`` are those of ``json_schema_grammar``
-    (reasoning, special_tokens, tokenizer)."""
+def response_format_schema(response_format: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The JSON schema an OpenAI ``response_format`` asks for: None for ``text`` (no
+    constraint), any JSON object for ``json_object`` (or its ``schema``, as llama-server
+    allows), the schema for ``json_schema``."""
     if response_format is None:
         return None
     kind = response_format.get("type")
@@ -188,7 +192,7 @@ def response_format_grammar(response_format: Mapping[str, Any] | None, **options
         schema = response_format.get("schema")  # llama-server's extension
         if schema is not None and not isinstance(schema, Mapping):
             raise GrammarError("response_format.schema must be an object")
-        return json_schema_grammar(schema, **options)
+        return schema if schema is not None else {"type": "object"}
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, Mapping):
@@ -196,8 +200,16 @@ def response_format_grammar(response_format: Mapping[str, Any] | None, **options
         schema = spec.get("schema", {})
         if not isinstance(schema, Mapping):
             raise GrammarError("response_format.json_schema.schema must be an object")
-        return json_schema_grammar(schema, **options)
+        return schema
     raise GrammarError(f"unsupported response_format type {kind!r}")
+
+
+def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
+    """The grammar for an OpenAI ``response_format`` (``response_format_schema``): None for
+    ``text``. ``options`` are those of ``json_schema_grammar`` (reasoning, special_tokens,
+    tokenizer)."""
+    schema = response_format_schema(response_format)
+    return None if schema is None else json_schema_grammar(schema, **options)
 
 
 def gbnf_grammar(gbnf: str, tokenizer: llguidance.LLTokenizer | None = None) -> str:
@@ -262,7 +274,7 @@ def tool_call_grammar(family: ToolFamily, tools: Sequence[Mapping[str, Any]], *,
     if answer_schema is not None:
         _, problem = _schema_grammar(answer_schema)
         if problem:
-            raise GrammarError(f"invalid JSON schema: {problem}")
+            raise AnswerSchemaError(f"invalid JSON schema: {problem}")
         if family in BARE_JSON_FAMILIES:
             either = _call_or_answer(family, tools, answer_schema)
             return _lark_grammar("answer", [f"answer: {_json_rule(either)}"], reasoning, special_tokens,

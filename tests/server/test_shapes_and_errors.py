@@ -131,7 +131,7 @@ def test_no_op_fields_are_accepted() -> None:
 
 @pytest.mark.parametrize("fields", [
     {"response_format": {"type": "json_object"}, "grammar": "root ::= \"a\""},
-    {"tools": [{"type": "function", "function": {"name": "f"}}], "response_format": {"type": "json_object"}},
+    {"tools": [{"type": "function", "function": {"name": "f"}}], "json_schema": {"type": "object"}},
     {"tool_choice": "required"},
     {"tool_choice": {"type": "function", "function": {"name": "g"}},
      "tools": [{"type": "function", "function": {"name": "f"}}]},

@@ -240,9 +240,9 @@ def test_langchain_bind_tools(server: ServerProcess, tool_choice: str) -> None:
      "tool_choice", ("nope",)),
     ({"tool_choice": "required"}, "tool_choice", ("needs tools",)),
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", ("'required'",)),
-    ({"tools": TOOLS, "response_format": {"type": "json_object"}}, None, ("tools", "response_format")),
+    ({"tools": TOOLS, "json_schema": {"type": "object"}}, None, ("tools", "json_schema")),
     ({"tools": TOOLS, "grammar": 'root ::= "x"'}, None, ("tools", "grammar")),
-    ({"tools": TOOLS, "response_format": schema_format({"type": "object"})}, None, ("cannot be combined",)),
+    ({"tools": TOOLS, "response_format": schema_format({"$ref": "#"})}, "response_format", ("cycle",)),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"a": {"not": {}}}}}}], "tool_choice": "required"},
      "tools", ("'f'", "not")),

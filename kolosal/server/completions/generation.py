@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from quart import g
 
 from ...engine import AsyncEngine, Event, FinishEvent, SamplingParams, Tenancy, Usage
-from ...engine.errors import InvalidGrammarError
 from ...engine.request import ANONYMOUS
 from ...tenants.limits import Ticket
 from ..caller import admit, tenancy
 from ..errors import from_engine_error
 from ..guards import raise_if_client_gone
-from .constraints import grammar_param
 from .protocol import SamplingFields
 
 Choices = AsyncGenerator[tuple[int, Event], None]
@@ -136,23 +134,16 @@ class MultiStream:
 async def start(engine: AsyncEngine, prompts: list[list[int]], body: SamplingFields,
                 params: SamplingParams, request_id: str) -> MultiStream:
     """Submit every prompt (n choices each); refusals raise here, before any response: the
-    key's limits first (its tokens: the prompts and the most output they may generate)."""
-    for ids in prompts:
-        try:
-            engine.check_prompt(ids, params)
-        except Exception as error:
-            raise from_engine_error(error) from error
+    key's limits first (its tokens: the prompts and the most output they may generate), then
+    the engine, which checks each prompt as it takes it; a refusal names the request's field."""
     ticket = admit(sum(len(ids) for ids in prompts) + max(params.max_tokens, 1) * body.n * len(prompts))
     try:
         streams = MultiStream(engine, prompts, params, request_id, body.timeout, body.n,
                               tenancy(body.priority), ticket)
         await streams.start()
-    except InvalidGrammarError as error:  # compiled against the vocabulary: name the field
-        named = InvalidGrammarError(str(error), error.param or grammar_param(body))
-        raise from_engine_error(named) from error
     except Exception as error:
         if ticket is not None:
             ticket.settle(0)
-        raise from_engine_error(error) from error
+        raise from_engine_error(error, param=body.field_at_fault(error)) from error
     g.record.token()  # every prompt has produced its first event
     return streams

@@ -6,7 +6,7 @@ where a field is a no-op that real clients send (``null`` for any optional field
 default; ``store``, ``metadata``, ``response_format: {"type": "text"}``, ``tools: []``)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from ...engine import InvalidRequestError, SamplingParams
+from ...engine import ContextLengthExceededError, InvalidGrammarError, InvalidRequestError, SamplingParams
 from ...engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
 from ..lora.protocol import LoraScales, lora_pairs
 
@@ -142,7 +142,14 @@ ALIASES = {"repetition_penalty": "repeat_penalty", "n_predict": "max_tokens"}
 
 class SamplingFields(Strict):
     """Fields shared by chat and text completions. Fields that would change the output in a
-    way we do not implement are refused (400) instead of silently ignored."""
+    way we do not implement are refused (400) instead of silently ignored.
+
+    A refusal names the field at fault as the request spells it: ``PROMPT_FIELD`` (what
+    the prompt came from) and ``FORMAT_FIELD`` (the response format) are each request
+    kind's own names (the Responses API's chat request has ``input`` and ``text.format``)."""
+
+    PROMPT_FIELD: ClassVar[str] = "prompt"
+    FORMAT_FIELD: ClassVar[str] = "response_format"
 
     model: str = Field(min_length=1)
     stream: bool = False
@@ -230,6 +237,24 @@ class SamplingFields(Strict):
             return None
         return self.response_format
 
+    def grammar_field(self) -> str:
+        """The field the request's grammar comes from (enforced tool calls: ``tools``)."""
+        if self.structured_format() is not None:
+            return self.FORMAT_FIELD
+        if self.json_schema is not None:
+            return "json_schema"
+        return "grammar" if self.grammar is not None else "tools"
+
+    def field_at_fault(self, error: BaseException) -> str | None:
+        """The field an engine refusal is about: the constraint when its grammar does not
+        compile against the vocabulary, the prompt when it does not fit the context; None:
+        the error's own."""
+        if isinstance(error, InvalidGrammarError):
+            return error.param or self.grammar_field()
+        if isinstance(error, ContextLengthExceededError):
+            return self.PROMPT_FIELD
+        return None
+
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -237,7 +262,10 @@ class SamplingFields(Strict):
         """None: no logprobs; k: the sampled token's logprob and the k best alternatives."""
         return None
 
-    def sampling_params(self, max_tokens: int, n_vocab: int, grammar: str | None = None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, n_vocab: int, grammar: str | None = None,
+                        special_as_text: bool = False) -> SamplingParams:
+        """The engine's parameters: ``grammar`` the constraint, ``special_as_text`` whether
+        control tokens (markers the output parser reads) are rendered as text."""
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         if any(token >= n_vocab for token in bias):
             raise InvalidRequestError(f"logit_bias token ids must be below the vocabulary size {n_vocab}",
@@ -251,7 +279,8 @@ class SamplingFields(Strict):
             repeat_penalty=self.repeat_penalty, logit_bias=bias,
             stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos, cache_prompt=self.cache_prompt,
             logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
-            grammar=grammar, speculative=self.draft_max(), lora=lora_pairs(self.lora))
+            grammar=grammar, special_as_text=special_as_text, speculative=self.draft_max(),
+            lora=lora_pairs(self.lora))
 
     def draft_max(self) -> int | None:
         """SamplingParams.speculative: None = the engine's setting."""
@@ -266,6 +295,8 @@ class SamplingFields(Strict):
 
 
 class ChatCompletionRequest(SamplingFields):
+    PROMPT_FIELD: ClassVar[str] = "messages"
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
@@ -296,8 +327,11 @@ class ChatCompletionRequest(SamplingFields):
     def _check_tools(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        if self.active_tools() and (self.structured_format() or self.grammar or self.json_schema):
-            raise ValueError("tools cannot be combined with response_format, grammar or json_schema")
+        if self.active_tools() and (self.grammar is not None or self.json_schema is not None):
+            # a grammar of the client's own leaves no room for the calls the model writes
+            raise ValueError("tools cannot be combined with grammar or json_schema: those constrain "
+                             "the whole output, leaving no room for tool calls; use response_format, "
+                             "which allows a tool call or the answer in that format")
         return self
 
     def resolved_max_tokens(self, limit: int) -> int:

@@ -3,17 +3,16 @@ llama-server's clients use). Each route is declared once, in ``ROUTES`` below.""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from quart import Response, g
 
-from ..errors import GENERATION_STATUSES, bad_request
+from ..errors import GENERATION_STATUSES
 from ..http import parse_body
 from ..leases import held_engine
-from ..records import log_prompt
 from ..routing import Route
-from .chat_prompt import prepare_chat
-from .constraints import request_grammar
 from .generation import start
+from .prepare import prepare_chat, prepare_completion
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .shapes import ChatCompletion, Completion, Envelope
 from .writers import ChatWriter, CompletionWriter, respond
@@ -27,10 +26,10 @@ async def chat_completions() -> Response:
     body = await parse_body(ChatCompletionRequest)
     g.record.model = body.model
     async with held_engine(body.model) as engine:
-        prompt_ids, params, output = await prepare_chat(engine, body)
+        prepared = await prepare_chat(engine, body)
         envelope = Envelope.new(new_id("chatcmpl"), body.model, engine)
-        streams = await start(engine, [prompt_ids], body, params, envelope.id)
-    writer = ChatWriter(envelope, streams.num_choices, output, engine.token_piece, body.stream,
+        streams = await start(engine, prepared.prompts, body, prepared.params, envelope.id)
+    writer = ChatWriter(envelope, streams.num_choices, prepared.output, engine.token_piece, body.stream,
                         body.logprobs)
     return await respond(streams, writer, envelope, body)
 
@@ -39,30 +38,21 @@ async def completions() -> Response:
     body = await parse_body(CompletionRequest)
     g.record.model = body.model
     async with held_engine(body.model) as engine:
-        prompts: list[list[int]] = []
-        echoes: list[str] = []
-        for prompt in body.prompts():
-            if isinstance(prompt, str):
-                if not prompt:
-                    raise bad_request("prompt must not be empty", param="prompt")
-                log_prompt(prompt)
-                prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
-                echoes.extend([prompt] * body.n if body.echo else [""] * body.n)
-            else:
-                if any(not 0 <= token < engine.info.n_vocab for token in prompt):
-                    # checked before libllama sees them: an id out of its vocabulary aborts
-                    # the process (std::out_of_range in token_to_piece)
-                    raise bad_request(f"prompt token ids must be in [0, {engine.info.n_vocab})",
-                                      param="prompt")
-                prompts.append(prompt)
-                text = b"".join(engine.token_piece(t) for t in prompt).decode("utf-8", "replace")
-                echoes.extend([text if body.echo else ""] * body.n)
-        params = body.sampling_params(min(body.max_tokens, engine.info.n_ctx), engine.info.n_vocab,
-                                      await request_grammar(body))
+        prepared = await prepare_completion(engine, body)
         envelope = Envelope.new(new_id("cmpl"), body.model, engine)
-        streams = await start(engine, prompts, body, params, envelope.id)
+        streams = await start(engine, prepared.prompts, body, prepared.params, envelope.id)
+        # after start: the engine has checked every token id (token_piece aborts on a bad one)
+        echoes = [text for prompt in body.prompts()
+                  for text in [echo_text(engine.token_piece, prompt) if body.echo else ""] * body.n]
     writer = CompletionWriter(envelope, echoes, engine.token_piece, body.stream, body.logprobs is not None)
     return await respond(streams, writer, envelope, body)
+
+
+def echo_text(token_piece: Callable[[int], bytes], prompt: str | list[int]) -> str:
+    """The prompt as ``echo`` repeats it: its text, or its token ids' pieces."""
+    if isinstance(prompt, str):
+        return prompt
+    return b"".join(token_piece(token) for token in prompt).decode("utf-8", "replace")
 
 
 ROUTES = (

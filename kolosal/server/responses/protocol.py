@@ -9,11 +9,25 @@ API spells differently (``response_format``, ``n``, llama-server's ``grammar``) 
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from ..completions.protocol import INT32_MAX, ChatCompletionRequest, SamplingFields, Strict
+from ..completions.protocol import (
+    INT32_MAX,
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionCall,
+    FunctionDefinition,
+    JsonSchemaFormat,
+    NamedFunction,
+    NamedToolChoice,
+    ResponseFormat,
+    SamplingFields,
+    Strict,
+    Tool,
+    ToolCall,
+)
 from .items import InputItem
 from .shapes import FormatEcho, FunctionToolEcho, ResponseSettings
 
@@ -36,15 +50,15 @@ class TextFormat(Strict):
             raise ValueError(f"text.format of type {self.type} takes no name or schema")
         return self
 
-    def response_format(self) -> dict[str, Any] | None:
+    def response_format(self) -> ResponseFormat | None:
         """The chat endpoint's response_format for this format (None: free text)."""
         if self.type == "text":
             return None
         if self.type == "json_object":
-            return {"type": "json_object"}
-        return {"type": "json_schema", "json_schema": {
-            "name": self.name or "response", "schema": self.schema_, "strict": self.strict,
-            "description": self.description}}
+            return ResponseFormat.model_construct(type="json_object")
+        spec = JsonSchemaFormat.model_construct(name=self.name or "response", schema_=self.schema_,
+                                                strict=self.strict, description=self.description)
+        return ResponseFormat.model_construct(type="json_schema", json_schema=spec)
 
     def echo(self) -> FormatEcho:
         if self.type != "json_schema":
@@ -67,15 +81,12 @@ class FunctionTool(Strict):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
-    def chat_tool(self) -> dict[str, Any]:
-        function: dict[str, Any] = {"name": self.name}
-        if self.description is not None:
-            function["description"] = self.description
-        if self.parameters is not None:
+    def chat_tool(self) -> Tool:
+        function: dict[str, Any] = {"name": self.name, "description": self.description,
+                                    "strict": self.strict}
+        if self.parameters is not None:  # else the chat default: an object, no properties
             function["parameters"] = self.parameters
-        if self.strict is not None:
-            function["strict"] = self.strict
-        return {"type": "function", "function": function}
+        return Tool.model_construct(type="function", function=FunctionDefinition.model_construct(**function))
 
     def echo(self) -> FunctionToolEcho:
         return {"type": "function", "name": self.name, "description": self.description,
@@ -161,30 +172,25 @@ class ResponsesRequest(SamplingFields):
             raise ValueError(f"tool_choice names '{choice.name}', which is not in tools")
         return self
 
-    @model_validator(mode="after")
-    def _check_tools_and_format(self) -> ResponsesRequest:
-        if self.tools and self.tool_choice != "none" and self.format().type != "text":
-            raise ValueError("tools cannot be combined with a text.format other than text")
-        return self
-
     def format(self) -> TextFormat:
         return self.text.format if self.text and self.text.format else TextFormat(type="text")
 
-    def chat_request(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
+    def chat_request(self, conversation: list[dict[str, Any]]) -> ResponsesChat:
         """The chat completion this response runs: instructions as the system message, then
-        ``conversation`` (the previous response's conversation and this input as messages)."""
-        shared = self.model_dump(include=set(SamplingFields.model_fields) - set(_REFUSED),
-                                 exclude_none=True)
+        ``conversation`` (the previous response's conversation and this input as messages).
+        Built from this validated request without validating again."""
+        shared = {name: getattr(self, name) for name in SamplingFields.model_fields if name not in _REFUSED}
         messages = ([{"role": "system", "content": self.instructions}] if self.instructions else [])
         messages += conversation
         choice = self.tool_choice
-        return ChatCompletionRequest.model_validate({
-            **shared, "messages": messages, "max_completion_tokens": self.max_output_tokens,
-            "response_format": self.format().response_format(),
-            "tools": [tool.chat_tool() for tool in self.tools] if self.tools else None,
-            "tool_choice": ({"type": "function", "function": {"name": choice.name}}
-                            if isinstance(choice, FunctionChoice) else choice),
-            "parallel_tool_calls": self.parallel_tool_calls})
+        return ResponsesChat.model_construct(
+            **shared, messages=[_chat_message(message) for message in messages],
+            max_completion_tokens=self.max_output_tokens, response_format=self.format().response_format(),
+            tools=[tool.chat_tool() for tool in self.tools] if self.tools else None,
+            tool_choice=(NamedToolChoice.model_construct(
+                type="function", function=NamedFunction.model_construct(name=choice.name))
+                if isinstance(choice, FunctionChoice) else choice),
+            parallel_tool_calls=self.parallel_tool_calls)
 
     def echo(self) -> ResponseSettings:
         """The request's settings as every response object repeats them."""
@@ -204,3 +210,20 @@ class ResponsesRequest(SamplingFields):
 
 
 _REFUSED = ("stream_options", "response_format", "grammar", "json_schema", "n", "store")
+
+
+class ResponsesChat(ChatCompletionRequest):
+    """The chat completion a response runs. Its refusals name the Responses API's fields:
+    the prompt comes from ``input``, the response format from ``text.format``."""
+
+    PROMPT_FIELD: ClassVar[str] = "input"
+    FORMAT_FIELD: ClassVar[str] = "text.format"
+
+
+def _chat_message(message: dict[str, Any]) -> ChatMessage:
+    """A chat message (``items.chat_messages``' shape, already validated) as the chat
+    request holds it."""
+    calls = [ToolCall.model_construct(id=call["id"], type="function",
+                                      function=FunctionCall.model_construct(**call["function"]))
+             for call in message.get("tool_calls") or ()]
+    return ChatMessage.model_construct(**{**message, "tool_calls": calls or None})

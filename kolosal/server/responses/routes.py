@@ -1,8 +1,9 @@
 """OpenAI's Responses API: create a response, get or delete a stored one. Each route is
 declared once, in ``ROUTES`` below.
 
-A response is a chat completion underneath: the request becomes a ChatCompletionRequest
-(``protocol``), is prepared and submitted exactly as /v1/chat/completions does, and a
+A response is a chat completion underneath: the validated request becomes a chat request
+without validating again (``protocol``; its refusals name the Responses fields), is prepared
+(``completions.prepare``) and submitted exactly as /v1/chat/completions does, and a
 ResponsesWriter turns the engine's events into Responses items and events. Stored
 responses (``store``, on by default) keep their conversation for ``previous_response_id``.
 """
@@ -10,21 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from quart import Response, current_app, g
 from quart.typing import ResponseReturnValue
 
-from ..completions.chat_prompt import prepare_chat
 from ..completions.generation import start
+from ..completions.prepare import prepare_chat
 from ..completions.shapes import Envelope
 from ..completions.writers import respond
-from ..errors import (
-    GENERATION_STATUSES,
-    PREVIOUS_RESPONSE_NOT_FOUND,
-    RESPONSE_NOT_FOUND,
-    APIError,
-    from_validation_error,
-)
+from ..errors import GENERATION_STATUSES, PREVIOUS_RESPONSE_NOT_FOUND, RESPONSE_NOT_FOUND
 from ..http import json_response, parse_body
 from ..leases import held_engine
 from ..routing import Route
@@ -35,8 +29,6 @@ from .store import ResponseStore, StoredResponse
 from .writer import ResponsesWriter
 
 STORE_KEY = "RESPONSE_STORE"
-CHAT_PARAMS = {"messages": "input", "response_format": "text.format",
-               "max_completion_tokens": "max_output_tokens"}  # chat field -> Responses field
 
 
 def response_store() -> ResponseStore:
@@ -58,10 +50,7 @@ async def create_response() -> Response:
             raise PREVIOUS_RESPONSE_NOT_FOUND.error(body.previous_response_id)
         history = previous.messages
     conversation = history + chat_messages(body.input)
-    try:
-        chat = body.chat_request(conversation)
-    except ValidationError as error:
-        raise from_validation_error(error) from None
+    chat = body.chat_request(conversation)  # refusals name this request's fields
 
     def complete(response: dict[str, Any]) -> None:
         if body.store:  # the conversation so far, for a later previous_response_id
@@ -69,14 +58,11 @@ async def create_response() -> Response:
             store.put(response["id"], StoredResponse(response, conversation + output))
 
     async with held_engine(body.model) as engine:
-        try:
-            prompt_ids, params, output = await prepare_chat(engine, chat)
-            envelope = Envelope.new(new_id("resp"), body.model, engine)
-            streams = await start(engine, [prompt_ids], chat, params, envelope.id)
-        except APIError as error:  # name the field as this request spelled it
-            error.param = CHAT_PARAMS.get(error.param or "", error.param)
-            raise
-    writer = ResponsesWriter(envelope.id, envelope.created, body.echo(), output, body.stream, complete)
+        prepared = await prepare_chat(engine, chat)
+        envelope = Envelope.new(new_id("resp"), body.model, engine)
+        streams = await start(engine, prepared.prompts, chat, prepared.params, envelope.id)
+    writer = ResponsesWriter(envelope.id, envelope.created, body.echo(), prepared.output, body.stream,
+                             complete)
     return await respond(streams, writer, envelope, chat)
 
 
