@@ -41,6 +41,12 @@ def tenancy(priority: int | None = None) -> Tenancy:
     return base if priority is None else Tenancy(base.tenant, base.weight, priority)
 
 
+def default_lora() -> tuple[tuple[int, float], ...] | None:
+    """The key's LoRA adapter set for a request that names none (None: the engine's)."""
+    spec = caller()
+    return None if spec is None else spec.lora
+
+
 def admit(tokens: int) -> Ticket | None:
     """Count a request that may use ``tokens`` tokens against its key's limits, or refuse
     it with a 429. None when the key has no limits."""

@@ -10,7 +10,8 @@ Policy:
   exist for that key (404, left out of its model list).
 - ``admin`` keys may manage engines; ``rpm`` / ``tpm`` / ``max_concurrent`` bound the key's
   requests per minute, tokens per minute and requests in flight (absent: unbounded);
-  ``weight`` and ``priority`` are its share and class in the engines' fair admission.
+  ``weight`` and ``priority`` are its share and class in the engines' fair admission;
+  ``lora`` its default LoRA adapter set (``[{id, scale}]``) for requests that name none.
 - A file that does not parse or validate is refused whole with every problem named
   (``KeysFileError``): at start the server does not start, on SIGHUP the old keys stay.
 """
@@ -46,6 +47,7 @@ class KeySpec:
     max_concurrent: int | None = None
     weight: float = 1.0
     priority: int = 0
+    lora: tuple[tuple[int, float], ...] | None = None  # default adapter set: (id, scale)
 
     @property
     def tenancy(self) -> Tenancy:
@@ -63,6 +65,13 @@ def digest_of(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
+class _LoraScale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(ge=0, le=1000)
+    scale: float = Field(ge=0.0, le=10.0, allow_inf_nan=False)
+
+
 class _KeyEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +85,7 @@ class _KeyEntry(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1, le=10**6)
     weight: float = Field(default=1.0, gt=0, le=10**6, allow_inf_nan=False)
     priority: int = Field(default=0, ge=-1000, le=1000)
+    lora: list[_LoraScale] | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
     def _one_key(self) -> _KeyEntry:
@@ -85,8 +95,10 @@ class _KeyEntry(BaseModel):
 
     def spec(self) -> KeySpec:
         digest = bytes.fromhex(self.key_sha256) if self.key_sha256 else digest_of((self.key or "").encode())
+        lora = None if self.lora is None else tuple((entry.id, entry.scale) for entry in self.lora)
         return KeySpec(self.name, digest, None if self.models is None else frozenset(self.models),
-                       self.admin, self.rpm, self.tpm, self.max_concurrent, self.weight, self.priority)
+                       self.admin, self.rpm, self.tpm, self.max_concurrent, self.weight, self.priority,
+                       lora)
 
 
 class _KeysFile(BaseModel):

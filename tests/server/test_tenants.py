@@ -36,9 +36,12 @@ keys:
   - name: ops
     key: sk-admin-secret
     admin: true
+  - name: adapter-key
+    key: sk-adapter-default
+    lora: [{{id: 3, scale: 1.0}}]
 """
 SECRETS = ("sk-team-a-secret", "sk-team-b-secret", "sk-rpm-limited", "sk-one-at-a-time",
-           "sk-token-limited", "sk-admin-secret")
+           "sk-token-limited", "sk-admin-secret", "sk-adapter-default")
 
 
 def write_keys(path: Path, extra: str = "") -> None:
@@ -153,6 +156,14 @@ def test_a_request_priority_is_checked(tenant_server: ServerProcess) -> None:
     assert chat(tenant_server, "sk-team-a-secret", priority=-5).status_code == 200
     bad = chat(tenant_server, "sk-team-a-secret", priority=5000)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "priority"
+
+
+def test_a_keys_default_lora_set_applies_to_requests_that_name_none(tenant_server: ServerProcess) -> None:
+    # this engine has no adapters: the key's default (adapter 3) is refused, naming lora,
+    # which proves it was applied; a request's own set (none at all) wins over it
+    refused = chat(tenant_server, "sk-adapter-default")
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "lora"
+    assert chat(tenant_server, "sk-adapter-default", lora=[]).status_code == 200
 
 
 def test_keys_are_never_logged_but_their_names_are(tenant_server: ServerProcess) -> None:

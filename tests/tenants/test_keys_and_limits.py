@@ -57,6 +57,8 @@ def test_json_is_a_keys_file_too(tmp_path: Path) -> None:
     ("keys: [{name: a, key: sk-aaaaaaaa, rpm: 0}]", "greater than or equal to 1"),
     ("keys: [{name: a, key: sk-aaaaaaaa, weight: .nan}]", "finite"),
     ("keys: [{name: a, key: sk-aaaaaaaa, colour: red}]", "Extra inputs"),
+    ("keys: [{name: a, key: sk-aaaaaaaa, lora: [{id: 0, scale: -1}]}]", "greater than or equal to 0"),
+    ("keys: [{name: a, key: sk-aaaaaaaa, lora: [{id: -1, scale: 1}]}]", "greater than or equal to 0"),
     ("keys: [{name: a, key: sk-aaaaaaaa}, {name: a, key: sk-bbbbbbbb}]", "same name"),
     ("keys: [{name: a, key: sk-aaaaaaaa}, {name: b, key: sk-aaaaaaaa}]", "same key"),
     ("keys: {name: a}", "valid list"),

@@ -25,6 +25,7 @@ from ...chat_template import ChatTemplate, ChatTemplateError
 from ...engine import AsyncEngine, SamplingParams
 from ...toolcalls.families import ToolFamily, markers
 from ...toolcalls.output import OutputFormat
+from ..caller import default_lora
 from ..errors import bad_request
 from ..records import log_prompt
 from .constraints import OutputShape, request_grammar
@@ -86,7 +87,7 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> Prep
     shape = OutputShape(view.family, view.template.reasoning_mode(prompt), special)
     grammar = await request_grammar(body, shape)
     params = body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx), engine.info.n_vocab,
-                                  grammar, special_as_text=bool(special))
+                                  grammar, special_as_text=bool(special), default_lora=default_lora())
     return Prepared([prompt_ids], params, output)
 
 
@@ -123,5 +124,6 @@ async def prepare_completion(engine: AsyncEngine, body: CompletionRequest) -> Pr
         else:
             prompts.append(prompt)
     grammar = await request_grammar(body)
-    params = body.sampling_params(min(body.max_tokens, engine.info.n_ctx), engine.info.n_vocab, grammar)
+    params = body.sampling_params(min(body.max_tokens, engine.info.n_ctx), engine.info.n_vocab, grammar,
+                                  default_lora=default_lora())
     return Prepared(prompts, params, OutputFormat())

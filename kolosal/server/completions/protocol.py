@@ -263,9 +263,11 @@ class SamplingFields(Strict):
         return None
 
     def sampling_params(self, max_tokens: int, n_vocab: int, grammar: str | None = None,
-                        special_as_text: bool = False) -> SamplingParams:
+                        special_as_text: bool = False,
+                        default_lora: tuple[tuple[int, float], ...] | None = None) -> SamplingParams:
         """The engine's parameters: ``grammar`` the constraint, ``special_as_text`` whether
-        control tokens (markers the output parser reads) are rendered as text."""
+        control tokens (markers the output parser reads) are rendered as text,
+        ``default_lora`` the adapter set of a request that names none (its key's)."""
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         if any(token >= n_vocab for token in bias):
             raise InvalidRequestError(f"logit_bias token ids must be below the vocabulary size {n_vocab}",
@@ -280,7 +282,7 @@ class SamplingFields(Strict):
             stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos, cache_prompt=self.cache_prompt,
             logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
             grammar=grammar, special_as_text=special_as_text, speculative=self.draft_max(),
-            lora=lora_pairs(self.lora))
+            lora=default_lora if self.lora is None else lora_pairs(self.lora))
 
     def draft_max(self) -> int | None:
         """SamplingParams.speculative: None = the engine's setting."""
