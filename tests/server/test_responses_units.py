@@ -66,6 +66,23 @@ def test_store_entries_expire_after_their_lifetime() -> None:
     assert store.get("b") is None and len(store) == 0
 
 
+def test_store_is_bounded_in_bytes_too() -> None:
+    """Each entry echoes the request's tools: a few big requests must not grow the store
+    past its byte bound, whatever the count bound allows."""
+    big_tools = [{"type": "function", "function": {"name": f"f{i}", "description": "x" * 1000}}
+                 for i in range(10)]  # ~10 KB per entry
+    store = ResponseStore(max_entries=1000, ttl_s=60, clock=FakeClock(), max_bytes=50_000)
+    for index in range(20):
+        store.put(f"r{index}", StoredResponse({"id": f"r{index}", "tools": big_tools}, []))
+        assert store.num_bytes <= 50_000
+    assert 3 <= len(store) <= 5 and store.get("r19") is not None and store.get("r0") is None
+    store.put("huge", StoredResponse({"id": "huge", "text": "y" * 60_000}, []))
+    assert store.get("huge") is None and store.get("r19") is not None  # too big alone: not kept
+    assert store.delete("r19") and store.num_bytes <= 40_000
+    store.put("r18", StoredResponse({"id": "again"}, []))  # replacing counts the new size only
+    assert store.get("r18").response == {"id": "again"}  # type: ignore[union-attr]
+
+
 def test_store_delete() -> None:
     store = ResponseStore(clock=FakeClock())
     store.put("a", stored("a"))
