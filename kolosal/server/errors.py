@@ -12,6 +12,7 @@ it is the exception's own text. A rule without a code takes the exception's own 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -143,13 +144,35 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+# pydantic names the branch of a union in an error's location (``str``, ``list[TextPart]``,
+# ``NamedToolChoice``, ``function-after[...]``); our field names are lower_snake_case
+UNION_BRANCH = re.compile(r"^([A-Z]\w*|str|int|float|bool|none|[a-z-]+\[.*\])$")
+UNSUPPORTED_PARTS = ("image_url", "input_image", "input_audio", "file", "input_file", "image", "audio")
+
+
 def from_validation_error(error: ValidationError) -> APIError:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    """The first problem, as the client wrote its request: where a field may take several
+    forms, the form the request came closest to (not pydantic's first branch), and no branch
+    names in the location. A content part this server cannot read says so."""
+    errors = error.errors()
+    first = errors[0]
+    location = list(first.get("loc", ()))
+    branch = next((index for index, part in enumerate(location)
+                   if isinstance(part, str) and UNION_BRANCH.match(part)), None)
+    if branch is not None:  # the deepest error under the same field: the closest branch
+        same_field = [e for e in errors if list(e.get("loc", ()))[:branch] == location[:branch]]
+        first = max(same_field, key=lambda e: len(e.get("loc", ())))
+    parts = [part for part in first.get("loc", ())
+             if part != "body" and not (isinstance(part, str) and UNION_BRANCH.match(part))]
+    where = ".".join(str(part) for part in parts)
     message = first.get("msg", "invalid request")
-    if location:
-        message = f"{location}: {message}"
-    return bad_request(message, param=location or None)
+    if first.get("type") == "literal_error" and parts[-1:] == ["type"] and "content" in parts \
+            and first.get("input") in UNSUPPORTED_PARTS:
+        message = (f"content parts of type '{first['input']}' are not supported: this server's "
+                   "models read text; send {\"type\": \"text\", \"text\": ...} parts")
+    if where:
+        message = f"{where}: {message}"
+    return bad_request(message, param=where or None)
 
 
 def from_engine_error(error: BaseException, subject: str | None = None,
