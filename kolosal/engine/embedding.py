@@ -334,6 +334,8 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
         plan = plan_step(self._pending, self.spec.max_input_tokens, self.spec.inputs_per_step)
         if plan.cancelled:
             self.uncount(len(plan.cancelled))
+        # inputs of cancelled jobs leave the queue over several scans: keep its depth true
+        if plan.cancelled or (not plan.entries and self.stats.queue_depth != len(self._pending)):
             self.stats = replace(self.stats, requests_cancelled=self.stats.requests_cancelled
                                  + len(plan.cancelled), queue_depth=len(self._pending))
         if plan.entries:

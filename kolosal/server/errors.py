@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypedDict
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from ..engine import (
     ContextLengthExceededError,
@@ -154,25 +155,37 @@ def from_validation_error(error: ValidationError) -> APIError:
     """The first problem, as the client wrote its request: where a field may take several
     forms, the form the request came closest to (not pydantic's first branch), and no branch
     names in the location. A content part this server cannot read says so."""
-    errors = error.errors()
+    first = _closest(error.errors())
+    parts = [part for part in first.get("loc", ())
+             if part != "body" and not (isinstance(part, str) and UNION_BRANCH.match(part))]
+    where = ".".join(str(part) for part in parts)
+    message = _unsupported_part(first, parts) or first.get("msg", "invalid request")
+    if where:
+        message = f"{where}: {message}"
+    return bad_request(message, param=where or None)
+
+
+def _closest(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The first error, or, under a field of several forms, the deepest error of that field
+    (the branch the request came closest to)."""
     first = errors[0]
     location = list(first.get("loc", ()))
     branch = next((index for index, part in enumerate(location)
                    if isinstance(part, str) and UNION_BRANCH.match(part)), None)
-    if branch is not None:  # the deepest error under the same field: the closest branch
-        same_field = [e for e in errors if list(e.get("loc", ()))[:branch] == location[:branch]]
-        first = max(same_field, key=lambda e: len(e.get("loc", ())))
-    parts = [part for part in first.get("loc", ())
-             if part != "body" and not (isinstance(part, str) and UNION_BRANCH.match(part))]
-    where = ".".join(str(part) for part in parts)
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "literal_error" and parts[-1:] == ["type"] and "content" in parts \
-            and first.get("input") in UNSUPPORTED_PARTS:
-        message = (f"content parts of type '{first['input']}' are not supported: this server's "
-                   "models read text; send {\"type\": \"text\", \"text\": ...} parts")
-    if where:
-        message = f"{where}: {message}"
-    return bad_request(message, param=where or None)
+    if branch is None:
+        return first
+    same_field = [e for e in errors if list(e.get("loc", ()))[:branch] == location[:branch]]
+    return max(same_field, key=lambda e: len(e.get("loc", ())))
+
+
+def _unsupported_part(detail: ErrorDetails, parts: list[int | str]) -> str | None:
+    """The message for a message content part of a kind this server does not read."""
+    kind = detail.get("input")
+    if detail.get("type") != "literal_error" or parts[-1:] != ["type"] or "content" not in parts \
+            or kind not in UNSUPPORTED_PARTS:
+        return None
+    return (f"content parts of type '{kind}' are not supported: this server's models read text; "
+            "send {\"type\": \"text\", \"text\": ...} parts")
 
 
 def from_engine_error(error: BaseException, subject: str | None = None,

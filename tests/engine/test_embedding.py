@@ -174,6 +174,22 @@ async def test_a_cancelled_request_leaves_the_queue(registry: EngineRegistry, mo
         assert vectors.shape == (1, 640)
 
 
+async def test_the_queue_depth_empties_after_a_long_request_is_cancelled(registry: EngineRegistry,
+                                                                         model_path: Path) -> None:
+    """A job with more inputs than one scan of the queue (1,024) leaves it over several
+    scans after its cancellation; the depth must follow to 0, not stay at what was left."""
+    config = EngineConfig("embed-long-cancel", str(model_path), n_ctx=256, n_batch=64, embedding=True)
+    async with loaded(registry, config) as engine:
+        task = asyncio.create_task(engine.embed([[2] + [3000 + i % 500] * 62 for i in range(2000)]))
+        await until_async(lambda: engine.stats()["steps"] >= 1, what="the first step")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until_async(lambda: engine.stats()["requests_cancelled"] == 1, what="the cancellation")
+        await until_async(lambda: engine.stats()["queue_depth"] == 0, what="an empty queue")
+        assert engine.stats()["inputs_total"] < 2000
+
+
 async def test_removing_the_engine_answers_its_waiting_requests(registry: EngineRegistry,
                                                                  model_path: Path) -> None:
     await registry.add(EngineConfig("embed-removed", str(model_path), n_ctx=256, n_batch=64,
