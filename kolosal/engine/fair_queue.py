@@ -103,7 +103,12 @@ def unfair_victim(running: list[Request], waiting: FairQueue, request: Request,
     """The running request to preempt so that ``request`` gets a slot, or None: one of a
     worse priority class, else, when ``request``'s tenant holds fewer slots than its fair
     share, one of a tenant that keeps at least its share without it (the most over its
-    share first, its youngest request). Members of n > 1 groups are never chosen."""
+    share first, its youngest request). Members of n > 1 groups are never chosen.
+    Called at every step that finds the slots full: one pass over the running requests
+    settles the common case of one tenant and one class without looking at the queue."""
+    mine = request.tenancy
+    if all(member.tenancy is mine or member.tenancy == mine for member in running):
+        return None  # nobody of another tenant or class to take a slot from
     weights: dict[str, float] = {}
     for member in (*running, *waiting):
         tenancy = member.tenancy
@@ -112,7 +117,6 @@ def unfair_victim(running: list[Request], waiting: FairQueue, request: Request,
     held: dict[str, int] = {}
     for member in running:
         held[member.tenancy.tenant] = held.get(member.tenancy.tenant, 0) + 1
-    mine = request.tenancy
     under_share = held.get(mine.tenant, 0) < shares.get(mine.tenant, 0.0)
 
     def eligible(member: Request) -> bool:
