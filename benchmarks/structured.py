@@ -87,33 +87,33 @@ class MatcherCosts:
 def matcher_costs(model_path: Path) -> MatcherCosts:
     """Build the tokenizer, compile SCHEMA, then walk a valid document token by token,
     timing each next-token mask (what the engine computes per constrained row per step)."""
-    import llguidance
-    import llguidance.numpy as llg_numpy
+    import numpy as np
 
     from kolosal.llama import Model, ModelParams
-    from kolosal.llama.grammar import build_lltokenizer
+    from kolosal.llama.grammar import build_grammar_tokenizer
+    from kolosal.llama.guidance import ParserLimits, new_matcher
     from kolosal.toolcalls.grammar import json_schema_grammar
 
     with Model(model_path, ModelParams(n_gpu_layers=0)) as model:
         vocab = model.vocab
         eog = [t for t in range(vocab.n_tokens) if vocab.is_eog(t)]
         started = time.perf_counter()
-        tokenizer = build_lltokenizer(vocab, eog)
+        tokenizer = build_grammar_tokenizer(vocab, eog)
         build_s = time.perf_counter() - started
         grammar = json_schema_grammar(SCHEMA)
         started = time.perf_counter()
-        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        matcher = new_matcher(tokenizer, grammar, ParserLimits())
         compile_s = time.perf_counter() - started
-        assert not matcher.is_error(), matcher.get_error()
+        assert not matcher.is_error, matcher.error
         document = vocab.tokenize(example_document(), add_special=False)
-        bitmask = llg_numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
+        bitmask = np.zeros(tokenizer.mask_words, dtype=np.int32)
         times = []
         for token in document:
             started = time.perf_counter()
-            llg_numpy.fill_next_token_bitmask(matcher, bitmask, 0)
+            matcher.fill_mask(bitmask.ctypes.data)
             times.append(time.perf_counter() - started)
             if not matcher.consume_token(token):
-                raise RuntimeError(f"the example document broke the grammar: {matcher.get_error()}")
+                raise RuntimeError(f"the example document broke the grammar: {matcher.error}")
         micro = sorted(t * 1e6 for t in times)
         return MatcherCosts(round(build_s, 3), round(compile_s, 4), len(document),
                             round(statistics.fmean(micro), 1), round(micro[len(micro) // 2], 1),

@@ -489,3 +489,19 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
     free(saved);
     return chosen;
 }
+
+/* llguidance's tokenize callback (LlgTokenizeFn in its C ABI) over libllama's tokenizer:
+ * user_data is the model's llama_vocab. Text only (no BOS, special tokens not parsed), as
+ * llguidance asks; returns the number of tokens the text takes, writing at most out_len.
+ * llguidance calls it from any thread: llama_tokenize reads the vocabulary only. */
+size_t kolosal_llg_tokenize(const void * user_data, const uint8_t * bytes, size_t n_bytes,
+                            uint32_t * out, size_t out_len) {
+    if (n_bytes == 0 || n_bytes > INT32_MAX) {
+        return 0;
+    }
+    const struct llama_vocab * vocab = (const struct llama_vocab *) user_data;
+    int32_t capacity = out_len > INT32_MAX ? INT32_MAX : (int32_t) out_len;
+    int32_t n = llama_tokenize(vocab, (const char *) bytes, (int32_t) n_bytes,
+                               (llama_token *) out, capacity, false, false);
+    return n < 0 ? (size_t) -(int64_t) n : (size_t) n;
+}

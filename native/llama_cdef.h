@@ -270,6 +270,9 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
                        float temperature, int32_t top_k, float top_p, float min_p, double u,
                        kolosal_candidate * scratch);
 
+size_t kolosal_llg_tokenize(const void * user_data, const uint8_t * bytes, size_t n_bytes,
+                            uint32_t * out, size_t out_len);
+
 /* ---- callbacks implemented in Python ---- */
 extern "Python" void kolosal_log_callback(enum ggml_log_level level, const char * text, void * user_data);
 extern "Python" bool kolosal_progress_callback(float progress, void * user_data);

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..llama import Batch, Context, DecodeStatus, LoraAdapter, Model, Sampler, SamplerSettings
-from ..llama.grammar import build_lltokenizer, is_grammar_special
+from ..llama.grammar import build_grammar_tokenizer, is_grammar_special
 from ..llama.model import ProgressCallback
 from ..llama.sampler import SampleScratch
 from .config import EngineConfig
@@ -97,6 +97,8 @@ class ModelRunner:
     def close(self) -> None:
         if self._sample_pool is not None:
             self._sample_pool.shutdown(wait=True)
+        if self._grammar is not None:
+            self._grammar.close()
         self.batch.close()
         self.context.close()
         self._free_adapters()  # after the context that applied them, before their model
@@ -108,12 +110,12 @@ class ModelRunner:
 
     def grammar(self) -> GrammarEngine:
         """The model's grammar engine, built on first use (about a second for a large
-        vocabulary: call from a worker thread)."""
+        vocabulary, the GIL released for most of it: call from a worker thread)."""
         with self._grammar_lock:
             if self._grammar is None:
                 eog = [t for t in (self.vocab.eos, self.vocab.eot) if t >= 0]
                 eog += [t for t in range(self.vocab.n_tokens) if t not in eog and self.vocab.is_eog(t)]
-                self._grammar = GrammarEngine(build_lltokenizer(self.vocab, eog), self.num_slots)
+                self._grammar = GrammarEngine(build_grammar_tokenizer(self.vocab, eog), self.num_slots)
             return self._grammar
 
     def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:

@@ -2,8 +2,7 @@
 the GGUF's own tokens (bytes from libllama, never a downloaded tokenizer)."""
 from __future__ import annotations
 
-from typing import Any
-
+from .guidance import GrammarTokenizer, new_tokenizer
 from .vocab import Vocab
 
 CONTROL_PREFIX = b"\xff"  # llguidance's marker for special tokens, which text never matches
@@ -40,14 +39,15 @@ def is_grammar_special(vocab: Vocab, token: int) -> bool:
                        native_lib.LLAMA_TOKEN_ATTR_CONTROL, native_lib.LLAMA_TOKEN_ATTR_USER_DEFINED)
 
 
-def build_lltokenizer(vocab: Vocab, eog_tokens: list[int]) -> Any:
-    """An ``llguidance.LLTokenizer`` that tokenizes with libllama's own llama_tokenize.
-    Takes about a second for a 262k vocabulary: build once per model, off the event loop."""
-    import llguidance
-
+def build_grammar_tokenizer(vocab: Vocab, eog_tokens: list[int]) -> GrammarTokenizer:
+    """The vocabulary's llguidance tokenizer, tokenizing with libllama's own llama_tokenize
+    (through ``kolosal_llg_tokenize``). About a second for a 262k vocabulary, with the GIL
+    released for all but collecting the token bytes: build once per model, in a worker.
+    A vocabulary whose tokenizer changes a lone "a" (a leading space added) is tokenized
+    greedily over the trie instead, as llguidance's own binding would need a sentinel for."""
     ffi, native_lib = vocab._ffi, vocab._lib
-    tokenize_address = int(ffi.cast("uintptr_t", ffi.addressof(native_lib, "llama_tokenize")))
-    vocab_address = int(ffi.cast("uintptr_t", vocab._ptr))
-    return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
-        tokens=token_bytes_for_grammar(vocab), vocab_ptr=vocab_address,
-        tokenize_fptr=tokenize_address, eos_token=eog_tokens, slices=None)
+    round_trip = b"".join(vocab.token_to_piece(t) for t in vocab.tokenize("a", False, False))
+    tokenize_fn = (int(ffi.cast("uintptr_t", ffi.addressof(native_lib, "kolosal_llg_tokenize")))
+                   if round_trip == b"a" else None)
+    return new_tokenizer(token_bytes_for_grammar(vocab), eog_tokens, tokenize_fn,
+                         int(ffi.cast("uintptr_t", vocab._ptr)), keep=(vocab,))

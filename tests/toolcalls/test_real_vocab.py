@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from llguidance import LLMatcher
 
+from kolosal.llama.guidance import ParserLimits, new_matcher
 from kolosal.toolcalls import (
     ToolFamily,
     format_tool_calls,
@@ -24,17 +24,17 @@ TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {"name": "get_we
 
 @pytest.fixture(scope="module")
 def vocab_and_tokenizer(llama_model: Any) -> tuple[Any, Any]:
-    from kolosal.llama.grammar import CONTROL_PREFIX, build_lltokenizer, token_bytes_for_grammar
+    from kolosal.llama.grammar import CONTROL_PREFIX, build_grammar_tokenizer, token_bytes_for_grammar
 
     vocab = llama_model.vocab
     pieces = token_bytes_for_grammar(vocab)
     special = {token for token, piece in enumerate(pieces) if piece.startswith(CONTROL_PREFIX)}
-    return (vocab, special), build_lltokenizer(vocab, [vocab.eos])
+    return (vocab, special), build_grammar_tokenizer(vocab, [vocab.eos])
 
 
 def accepted(tokenizer: Any, grammar: str, ids: list[int]) -> bool:
-    matcher = LLMatcher(tokenizer, grammar, log_level=0)
-    return matcher.consume_tokens(ids) and matcher.is_accepting()
+    matcher = new_matcher(tokenizer, grammar, ParserLimits())
+    return matcher.consume_tokens(ids) and matcher.is_accepting
 
 
 @pytest.mark.parametrize("family", list(ToolFamily))
@@ -44,8 +44,7 @@ def test_each_family_on_the_real_vocabulary(family: ToolFamily, vocab_and_tokeni
                               lambda text: vocab.tokenize(text, add_special=False, parse_special=True),
                               special.__contains__)
     assert found == {}  # Gemma 3 has none of these markers as a token
-    grammar = tool_call_grammar(family, TOOLS, reasoning="optional", special_tokens=found,
-                                tokenizer=tokenizer)
+    grammar = tool_call_grammar(family, TOOLS, reasoning="optional", special_tokens=found)
     text = format_tool_calls(family, [("get_weather", '{"city": "Paris"}')])
     assert accepted(tokenizer, grammar, vocab.tokenize(text, add_special=False))
     assert accepted(tokenizer, grammar, vocab.tokenize("<think>Paris.</think>\n" + text, add_special=False))
@@ -55,7 +54,7 @@ def test_each_family_on_the_real_vocabulary(family: ToolFamily, vocab_and_tokeni
 def test_json_schema_on_the_real_vocabulary(vocab_and_tokenizer: Any) -> None:
     (vocab, _), tokenizer = vocab_and_tokenizer
     grammar = response_format_grammar({"type": "json_schema", "json_schema": {
-        "name": "w", "schema": TOOLS[0]["function"]["parameters"]}}, tokenizer=tokenizer)
+        "name": "w", "schema": TOOLS[0]["function"]["parameters"]}})
     assert grammar is not None
     assert accepted(tokenizer, grammar, vocab.tokenize(json.dumps({"city": "Paris"}), add_special=False))
     assert not accepted(tokenizer, grammar, vocab.tokenize('{"town": "Paris"}', add_special=False))
