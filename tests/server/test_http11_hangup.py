@@ -79,8 +79,9 @@ def test_pipelined_requests_end_with_their_connection(server: ServerProcess,
     ok_before, gone_before = completions_with_status(server, 200), completions_with_status(server, 499)
     payload = pipelined(server, per_connection)
     assert (len(payload) > 16 * 1024) == (per_connection == 12)
-    sockets = [socket.create_connection(("127.0.0.1", urlsplit(server.base_url).port))
-               for _ in range(SLOTS)]
+    port = urlsplit(server.base_url).port
+    assert port is not None
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(SLOTS)]
     ports = {sock.getsockname()[1] for sock in sockets}
     try:
         for sock in sockets:
