@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from kolosal.server.connections import peer_hung_up
+
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 from ..waiting import until
 
@@ -110,3 +112,18 @@ def test_pipelined_requests_end_with_their_connection(server: ServerProcess,
     assert after["slots_busy"] == 0 and after["queue_depth"] == 0, after
     assert completions_with_status(server, 499) - gone_before == SLOTS
     assert completions_with_status(server, 200) - ok_before == 1
+
+
+def test_a_hang_up_is_seen_behind_unread_bytes() -> None:
+    """The check the server makes while it no longer reads a connection: the peer's FIN
+    (or reset) is seen with the pipelined bytes before it still unread."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with accepted:
+            client.sendall(b"x" * 100_000)
+            assert not peer_hung_up(accepted.fileno())  # still there
+            client.close()
+            until(lambda: peer_hung_up(accepted.fileno()), what="the FIN seen")
+            assert accepted.recv(10) == b"xxxxxxxxxx"  # the bytes were not consumed
+    assert not peer_hung_up(-1)  # no socket known: never "gone"
