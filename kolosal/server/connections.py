@@ -8,6 +8,12 @@
   ``h11_max_incomplete_size`` bytes, then reading stops as before. End of input is a
   disconnect, as in nginx and uvicorn (a client that half-closes is taken as gone). A
   request head over that size is answered 431 however it arrived.
+* **HTTP/1.1: a hang-up ends every request the connection carried.** Once the client is
+  gone (end of input, a failed write, or a reset), the request in progress is cancelled
+  and the requests pipelined behind it never start (Hypercorn went on to answer each of
+  them for nobody). While reading is stopped (more than that bound sent ahead), the socket
+  is polled every ``HANGUP_POLL_S`` for the peer's FIN or reset (``POLLRDHUP``, Linux;
+  elsewhere a hang-up is seen at the next write, after the request in progress).
 * **HTTP/2: rapid reset (CVE-2023-44487).** A client may reset streams at a sustained
   ``RESET_RATE_PER_S`` (bursts of ``RESET_BURST``); beyond that the connection gets GOAWAY
   (ENHANCE_YOUR_CALM) and is closed, and nothing after the offending frame is processed.
@@ -21,7 +27,9 @@ tests/server/test_hardening_http.py fail if a Hypercorn release changes what the
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import select
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +55,8 @@ REQUESTS_PER_CONNECTION = 2**62
 HANDLERS_PER_STREAM_SLOT = 2          # live handlers per connection: 2 x the stream limit
 RESET_BURST = 200        # client stream resets a connection may send at once...
 RESET_RATE_PER_S = 20.0  # ...and per second after that
+HANGUP_POLL_S = 0.25     # how often a connection whose reading is stopped is checked
+HANGUP_EVENTS = getattr(select, "POLLRDHUP", 0)  # the peer's FIN, even behind unread bytes
 
 
 @dataclass(slots=True)
@@ -80,16 +90,49 @@ class HangupAwareH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._paused = False  # the events loop stopped at h11.PAUSED until the response ends
+        self._gone = False    # the client hung up: nothing more starts on this connection
 
     async def handle(self, event: Event) -> None:
-        if isinstance(event, RawData) and self._paused:
+        if isinstance(event, Closed):
+            self._gone = True  # what was sent ahead is dropped with the connection
+            await super().handle(event)  # the request in progress gets http.disconnect
+        elif self._gone:
+            return
+        elif isinstance(event, RawData) and self._paused:
             self.connection.receive_data(event.data)  # kept for the next request cycle
             if len(self.connection.trailing_data[0]) > self.config.h11_max_incomplete_size:
-                await self.can_read.wait()  # too much sent ahead: stop reading until then
-            return
-        await super().handle(event)
+                await self._stall()  # too much sent ahead: stop reading until then
+        else:
+            await super().handle(event)
+
+    async def _stall(self) -> None:
+        """Wait for the response in progress to end without reading on, watching the
+        socket meanwhile: a client that hangs up ends the connection and its requests."""
+        fileno = self._fileno()
+        resumed = asyncio.ensure_future(self.can_read.wait())
+        try:
+            while not resumed.done():
+                await asyncio.wait({resumed}, timeout=HANGUP_POLL_S if fileno >= 0 else None)
+                if not resumed.done() and peer_hung_up(fileno):
+                    await self.handle(Closed())
+                    await self.send(Closed())  # the transport too: the reader stops
+                    return
+        finally:
+            resumed.cancel()
+
+    def _fileno(self) -> int:
+        """The connection's socket, -1 when not known. Hypercorn's asyncio TCPServer hands
+        its bound ``protocol_send`` to the protocol; its writer holds the transport."""
+        writer = getattr(getattr(self.send, "__self__", None), "writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        return sock.fileno() if sock is not None and HANGUP_EVENTS else -1
 
     async def _maybe_recycle(self) -> None:
+        if self._gone:  # the response ended for nobody: close, start nothing more
+            await self._close_stream()
+            await self.can_read.set()
+            await self.send(Closed())
+            return
         await super()._maybe_recycle()
         if self._paused and self.connection.our_state is h11.IDLE:
             self._paused = False  # the next cycle began: handle what was sent ahead
@@ -97,8 +140,9 @@ class HangupAwareH11Protocol(H11Protocol):
 
     async def _handle_events(self) -> None:
         # Hypercorn 0.18's loop, except at PAUSED: there it returns to the reader
-        # instead of waiting (the reader then keeps the bytes, see handle()).
-        while True:
+        # instead of waiting (the reader then keeps the bytes, see handle()); and nothing
+        # starts once the client is gone.
+        while not self._gone:
             if self.connection.they_are_waiting_for_100_continue:
                 await self._send_h11_event(h11.InformationalResponse(
                     status_code=100, headers=self.config.response_headers("h11")))
@@ -131,6 +175,17 @@ class HangupAwareH11Protocol(H11Protocol):
                 await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))
             elif isinstance(event, h11.EndOfMessage):
                 await self.stream.handle(EndBody(stream_id=STREAM_ID))
+
+
+def peer_hung_up(fileno: int) -> bool:
+    """Whether the peer of a connected socket sent its FIN or a reset, even with bytes
+    still unread before it (Linux POLLRDHUP); False where that cannot be known."""
+    if fileno < 0:
+        return False
+    poller = select.poll()
+    poller.register(fileno, HANGUP_EVENTS)
+    return any(mask & (HANGUP_EVENTS | select.POLLHUP | select.POLLERR)
+               for _, mask in poller.poll(0))
 
 
 class CountedApp:

@@ -3,7 +3,11 @@
 Load runs through HAProxy while one replica is sent SIGTERM: its in-flight streams finish,
 new requests go to the other replica, nothing hangs, and every request either completes or
 ends with a clean error. The replica comes back and gets traffic again. The turns of one
-session (X-Session-Id) stay on one replica, whose prefix cache serves each next turn."""
+session (X-Session-Id) stay on one replica, whose prefix cache serves each next turn.
+
+Failures (issue 27): a flood of requests whose own `timeout` ends them with 504 leaves both
+replicas up, and a replica killed with SIGKILL has its non-streamed requests in flight
+retried on the other replica, every one answered 200."""
 from __future__ import annotations
 
 import csv
@@ -68,12 +72,21 @@ class Balancer:
     log_path: Path
     tls_url: str | None = None
 
-    def server_status(self, name: str) -> str:
+    def server_row(self, name: str) -> dict[str, str]:
+        """The replica's line of HAProxy's stats CSV (status, chkdown, wretr, wredis...)."""
         text = httpx.get(f"{self.stats_url}/stats;csv", timeout=5).text
         for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
             if row["pxname"] == "kolosal_replicas" and row["svname"] == name:
-                return row["status"]
+                return row
         raise AssertionError(f"{name} not in HAProxy stats")
+
+    def frontend_row(self) -> dict[str, str]:
+        text = httpx.get(f"{self.stats_url}/stats;csv", timeout=5).text
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return next(row for row in rows if row["pxname"] == "kolosal" and row["svname"] == "FRONTEND")
+
+    def server_status(self, name: str) -> str:
+        return self.server_row(name)["status"]
 
 
 @pytest.fixture
@@ -310,3 +323,96 @@ def check_session_affinity(proxy: Balancer) -> None:
                 messages += [{"role": "assistant", "content": f"Turn {turn} answer."},
                              {"role": "user", "content": f"And {turn + 1} more, please."}]
     assert all(len(replicas) == 1 for replicas in served.values()), served
+
+
+DEADLINE_FLOOD = 40  # requests whose `timeout` passes at once: a 504 each, by design
+IN_FLIGHT = 6        # non-streamed requests in flight when a replica is killed
+
+
+def test_haproxy_deadline_504s_keep_replicas_up_and_sigkill_is_retried(
+        model_path: Path, tmp_path: Path, balancer: Callable[[int, int], Balancer]) -> None:
+    port1, port2 = free_port(), free_port()
+    replicas = {"replica1": spawn_replica(model_path, port1, tmp_path / "replica1.log"),
+                "replica2": spawn_replica(model_path, port2, tmp_path / "replica2.log")}
+    try:
+        for replica in replicas.values():
+            wait_ready(replica)
+        proxy = balancer(port1, port2)
+        check_deadline_flood_keeps_replicas_up(proxy)
+        check_sigkill_in_flight_is_retried(proxy, replicas)
+    finally:
+        for replica in replicas.values():
+            if replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait(timeout=60)
+
+
+def check_deadline_flood_keeps_replicas_up(proxy: Balancer) -> None:
+    """A 504 the client asked for (its `timeout` passed) says nothing about the replica's
+    health: both stay UP at every sample, and neither ever went down."""
+    body = {"model": ENGINE, "max_tokens": 64, "timeout": 0.001,
+            "messages": [{"role": "user", "content": "Tell me about the sea."}]}
+    served: set[str] = set()
+    with httpx.Client(timeout=REQUEST_TIMEOUT) as client:
+        for _ in range(DEADLINE_FLOOD):
+            response = client.post(f"{proxy.url}/v1/chat/completions", json=body)
+            assert response.status_code == 504, response.text
+            served.add(response.headers["X-Served-By"])
+            statuses = {name: proxy.server_status(name) for name in ("replica1", "replica2")}
+            assert set(statuses.values()) == {"UP"}, statuses
+    assert served == {"replica1", "replica2"}, served  # both answered 504s
+    for name in ("replica1", "replica2"):
+        assert proxy.server_row(name)["chkdown"] == "0", proxy.server_row(name)
+
+
+def check_sigkill_in_flight_is_retried(proxy: Balancer, replicas: dict[str, ServerProcess]) -> None:
+    """Non-streamed requests in flight on a replica killed with SIGKILL (no answer, its
+    connections closed by the kernel) are retried on the other replica: every request is
+    answered 200, all by replica2, and HAProxy counts the redispatches."""
+    body = json.dumps({"model": ENGINE, "max_tokens": 200, "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "Tell me about the sea."}]}).encode()
+    heads = int(proxy.frontend_row()["req_tot"])
+    responses: list[httpx.Response | Exception] = []
+    lock = threading.Lock()
+
+    def in_two_writes() -> Iterator[bytes]:
+        # As SDKs may: the head and the body's start first, the rest once HAProxy has read
+        # every request's head (it could connect to a replica then, before the body ended,
+        # and a request not whole when sent was never retried).
+        yield body[:len(body) // 2]
+        wait_for(lambda: int(proxy.frontend_row()["req_tot"]) >= heads + IN_FLIGHT, 60,
+                 "HAProxy to read every request's head")
+        yield body[len(body) // 2:]
+
+    def send() -> None:
+        try:
+            with httpx.Client(timeout=REQUEST_TIMEOUT) as client:
+                response = client.post(f"{proxy.url}/v1/chat/completions", content=in_two_writes(),
+                                       headers={"Content-Type": "application/json",
+                                                "Content-Length": str(len(body))})
+        except httpx.HTTPError as error:
+            response = error  # type: ignore[assignment]
+        with lock:
+            responses.append(response)
+
+    threads = [threading.Thread(target=send, daemon=True) for _ in range(IN_FLIGHT)]
+    for thread in threads:
+        thread.start()
+    replica1 = replicas["replica1"]
+    wait_for(lambda: busy_slots(replica1) >= IN_FLIGHT // 2, 120, "requests in flight on replica1")
+    replica1.process.kill()
+    replica1.process.wait(timeout=30)
+    for thread in threads:
+        thread.join(timeout=REQUEST_TIMEOUT_S + 30)
+        assert not thread.is_alive(), "a client hung"
+    answers = [(r.status_code, r.headers.get("X-Served-By")) if isinstance(r, httpx.Response)
+               else (0, repr(r)) for r in responses]
+    assert answers == [(200, "replica2")] * IN_FLIGHT, answers
+    for response in responses:
+        assert isinstance(response, httpx.Response)
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] == "length" and choice["message"]["content"], choice
+    row = proxy.server_row("replica1")
+    assert int(row["wredis"] or 0) >= IN_FLIGHT // 2, row  # retried elsewhere, not failed
+    wait_for(lambda: proxy.server_status("replica1").startswith("DOWN"), 30,
+             "HAProxy to mark the killed replica down")
