@@ -36,7 +36,8 @@ def test_post_engines_fields_are_derived_from_engine_config() -> None:
         if isinstance(spec.default, SamplingDefaults):  # an object over HTTP; absent: none set
             assert field["default"] is None and spec.default == SamplingDefaults()
         else:
-            assert field["default"] == (list(spec.default) if isinstance(spec.default, tuple) else spec.default)
+            expected = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            assert field["default"] == expected
         assert field.get("minimum") == spec.option.ge and field.get("maximum") == spec.option.le
         assert field["description"] == spec.option.help
     assert schema["keep_alive"]["default"] == 0.0 and "keep_alive_s" not in schema

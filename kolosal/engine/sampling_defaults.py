@@ -143,7 +143,7 @@ class SamplingDefaults:
                                           and number.is_integer() else number)
             except (ValueError, OverflowError) as error:
                 logger.warning("ignoring the model's %s = %r: %s", key, text, error)
-        return cls(**found)
+        return cls(**found)  # type: ignore[arg-type]  # each checked against its own field
 
     def items(self) -> list[tuple[str, int | float]]:
         """The fields set here, in declaration order."""
@@ -151,7 +151,7 @@ class SamplingDefaults:
 
     def overridden_by(self, other: SamplingDefaults) -> SamplingDefaults:
         """These defaults with every field ``other`` sets taken from ``other``."""
-        return replace(self, **dict(other.items()))
+        return replace(self, **dict(other.items()))  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, int | float]:
         return dict(self.items())

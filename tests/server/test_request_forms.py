@@ -18,7 +18,8 @@ from kolosal.server.errors import APIError, from_validation_error
 from kolosal.server.responses.items import chat_messages
 from kolosal.server.responses.protocol import ResponsesRequest
 
-from .test_prepare import FakeEngine, app_context, settings_context  # noqa: F401 (a fixture)
+from .test_prepare import FakeEngine, settings_context
+from .test_prepare import app_context as app_context  # a fixture
 
 BOS = 999  # FakeEngine: one token per character (ord % 999), BOS first with add_special
 
@@ -32,8 +33,8 @@ def completion(**fields: Any) -> CompletionRequest:
 
 
 def chat(**fields: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                                 **fields})
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
 
 
 def refused(model: type[BaseModel], body: dict[str, Any]) -> APIError:
@@ -144,7 +145,8 @@ async def test_the_max_tokens_default_follows_the_contract_then_the_operator() -
             assert (await prepare_chat(engine, chat(max_completion_tokens=6))).params.max_tokens == 6
             assert (await prepare_completion(engine, completion(max_tokens=7))).params.max_tokens == 7
             assert (await prepare_completion(engine, completion(max_tokens=9999))).params.max_tokens == 4096
-            assert (await prepare_completion(engine, completion(max_tokens=0, echo=True))).params.max_tokens == 0
+            echo_only = await prepare_completion(engine, completion(max_tokens=0, echo=True))
+            assert echo_only.params.max_tokens == 0
 
 
 # -- sampling defaults ---------------------------------------------------------------------------
@@ -159,15 +161,16 @@ async def test_the_engine_defaults_fill_what_a_request_omits(app_context: None) 
         assert (params.temperature, params.top_p, params.top_k, params.min_p, params.repeat_penalty,
                 params.presence_penalty, params.frequency_penalty, params.seed) == (
                     0.3, 0.9, 5, 0.05, 1.1, 0.5, -0.5, 7)
-    own = await prepare_completion(engine, completion(temperature=1.0, top_k=0, seed=3, repetition_penalty=1.0,
-                                                      top_p=None))
+    own = await prepare_completion(engine, completion(temperature=1.0, top_k=0, seed=3,
+                                                      repetition_penalty=1.0, top_p=None))
     params = own.params  # the request's own values win, even the body's defaults; null: unset
     assert (params.temperature, params.top_k, params.seed, params.repeat_penalty, params.top_p) == (
         1.0, 0, 3, 1.0, 0.9)
     responses = ResponsesRequest.model_validate({"model": "m", "input": "hi", "temperature": 0.0})
     params = (await prepare_chat(engine, responses.chat_request(chat_messages(responses.input)))).params
     assert params.temperature == 0.0 and params.top_k == 5 and params.seed == 7
-    bare = (await prepare_completion(FakeEngine(), completion())).params  # no defaults: the body's
+    bare = (await prepare_completion(FakeEngine(), completion())).params  # type: ignore[arg-type]
+    # no engine defaults: the body's own
     assert (bare.temperature, bare.top_p, bare.top_k, bare.seed) == (1.0, 1.0, 0, None)
 
 
@@ -204,7 +207,8 @@ def test_gguf_sampling_keys_become_defaults_and_bad_ones_are_ignored() -> None:
     {"temperature": -0.1}, {"temperature": 2.5}, {"temperature": math.nan}, {"top_p": math.inf},
     {"top_k": -1}, {"top_k": 1.5}, {"top_k": True}, {"min_p": 2}, {"repeat_penalty": 0},
     {"presence_penalty": 3}, {"frequency_penalty": -math.inf}, {"seed": 2**64}, {"seed": "1"},
-    {"temperature": "0.5"}, {"mirostat": 2}, {"temp": 0.5}, {"repeat_penalty": 1.1, "repetition_penalty": 1.1},
+    {"temperature": "0.5"}, {"mirostat": 2}, {"temp": 0.5},
+    {"repeat_penalty": 1.1, "repetition_penalty": 1.1},
     [0.5], "temperature=0.5", {"temperature": {"value": 1}},
 ])
 def test_hostile_engine_defaults_are_a_400_naming_them(defaults: object) -> None:

@@ -38,8 +38,8 @@ class DefaultsBase(BaseModel):
 
 
 def _default_field(bound: Bound) -> Any:
-    low = {"gt": bound.low} if bound.low_open else {"ge": bound.low}
-    return (Annotated[bound.kind, Field(**low, le=bound.high)] | None, None)
+    limits = Field(gt=bound.low, le=bound.high) if bound.low_open else Field(ge=bound.low, le=bound.high)
+    return (Annotated[bound.kind, limits] | None, None)
 
 
 SamplingDefaultsBody = create_model("SamplingDefaults", __base__=DefaultsBase,

@@ -13,8 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..completions.forms import INT32_MAX
 from ..completions.protocol import (
-    INT32_MAX,
     ChatCompletionRequest,
     ChatMessage,
     FunctionCall,
