@@ -148,7 +148,8 @@ def until_the_end(instruct_model_path: Path, tmp_path_factory: pytest.TempPathFa
                   ) -> Iterator[ServerProcess]:
     """The smallest model and context: a request without max_tokens runs to its end."""
     running = start_server(instruct_model_path, tmp_path_factory.mktemp("max_tokens") / "server.log",
-                           "--max-tokens-default", "none", "--n-ctx", "128", "--parallel", "1")
+                           "--max-tokens-default", "none", "--n-ctx", "128", "--parallel", "1",
+                           "--threads", "1")  # one thread: no spinning against a busy machine
     yield running
     stop_server(running)
 
