@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ..gguf_metadata import with_metadata
-from ..near_tie import TOP_LOGPROBS, Step, assert_same_or_near_tie
+from ..near_tie import TOP_LOGPROBS, assert_same_or_near_tie, legacy_steps
 from ..server_process import ENGINE, ServerProcess, start_server, stop_server
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
@@ -35,13 +35,6 @@ def complete(server: ServerProcess, model: str = ENGINE, **fields: Any) -> dict[
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
-
-
-def legacy_steps(logprobs: dict[str, Any]) -> list[Step]:
-    """near_tie steps from a completion's legacy logprobs (tokens as text)."""
-    return [(token.encode(), float(logprob), [(alt.encode(), float(value)) for alt, value in top.items()])
-            for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"],
-                                           logprobs["top_logprobs"], strict=True)]
 
 
 def texts(result: dict[str, Any]) -> list[str]:
