@@ -52,6 +52,8 @@ async def test_every_logit_bias_form_resolves_to_token_ids(app_context: None) ->
         ([[12, 1.0], [7, -0.5]], {12: 1.0, 7: -0.5}),                    # llama-server's pairs
         ([["ab", -0.5]], {ids("a")[0]: -0.5, ids("b")[0]: -0.5}),        # a text: each of its tokens
         ({"ab": 2}, {ids("a")[0]: 2.0, ids("b")[0]: 2.0}),               # text keys
+        ({" +12": 1, "1 ": 1}, {12: 1.0, ids("1")[0]: 1.0, ids(" ")[0]: 1.0}),  # keys read as strtol does
+        ([["12", 1]], {ids("1")[0]: 1.0, ids("2")[0]: 1.0}),             # a pair's string: a text
         ([[12, False]], {12: -math.inf}),                                # false: never
         ([["aa", 1.0], [ids("a")[0], 0.5]], {ids("a")[0]: 2.5}),         # repeated: summed
         ([["a", False], ["a", 3]], {ids("a")[0]: -math.inf}),

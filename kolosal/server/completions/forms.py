@@ -19,7 +19,9 @@ MAX_PROMPTS = 64
 MAX_LOGIT_BIAS = 1024       # logit_bias entries, whichever form
 MAX_BIAS_TEXT = 1024        # characters of one text entry of logit_bias
 MAX_PROMPT_TEXTS = 1024     # text pieces in the mixed (ids and text) prompts of one request
-TOKEN_ID = re.compile(r"-?[0-9]+")  # a logit_bias key that is a token id (else: a text)
+# An object key that is a token id, as llama-server's strtol reads it (else: a text); in a
+# pair, a string is always a text.
+TOKEN_ID = re.compile(r"\s*[+-]?[0-9]+")
 
 # A bias: a number, or false (never: -inf), as llama-server takes it.
 Bias = Annotated[float, Field(ge=-100.0, le=100.0)] | Literal[False]
@@ -45,11 +47,13 @@ def check_logit_bias(value: Mapping[str, Any] | list[Any] | None) -> None:
 
 
 def bias_entries(value: Mapping[str, Any] | list[Any] | None) -> list[tuple[int | str, float]]:
-    """(token id or text, bias) pairs in the request's order, whichever form they came in (a
-    key of digits is a token id); ``false`` is -inf."""
-    pairs = value.items() if isinstance(value, Mapping) else (value or [])
-    return [(int(target) if isinstance(target, str) and TOKEN_ID.fullmatch(target) else target,
-             -math.inf if bias is False else float(bias)) for target, bias in pairs]
+    """(token id or text, bias) pairs in the request's order, whichever form they came in (an
+    object key of digits is a token id, a pair's string a text); ``false`` is -inf."""
+    if isinstance(value, Mapping):
+        pairs = [(int(key) if TOKEN_ID.fullmatch(key) else key, bias) for key, bias in value.items()]
+    else:
+        pairs = list(value or [])
+    return [(target, -math.inf if bias is False else float(bias)) for target, bias in pairs]
 
 
 def split_prompts(prompt: list[Any]) -> list[str | list[int | str]]:
