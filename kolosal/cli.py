@@ -41,7 +41,7 @@ def _flag_type(spec: OptionField) -> Callable[[str], Any]:
 
 
 def _add_option(group: argparse._ArgumentGroup, spec: OptionField) -> None:
-    default = spec.default if spec.default not in ((), None) else "none"
+    default = "unset" if spec.default is None else "none" if spec.default == () else spec.default
     text = f"{spec.option.help} (default {default}; env {spec.env_name})".replace("%", "%%")
     flag = spec.option.flag
     assert flag is not None

@@ -14,6 +14,16 @@ from .engine import EngineConfig, MemoryPolicy, parse_size
 from .options import check_options, option, option_fields
 
 
+def max_tokens_default(value: str | int) -> int:
+    """--max-tokens-default: a count, or 0 / ``none`` for until the end of the text or the
+    context."""
+    if isinstance(value, str):
+        value = 0 if value.strip().lower() == "none" else int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ValueError(f"max_tokens_default must be a count from 0 to 2^31-1 or none, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = option("127.0.0.1", "bind address (0.0.0.0 exposes the server)", flag="--host")
@@ -47,6 +57,11 @@ class ServerSettings:
                              ge=0, flag="--max-memory", parse=parse_size)
     evict_idle: bool = option(False, "make room under --max-memory by unloading the least recently "
                               "used idle engines", flag="--evict-idle")
+    max_tokens_default: int | None = option(
+        None, "max_tokens of a request that gives none (chat, completions, Responses); 0 or none: "
+        "until the end of the text or the context, as OpenAI and llama-server (unset: 128 for "
+        "chat and Responses, 16 for completions, the API contract's)",
+        ge=0, le=2**31 - 1, flag="--max-tokens-default", parse=max_tokens_default)
     engines: tuple[EngineConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

@@ -79,6 +79,8 @@ class OptionField:
         return value
 
     def check(self, value: Any) -> None:
+        if value is None:  # unset: nothing to bound
+            return
         low, high = self.option.ge, self.option.le
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = " and ".join(f"{word} {_number(limit)}" for word, limit in ((">=", low), ("<=", high))

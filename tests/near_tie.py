@@ -39,6 +39,14 @@ def api_steps(content: Sequence[Mapping[str, Any]]) -> list[Step]:
             for entry in content]
 
 
+def legacy_steps(logprobs: Mapping[str, Any]) -> list[Step]:
+    """Steps from a text completion's legacy ``logprobs`` (tokens as text, ``top_logprobs``
+    a {token: logprob} object per step)."""
+    return [(token.encode(), float(logprob), [(alt.encode(), float(value)) for alt, value in top.items()])
+            for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"],
+                                           logprobs["top_logprobs"], strict=True)]
+
+
 def near_tie_gap(reference: Sequence[Step], other: str | bytes) -> float | None:
     """None when ``other`` is the reference's text; else the logit gap at the first step
     where they part (``inf`` when the other run's token is not among the alternatives)."""

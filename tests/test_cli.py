@@ -128,3 +128,40 @@ def test_lora_flags_load_adapters_with_the_models_engine(tmp_path: Path,
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--lora", f"{first}:-1"])
     assert "LoRA scale must be in [0, 10]" in capsys.readouterr().err
+
+
+def test_max_tokens_default_from_flag_env_and_file(tmp_path: Path) -> None:
+    assert settings([]).max_tokens_default is None  # the contract's: 128 chat, 16 completions
+    assert settings(["--max-tokens-default", "512"]).max_tokens_default == 512
+    assert settings(["--max-tokens-default", "none"]).max_tokens_default == 0  # until the end
+    assert settings(["--max-tokens-default", "0"]).max_tokens_default == 0
+    assert settings([], {"KOLOSAL_MAX_TOKENS_DEFAULT": "NONE"}).max_tokens_default == 0
+    config = tmp_path / "c.yaml"
+    config.write_text("max_tokens_default: 64\n")
+    assert settings(["--config", str(config)]).max_tokens_default == 64
+    config.write_text("max_tokens_default: none\n")
+    assert settings(["--config", str(config)]).max_tokens_default == 0
+    for bad in ("-1", "lots", "2147483648", "1.5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--max-tokens-default", bad])
+    for value in (-1, True, 1.5, 2**31):
+        config.write_text(f"max_tokens_default: {value}\n")
+        with pytest.raises(ValueError):
+            settings(["--config", str(config)])
+
+
+def test_sampling_defaults_flag_sets_the_models_engine_defaults(tmp_path: Path) -> None:
+    from kolosal.engine.sampling_defaults import SamplingDefaults
+
+    engine = settings(["--model", "/m.gguf", "--sampling-defaults", "temperature=0.6,top_k=20"]).engines[0]
+    assert engine.sampling_defaults == SamplingDefaults(temperature=0.6, top_k=20)
+    env = settings(["--model", "/m.gguf"], {"KOLOSAL_SAMPLING_DEFAULTS": "min_p=0.1"}).engines[0]
+    assert env.sampling_defaults == SamplingDefaults(min_p=0.1)
+    config = tmp_path / "c.yaml"
+    config.write_text("engines:\n  - {engine_id: e, model_path: /m.gguf, sampling_defaults: {top_p: 0.8}}\n")
+    assert settings(["--config", str(config)]).engines[0].sampling_defaults == SamplingDefaults(top_p=0.8)
+    config.write_text("engines:\n  - {engine_id: e, model_path: /m.gguf, sampling_defaults: {top_p: 8}}\n")
+    with pytest.raises(ValueError, match="top_p"):
+        settings(["--config", str(config)])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--sampling-defaults", "temperature=-1"])

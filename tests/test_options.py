@@ -12,6 +12,7 @@ from kolosal.cli import build_parser
 from kolosal.config import ServerSettings, settings_from
 from kolosal.engine import EngineConfig
 from kolosal.engine.lora import LoraSpec
+from kolosal.engine.sampling_defaults import SamplingDefaults
 from kolosal.options import option_fields
 from kolosal.server.engines.protocol import EngineCreateRequest
 
@@ -32,7 +33,11 @@ def test_post_engines_fields_are_derived_from_engine_config() -> None:
             assert spec.http_name not in schema
             continue
         field = schema[spec.http_name]
-        assert field["default"] == (list(spec.default) if isinstance(spec.default, tuple) else spec.default)
+        if isinstance(spec.default, SamplingDefaults):  # an object over HTTP; absent: none set
+            assert field["default"] is None and spec.default == SamplingDefaults()
+        else:
+            expected = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            assert field["default"] == expected
         assert field.get("minimum") == spec.option.ge and field.get("maximum") == spec.option.le
         assert field["description"] == spec.option.help
     assert schema["keep_alive"]["default"] == 0.0 and "keep_alive_s" not in schema

@@ -32,6 +32,7 @@ from .heap import trim_heap
 from .holders import Holders
 from .request import ANONYMOUS, ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams, Tenancy
 from .runner import ModelRunner
+from .sampling_defaults import NO_DEFAULTS, SamplingDefaults
 
 logger = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 2048
@@ -55,6 +56,7 @@ class ModelInfo:
     n_params: int
     kind: str = "generation"      # or "embedding": which endpoints the engine serves
     pooling: str | None = None    # an embedding engine's pooling
+    sampling_defaults: SamplingDefaults = NO_DEFAULTS  # the GGUF's general.sampling.* keys
 
 
 class WorkerCalls:
@@ -109,8 +111,14 @@ class AsyncEngine:
             chat_template=model.chat_template, bos_token=runner.vocab.token_text(runner.vocab.bos),
             eos_token=runner.vocab.token_text(runner.vocab.eos), add_bos=runner.vocab.add_bos,
             description=model.description, size_bytes=model.size_bytes, n_params=model.n_params,
-            kind=kind, pooling=pooling)
+            kind=kind, pooling=pooling, sampling_defaults=SamplingDefaults.from_gguf(model.metadata))
         thread.start()
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What a request that omits a sampling field gets: the engine's own defaults over
+        the GGUF's (a field neither sets: the request body's default)."""
+        return self.info.sampling_defaults.overridden_by(self.config.sampling_defaults)
 
     @staticmethod
     async def load(config: EngineConfig, holders: Holders,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..options import OptionValueError, check_options, option
 from .lora import LoraSpec, lora_flag, lora_specs
+from .sampling_defaults import NO_DEFAULTS, SamplingDefaults, SamplingDefaultsError
 
 if TYPE_CHECKING:
     from ..llama import ContextParams, ModelParams
@@ -50,6 +51,22 @@ def _check_lora(config: EngineConfig) -> None:
         if not stat.S_ISREG(mode):
             raise OptionValueError("lora", f"LoRA adapter {spec.path} is not a regular file")
     object.__setattr__(config, "lora", specs)
+
+
+def _check_sampling_defaults(config: EngineConfig) -> None:
+    """The defaults in their one form (a config file gives a mapping, the environment text);
+    OptionValueError naming ``sampling_defaults`` when one could not be a request's value."""
+    value: object = config.sampling_defaults
+    try:
+        if isinstance(value, str):
+            value = SamplingDefaults.from_flag(value)
+        elif value is None:
+            value = NO_DEFAULTS
+        elif not isinstance(value, SamplingDefaults):
+            value = SamplingDefaults.from_mapping(value)  # type: ignore[arg-type]
+    except SamplingDefaultsError as error:
+        raise OptionValueError("sampling_defaults", f"sampling_defaults: {error}") from None
+    object.__setattr__(config, "sampling_defaults", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +127,18 @@ class EngineConfig:
         (), "LoRA adapter (GGUF) loaded with the model: PATH[:SCALE] (repeatable; scale 1 by "
         "default, 0 = off; over HTTP [{path, scale}]); ids are their positions; a request picks "
         "its own set with `lora`", flag="--lora", parse=lora_flag)
+    sampling_defaults: SamplingDefaults = option(
+        NO_DEFAULTS, "sampling values for the fields a request omits, e.g. temperature=0.7,top_k=40 "
+        "(temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty, "
+        "seed); over the GGUF's general.sampling.* keys; over HTTP an object",
+        flag="--sampling-defaults", alias="defaults", parse=SamplingDefaults.from_flag)
 
     def __post_init__(self) -> None:
         if not self.engine_id:
             raise ValueError("engine_id must be a non-empty string")
         check_options(self)
         _check_lora(self)
+        _check_sampling_defaults(self)
         if self.pooling is not None:
             _pooling(self.pooling)
         if self.cache_type_v != "f16" and self.flash_attn == "off":

@@ -146,8 +146,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 # pydantic names the branch of a union in an error's location (``str``, ``list[TextPart]``,
-# ``NamedToolChoice``, ``function-after[...]``); our field names are lower_snake_case
-UNION_BRANCH = re.compile(r"^([A-Z]\w*|str|int|float|bool|none|[a-z-]+\[.*\])$")
+# ``NamedToolChoice``, ``function-after[...]``, ``constrained-int``: a bounded one); our field
+# names are lower_snake_case
+UNION_BRANCH = re.compile(r"^([A-Z]\w*|str|int|float|bool|none|constrained-\w+|[a-z-]+\[.*\])$")
 UNSUPPORTED_PARTS = ("image_url", "input_image", "input_audio", "file", "input_file", "image", "audio")
 
 

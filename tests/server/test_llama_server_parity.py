@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.servers import ServerSettings, find_llama_server, llama_server_spec, running
 
-from ..near_tie import NEAR_TIE_LOGITS
+from ..near_tie import NEAR_TIE_LOGITS, TOP_LOGPROBS, assert_same_or_near_tie, legacy_steps
 from ..server_process import ENGINE, ServerProcess
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
@@ -52,3 +52,41 @@ def test_greedy_logprobs_agree_with_llama_server(server: ServerProcess, model_pa
                 assert logprob == pytest.approx(entry["logprob"], abs=0.01), (prompt, position)
                 compared += 1
     assert compared >= 12
+
+
+# llama-server's request forms (tools/server): mixed token/text prompts and logit_bias pairs
+# with token ids or texts, false for never. Each case: (prompt, logit_bias).
+FORM_CASES: list[tuple[object, object]] = [
+    (["The three primary", " colors are"], None),     # texts: a prompt each, both with BOS
+    ("TOKENS", None),                                   # replaced by [*ids, " and then"]
+    ("The three primary colors are", [[" red", False], [" Red", -100]]),
+    ("The three primary colors are", {" red": -100, " blue": 5}),
+    ("Monday, Tuesday, Wednesday,", [[" Thursday", False]]),
+]
+
+
+@pytest.mark.skipif(LLAMA_SERVER is None, reason="llama-server is not built (python build_llama.py "
+                                                  "--with-server)")
+def test_llama_server_forms_read_as_llama_server_reads_them(server: ServerProcess, model_path: Path) -> None:
+    """The same prompt tokens (usage) and, greedy, the same text up to a near tie."""
+    assert LLAMA_SERVER is not None
+    settings = ServerSettings(model_path, threads=os.cpu_count() or 1, n_ctx=4096, parallel=8,
+                              peer_kv_unified=True)
+    spec = llama_server_spec(settings, LLAMA_SERVER)
+    spec = dataclasses.replace(spec, command=(*spec.command, "--swa-full"))
+    ids = httpx.post(f"{server.base_url}/tokenize", json={"content": "Monday, Tuesday", "add_special": True},
+                     timeout=30).json()["tokens"]
+    with running(spec) as peer_url:
+        for prompt, bias in FORM_CASES:
+            body: dict[str, object] = {
+                "prompt": [*ids, " and then", 235] if prompt == "TOKENS" else prompt, "max_tokens": 4,
+                "temperature": 0, "cache_prompt": False, **({"logit_bias": bias} if bias else {})}
+            ours = httpx.post(f"{server.base_url}/v1/completions",
+                              json={"model": ENGINE, "logprobs": TOP_LOGPROBS, **body}, timeout=120).json()
+            theirs = httpx.post(f"{peer_url}/v1/completions", json=body, timeout=120).json()
+            assert len(ours["choices"]) == len(theirs["choices"]), body
+            if len(ours["choices"]) == 1:  # llama-server's usage of several prompts counts one
+                assert ours["usage"]["prompt_tokens"] == theirs["usage"]["prompt_tokens"], body
+            for mine, peer in zip(sorted(ours["choices"], key=lambda c: c["index"]),
+                                  sorted(theirs["choices"], key=lambda c: c["index"]), strict=True):
+                assert_same_or_near_tie(legacy_steps(mine["logprobs"]), peer["text"], str(body))

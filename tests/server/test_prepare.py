@@ -4,6 +4,7 @@ OutputFormat (tools beside a response_format: one grammar, a call or the answer)
 refusals name the field as each request kind spells it."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from quart import Quart
 
 from kolosal.engine import ContextLengthExceededError, InvalidGrammarError
+from kolosal.engine.sampling_defaults import NO_DEFAULTS, SamplingDefaults
 from kolosal.server.completions.constraints import MAX_ENFORCED_CALLS
 from kolosal.server.completions.prepare import engine_view, prepare_chat
 from kolosal.server.completions.protocol import ChatCompletionRequest, CompletionRequest
@@ -29,9 +31,10 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANS
 class FakeEngine:
     """What preparation asks of an engine: its facts, a vocabulary lookup, a tokenizer."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampling_defaults: SamplingDefaults = NO_DEFAULTS) -> None:
         self.info = SimpleNamespace(chat_template=None, architecture="qwen2", bos_token="", eos_token="",
                                     n_ctx=4096, n_vocab=1000)
+        self.sampling_defaults = sampling_defaults
         self.lookups: list[tuple[str, ...]] = []
 
     def special_tokens(self, texts: Iterable[str]) -> dict[str, int]:
@@ -40,13 +43,21 @@ class FakeEngine:
         return {text: 900 + number for number, text in enumerate(asked) if "tool_call" in text}
 
     async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        return [ord(char) % 1000 for char in text]
+        """One token per character; BOS (999) first with ``add_special``."""
+        return [999] * add_special + [ord(char) % 999 for char in text]
 
 
 @pytest.fixture
 async def app_context() -> AsyncIterator[None]:
+    async with settings_context():
+        yield
+
+
+@contextlib.asynccontextmanager
+async def settings_context(max_tokens_default: int | None = None) -> AsyncIterator[None]:
+    """An app context with the server settings preparation reads."""
     app = Quart(__name__)
-    app.config["SETTINGS"] = SimpleNamespace(log_prompts=False)
+    app.config["SETTINGS"] = SimpleNamespace(log_prompts=False, max_tokens_default=max_tokens_default)
     async with app.app_context():
         yield
 

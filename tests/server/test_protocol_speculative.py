@@ -10,7 +10,7 @@ from kolosal.server.completions.protocol import CompletionRequest
 
 def drafts(value: object) -> int | None:
     body = CompletionRequest.model_validate({"model": "m", "prompt": "hi", "speculative": value})
-    return body.sampling_params(16, 1000).speculative
+    return body.sampling_params(16).speculative
 
 
 def test_the_speculative_switch() -> None:

@@ -167,7 +167,9 @@ def test_fields_other_clients_send_are_read_as_ours() -> None:
     assert chat.repeat_penalty == 1.2 and chat.max_tokens == 7 and chat.active_tools() == []
     assert chat.template_variables() == {"enable_thinking": False, "reasoning_effort": "low"}
     until_the_end = CompletionRequest.model_validate({"model": "m", "prompt": "x", "n_predict": -1})
-    assert until_the_end.max_tokens == 16  # llama-server's -1: our default
+    assert until_the_end.max_tokens is None  # llama-server's -1: our default (16, or --max-tokens-default)
+    assert until_the_end.resolved_max_tokens(4096) == 16
+    assert until_the_end.resolved_max_tokens(4096, 0) == 4096
     with pytest.raises(ValidationError, match="repetition_penalty and repeat_penalty disagree"):
         ChatCompletionRequest.model_validate({**base, "repetition_penalty": 1.2, "repeat_penalty": 1.1})
     with pytest.raises(ValidationError, match="needs tools"):

@@ -8,18 +8,23 @@ it writes, and which of that family's markers (and the reasoning markers) are si
 special tokens of the vocabulary (the engine's generic ``special_tokens`` lookup; which
 texts to ask about is the tool-call layer's knowledge, and stays here).
 
-Per request (``prepare_chat``, ``prepare_completion``): the prompts as token ids, the
-SamplingParams complete (the grammar of ``constraints.request_grammar``, and
-``special_as_text`` when the output may hold a marker that is a special token) and, for
-chat, the OutputFormat the writer parses with. Nothing is checked against the engine's
-limits here: the engine call that takes the prompts (``AsyncEngine.generate``) checks them,
-once. Refusals made here name the field as the request spells it (``PROMPT_FIELD``,
-``FORMAT_FIELD``)."""
+Per request (``prepare_chat``, ``prepare_completion``): the prompts as token ids (mixed
+prompt lists tokenized piece by piece), the SamplingParams complete (the engine's sampling
+defaults for the fields the request omits, ``logit_bias`` resolved to token ids, max_tokens
+by the request, else --max-tokens-default, else the request kind's default, the grammar of
+``constraints.request_grammar``, and ``special_as_text`` when the output may hold a marker
+that is a special token) and, for chat, the OutputFormat the writer parses with. Nothing
+is checked against the engine's limits here but logit_bias's token ids: the engine call
+that takes the prompts (``AsyncEngine.generate``) checks them, once. Refusals made here
+name the field as the request spells it (``PROMPT_FIELD``, ``FORMAT_FIELD``)."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
+
+from quart import current_app
 
 from ...chat_template import ChatTemplate, ChatTemplateError
 from ...engine import AsyncEngine, SamplingParams
@@ -29,7 +34,7 @@ from ..caller import default_lora
 from ..errors import bad_request
 from ..records import log_prompt
 from .constraints import OutputShape, request_grammar
-from .protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from .protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +91,37 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> Prep
     special = view.special_for(output)
     shape = OutputShape(view.family, view.template.reasoning_mode(prompt), special)
     grammar = await request_grammar(body, shape)
-    params = body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx), engine.info.n_vocab,
-                                  grammar, special_as_text=bool(special), default_lora=default_lora())
+    params = body.sampling_params(max_tokens(engine, body), await logit_bias(engine, body), grammar,
+                                  special_as_text=bool(special), default_lora=default_lora(),
+                                  defaults=engine.sampling_defaults)
     return Prepared([prompt_ids], params, output)
+
+
+def max_tokens(engine: AsyncEngine, body: SamplingFields) -> int:
+    """The request's max_tokens, else the operator's --max-tokens-default (0: until the end
+    of the text or the context), else the request kind's own; at most the context."""
+    return body.resolved_max_tokens(engine.info.n_ctx, current_app.config["SETTINGS"].max_tokens_default)
+
+
+async def logit_bias(engine: AsyncEngine, body: SamplingFields) -> dict[int, float]:
+    """The request's logit_bias by token id: a text's bias on every token of its
+    tokenization (no BOS, control-token text left as text), as llama-server; a token
+    biased more than once gets the sum (-inf stays -inf). An id outside the vocabulary is a
+    400 naming logit_bias."""
+    n_vocab = engine.info.n_vocab
+    bias: dict[int, float] = {}
+    for target, value in body.bias_entries():
+        if isinstance(target, str):
+            tokens = await engine.tokenize(target, add_special=False, parse_special=False)
+            await asyncio.sleep(0)  # many short texts: let the loop run between them
+        elif target >= n_vocab:
+            raise bad_request(f"logit_bias names token id {target}, outside the vocabulary "
+                              f"(ids 0 to {n_vocab - 1})", param="logit_bias")
+        else:
+            tokens = [target]
+        for token in tokens:
+            bias[token] = bias.get(token, 0.0) + value
+    return bias
 
 
 def render_chat(view: EngineView, body: ChatCompletionRequest) -> tuple[str, OutputFormat]:
@@ -122,8 +155,22 @@ async def prepare_completion(engine: AsyncEngine, body: CompletionRequest) -> Pr
             log_prompt(prompt)
             prompts.append(await engine.tokenize(prompt, add_special=True, parse_special=False))
         else:
-            prompts.append(prompt)
+            prompts.append(await mixed_prompt(engine, prompt))
     grammar = await request_grammar(body)
-    params = body.sampling_params(min(body.max_tokens, engine.info.n_ctx), engine.info.n_vocab, grammar,
-                                  default_lora=default_lora())
+    params = body.sampling_params(max_tokens(engine, body), await logit_bias(engine, body), grammar,
+                                  default_lora=default_lora(), defaults=engine.sampling_defaults)
     return Prepared(prompts, params, OutputFormat())
+
+
+async def mixed_prompt(engine: AsyncEngine, pieces: list[int | str]) -> list[int]:
+    """A prompt of token ids with texts between them, as llama-server's tokenize_mixed: each
+    text tokenized where it stands, with BOS only when the prompt starts with a text."""
+    tokens: list[int] = []
+    for index, piece in enumerate(pieces):
+        if isinstance(piece, int):
+            tokens.append(piece)
+            continue
+        log_prompt(piece)
+        tokens += await engine.tokenize(piece, add_special=index == 0, parse_special=False)
+        await asyncio.sleep(0)  # many short texts: let the loop run between them
+    return tokens

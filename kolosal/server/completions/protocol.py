@@ -6,6 +6,7 @@ where a field is a no-op that real clients send (``null`` for any optional field
 default; ``store``, ``metadata``, ``response_format: {"type": "text"}``, ``tools: []``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -17,15 +18,25 @@ from pydantic import (
     model_validator,
 )
 
-from ...engine import ContextLengthExceededError, InvalidGrammarError, InvalidRequestError, SamplingParams
+from ...engine import ContextLengthExceededError, InvalidGrammarError, SamplingParams
 from ...engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
+from ...engine.sampling_defaults import BOUNDS, NO_DEFAULTS, SamplingDefaults
 from ..lora.protocol import LoraScales, lora_pairs
+from .forms import (
+    INT32_MAX,
+    LogitBias,
+    Prompt,
+    bias_entries,
+    check_logit_bias,
+    check_prompt_list,
+    split_prompts,
+)
 
 MAX_STOP_STRINGS = 4
-MAX_PROMPTS = 64
 MAX_CHOICES = 128
 MAX_LEGACY_LOGPROBS = 5
-INT32_MAX = 2**31 - 1
+CHAT_MAX_TOKENS = 128       # the contract's defaults when a request gives none
+COMPLETION_MAX_TOKENS = 16
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -162,7 +173,7 @@ class SamplingFields(Strict):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: LogitBias | None = None  # OpenAI's {"id": bias}; llama-server's [[id or text, bias]]
     stop: str | list[str] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     user: str | None = None          # accepted, unused
@@ -209,10 +220,8 @@ class SamplingFields(Strict):
 
     @field_validator("logit_bias")
     @classmethod
-    def _check_bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key in value or {}:
-            if not key.lstrip("-").isdigit() or int(key) < 0:
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+    def _check_bias(cls, value: dict[str, Any] | list[Any] | None) -> dict[str, Any] | list[Any] | None:
+        check_logit_bias(value)
         return value
 
     @field_validator("seed")
@@ -262,23 +271,48 @@ class SamplingFields(Strict):
         """None: no logprobs; k: the sampled token's logprob and the k best alternatives."""
         return None
 
-    def sampling_params(self, max_tokens: int, n_vocab: int, grammar: str | None = None,
-                        special_as_text: bool = False,
-                        default_lora: tuple[tuple[int, float], ...] | None = None) -> SamplingParams:
-        """The engine's parameters: ``grammar`` the constraint, ``special_as_text`` whether
-        control tokens (markers the output parser reads) are rendered as text,
-        ``default_lora`` the adapter set of a request that names none (its key's)."""
-        bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
-        if any(token >= n_vocab for token in bias):
-            raise InvalidRequestError(f"logit_bias token ids must be below the vocabulary size {n_vocab}",
-                                      param="logit_bias")
+    def bias_entries(self) -> list[tuple[int | str, float]]:
+        """logit_bias as (token id or text, bias) pairs; ``false`` is -inf (never)."""
+        return bias_entries(self.logit_bias)
+
+    def resolved_max_tokens(self, limit: int, default: int | None = None) -> int:
+        """The request's max_tokens, else ``default`` (the operator's --max-tokens-default;
+        0: until the end of the text or the context), else the request kind's own default;
+        at most ``limit`` (the context)."""
+        given = self.given_max_tokens()
+        if given is None:
+            given = self.DEFAULT_MAX_TOKENS if default is None else (default or limit)
+        return min(given, limit)
+
+    DEFAULT_MAX_TOKENS: ClassVar[int] = CHAT_MAX_TOKENS
+
+    def given_max_tokens(self) -> int | None:
+        return None
+
+    def sampling_value(self, name: str, defaults: SamplingDefaults) -> Any:
+        """The request's own value of a sampling field when it sent one, else the engine's
+        default when it has one, else the body's default."""
+        if name not in self.model_fields_set:
+            value = getattr(defaults, name)
+            if value is not None:
+                return value
+        return getattr(self, name)
+
+    def sampling_params(self, max_tokens: int, logit_bias: Mapping[int, float] | None = None,
+                        grammar: str | None = None, special_as_text: bool = False,
+                        default_lora: tuple[tuple[int, float], ...] | None = None,
+                        defaults: SamplingDefaults = NO_DEFAULTS) -> SamplingParams:
+        """The engine's parameters: ``logit_bias`` the request's, resolved to token ids
+        (prepare.py), ``grammar`` the constraint, ``special_as_text`` whether control tokens
+        (markers the output parser reads) are rendered as text, ``default_lora`` the adapter
+        set of a request that names none (its key's), ``defaults`` the engine's sampling
+        defaults for the fields the request omits."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        value = {name: self.sampling_value(name, defaults) for name in BOUNDS}
+        seed = value.pop("seed")
         return SamplingParams(
-            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
-            top_k=self.top_k, min_p=self.min_p,
-            seed=None if self.seed is None else self.seed & 0xFFFFFFFF,
-            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            repeat_penalty=self.repeat_penalty, logit_bias=bias,
+            max_tokens=max_tokens, **value, seed=None if seed is None else seed & 0xFFFFFFFF,
+            logit_bias=dict(logit_bias or {}),
             stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos, cache_prompt=self.cache_prompt,
             logprobs=self.logprobs_count(), prompt_logprobs=self.wants_prompt_logprobs(),
             grammar=grammar, special_as_text=special_as_text, speculative=self.draft_max(),
@@ -336,8 +370,8 @@ class ChatCompletionRequest(SamplingFields):
                              "which allows a tool call or the answer in that format")
         return self
 
-    def resolved_max_tokens(self, limit: int) -> int:
-        return min(self.max_completion_tokens or self.max_tokens or 128, limit)
+    def given_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -356,19 +390,23 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 16
+    DEFAULT_MAX_TOKENS: ClassVar[int] = COMPLETION_MAX_TOKENS
+
+    prompt: Prompt  # text, ids, ids and texts mixed (llama-server's), or a list of those
+    max_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None  # None: 16 (or the server's)
     suffix: None = None
     logprobs: Annotated[int, Field(ge=0, le=MAX_LEGACY_LOGPROBS)] | None = None
     echo: bool = False
 
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: str | list[Any]) -> str | list[Any]:
+        if isinstance(prompt, list):
+            check_prompt_list(prompt)
+        return prompt
+
     @model_validator(mode="after")
-    def _check_prompt(self) -> CompletionRequest:
-        if isinstance(self.prompt, list):
-            if not self.prompt:
-                raise ValueError("prompt must not be an empty list")
-            if len(self.prompt) > MAX_PROMPTS and not isinstance(self.prompt[0], int):
-                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+    def _check_lengths(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
             raise ValueError("max_tokens: 0 is only meaningful with echo: true")
         if self.n > 1 and self.max_tokens == 0:
@@ -381,11 +419,9 @@ class CompletionRequest(SamplingFields):
     def wants_prompt_logprobs(self) -> bool:
         return self.echo and self.logprobs is not None
 
-    def prompts(self) -> list[str | list[int]]:
-        """One entry per prompt: text, or token ids."""
-        prompt: Any = self.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if all(isinstance(item, int) for item in prompt):
-            return [list(prompt)]
-        return list(prompt)
+    def given_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def prompts(self) -> list[str | list[int | str]]:
+        """One entry per prompt: text, or pieces (token ids, and texts to tokenize there)."""
+        return [self.prompt] if isinstance(self.prompt, str) else split_prompts(self.prompt)

@@ -48,11 +48,12 @@ async def completions() -> Response:
     return await respond(streams, writer, envelope, body)
 
 
-def echo_text(token_piece: Callable[[int], bytes], prompt: str | list[int]) -> str:
-    """The prompt as ``echo`` repeats it: its text, or its token ids' pieces."""
+def echo_text(token_piece: Callable[[int], bytes], prompt: str | list[int | str]) -> str:
+    """The prompt as ``echo`` repeats it: its text, or its pieces (token ids' and texts)."""
     if isinstance(prompt, str):
         return prompt
-    return b"".join(token_piece(token) for token in prompt).decode("utf-8", "replace")
+    return b"".join(piece.encode() if isinstance(piece, str) else token_piece(piece)
+                    for piece in prompt).decode("utf-8", "replace")
 
 
 ROUTES = (

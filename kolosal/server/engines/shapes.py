@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal, TypedDict
 from typing_extensions import NotRequired
 
 from ...engine import EngineEntry, EngineState
+from ...engine.sampling_defaults import BOUNDS, NO_DEFAULTS
+from ..completions.protocol import SamplingFields
 from ..json_schema import Schema
 from ..lora.shapes import LoraAdapter, lora_adapters
 from ..models.shapes import EngineKind
@@ -45,6 +47,10 @@ class Engine(TypedDict):
     idle_seconds: float
     memory_estimate: dict[str, int] | None   # weights, KV cache, buffers and total, in bytes
     lora: list[LoraAdapter]                # its LoRA adapters and their current scales
+    # what a request that omits a sampling field gets, and where each value comes from:
+    # "engine" (POST /engines defaults), "gguf" (general.sampling.*) or "request" (the body's)
+    sampling_defaults: dict[str, float | int | None]
+    sampling_defaults_source: dict[str, Literal["engine", "gguf", "request"]]
     model: NotRequired[ModelInfo]          # once it has loaded
     stats: NotRequired[dict[str, Any]]     # live statistics (engine status only)
 
@@ -97,7 +103,7 @@ def engine_body(engine: EngineEntry, with_stats: bool = False) -> Engine:
         "pinned": config.pinned, "keep_alive": config.keep_alive_s,
         "idle_seconds": round(time.monotonic() - engine.holders.last_used, 1) if engine.idle else 0.0,
         "memory_estimate": engine.memory.as_dict() if engine.memory else None,
-        "lora": lora_adapters(engine)}
+        "lora": lora_adapters(engine), **sampling_defaults(engine)}  # type: ignore[typeddict-item]
     info = engine.info
     if info is not None:
         body["model"] = {"architecture": info.architecture, "description": info.description,
@@ -108,3 +114,25 @@ def engine_body(engine: EngineEntry, with_stats: bool = False) -> Engine:
     if with_stats:
         body["stats"] = engine.stats()
     return body
+
+
+class SamplingDefaultsView(TypedDict):
+    sampling_defaults: dict[str, float | int | None]
+    sampling_defaults_source: dict[str, Literal["engine", "gguf", "request"]]
+
+
+def sampling_defaults(engine: EngineEntry) -> SamplingDefaultsView:
+    """The effective default of every sampling field and its source (before the model has
+    loaded, the GGUF's are not known yet)."""
+    own = engine.config.sampling_defaults
+    gguf = engine.info.sampling_defaults if engine.info is not None else NO_DEFAULTS
+    values: dict[str, float | int | None] = {}
+    sources: dict[str, Literal["engine", "gguf", "request"]] = {}
+    for name in BOUNDS:
+        for source, layer in (("engine", own), ("gguf", gguf)):
+            if getattr(layer, name) is not None:
+                values[name], sources[name] = getattr(layer, name), source  # type: ignore[assignment]
+                break
+        else:
+            values[name], sources[name] = SamplingFields.model_fields[name].default, "request"
+    return {"sampling_defaults": values, "sampling_defaults_source": sources}

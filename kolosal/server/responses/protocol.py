@@ -13,8 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..completions.forms import INT32_MAX
 from ..completions.protocol import (
-    INT32_MAX,
     ChatCompletionRequest,
     ChatMessage,
     FunctionCall,
@@ -184,6 +184,8 @@ class ResponsesRequest(SamplingFields):
         messages += conversation
         choice = self.tool_choice
         return ResponsesChat.model_construct(
+            # the sampling fields this request set: the engine's defaults fill the others
+            _fields_set=(self.model_fields_set & set(shared)) | {"messages"},
             **shared, messages=[_chat_message(message) for message in messages],
             max_completion_tokens=self.max_output_tokens, response_format=self.format().response_format(),
             tools=[tool.chat_tool() for tool in self.tools] if self.tools else None,
