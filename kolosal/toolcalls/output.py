@@ -7,8 +7,9 @@ non-streamed result is the fold of the streamed events.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .families import ToolFamily, markers
@@ -70,6 +71,16 @@ class OutputParser:
                        if fmt.tool_family is not None else None)
         self._calls_only = fmt.calls_only and self._tools is not None
 
+    @property
+    def repeated(self) -> bool:
+        """A call repeated an earlier one: the output ended there (``ToolCallStreamParser``)."""
+        return self._tools is not None and self._tools.repeated
+
+    @property
+    def settled(self) -> bool:
+        """Every call the text fed so far holds is decided (none half read)."""
+        return self._tools is None or self._tools.settled
+
     def feed(self, text: str) -> list[StreamEvent]:
         if self._splitter is None:
             return self._content(text, final=False)
@@ -94,6 +105,31 @@ class OutputParser:
         if self._calls_only:  # only an unfinished call's text can be content here
             return [event for event in events if not isinstance(event, ContentDelta)]
         return events
+
+
+class RepeatWatch:
+    """Ends a generation at its first repeated call, in the engine, as the text comes
+    (``kolosal.engine.OutputWatch``): the writer's parser drops that call, and the engine
+    must stop generating it, billing the tokens up to the last point where the text was
+    settled (before the repeat began). One per choice: ``repeat_watch(fmt)`` makes them."""
+
+    def __init__(self, fmt: OutputFormat) -> None:
+        self._parser = OutputParser(fmt, id_factory=str)  # ids unused here
+        self._num_settled = 0
+
+    def feed(self, text: str, num_tokens: int) -> int | None:
+        """None: go on; else the tokens to bill: the request ends here."""
+        self._parser.feed(text)
+        if self._parser.repeated:
+            return self._num_settled
+        if self._parser.settled:
+            self._num_settled = num_tokens
+        return None
+
+
+def repeat_watch(fmt: OutputFormat) -> Callable[[], RepeatWatch] | None:
+    """A factory of watches for the engine (one per choice); None when no calls are parsed."""
+    return None if fmt.tool_family is None else partial(RepeatWatch, fmt)
 
 
 def parse_output(text: str, fmt: OutputFormat, id_factory: IdFactory | None = None) -> ParsedOutput:

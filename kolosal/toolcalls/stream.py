@@ -8,9 +8,14 @@ and valid: its start (index, id, name), then its arguments. A call that turns ou
 malformed (bad JSON, unknown tool, cut off) was never announced, and its text is content.
 Decisions never depend on how the text was split, so the events of any streaming equal
 those of parsing the whole text at once (``parse_tool_calls``).
+
+A call identical to one already emitted (same name, same arguments in any key order) ends
+the output: it is dropped with everything after it (``repeated`` turns true). Small models
+asked for calls write the same call again and again; a client would run it each time.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 
 from .families import ToolFamily, new_call_id
@@ -37,10 +42,19 @@ class ToolCallStreamParser:
         self._region: Region | None = None  # the call being read, starting at _buffer[0]
         self._held_space = ""          # trailing whitespace of the content so far
         self._num_calls = 0
+        self._seen: set[tuple[str, str]] = set()  # (name, canonical arguments) of each call
         self._finished = False
+        self.repeated = False          # a call repeated an earlier one: the output ended there
+
+    @property
+    def settled(self) -> bool:
+        """Everything fed so far is decided (nothing held but trailing whitespace)."""
+        return not self._buffer
 
     def feed(self, text: str) -> list[StreamEvent]:
         assert not self._finished, "feed() after finish()"
+        if self.repeated:
+            return []
         self._buffer += text
         return self._drain(final=False)
 
@@ -75,15 +89,24 @@ class ToolCallStreamParser:
             self._region = None
             if isinstance(result, Accepted):
                 self._held_space = ""  # whitespace before a call is not content
-                for call in result.calls:
-                    events.append(ToolCallStart(self._num_calls, self._new_id(), call.name))
-                    events.append(ToolCallArguments(self._num_calls, call.arguments))
-                    self._num_calls += 1
-                self._buffer = self._buffer[result.length:]
+                self._calls(result, events)
+                self._buffer = "" if self.repeated else self._buffer[result.length:]
             else:  # not a call after all: its first character is content, rescan the rest
                 self._content(self._buffer[0], events)
                 self._buffer = self._buffer[1:]
         return events
+
+    def _calls(self, accepted: Accepted, events: list[StreamEvent]) -> None:
+        """Emit the region's calls, up to the first that repeats an earlier one."""
+        for call in accepted.calls:
+            key = (call.name, json.dumps(json.loads(call.arguments), sort_keys=True))
+            if key in self._seen:
+                self.repeated = True
+                return
+            self._seen.add(key)
+            events.append(ToolCallStart(self._num_calls, self._new_id(), call.name))
+            events.append(ToolCallArguments(self._num_calls, call.arguments))
+            self._num_calls += 1
 
     def _find_opener(self) -> tuple[int, str | None]:
         best, found = len(self._buffer), None

@@ -18,13 +18,13 @@ once. Refusals made here name the field as the request spells it (``PROMPT_FIELD
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
 from ...chat_template import ChatTemplate, ChatTemplateError
 from ...engine import AsyncEngine, SamplingParams
 from ...toolcalls.families import ToolFamily, markers
-from ...toolcalls.output import OutputFormat
+from ...toolcalls.output import OutputFormat, repeat_watch
 from ..caller import default_lora
 from ..errors import bad_request
 from ..records import log_prompt
@@ -88,7 +88,8 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> Prep
     grammar = await request_grammar(body, shape)
     params = body.sampling_params(body.resolved_max_tokens(engine.info.n_ctx), engine.info.n_vocab,
                                   grammar, special_as_text=bool(special), default_lora=default_lora())
-    return Prepared([prompt_ids], params, output)
+    # a call that repeats an earlier one ends the output, in the engine (no tokens for nobody)
+    return Prepared([prompt_ids], replace(params, watch=repeat_watch(output)), output)
 
 
 def render_chat(view: EngineView, body: ChatCompletionRequest) -> tuple[str, OutputFormat]:

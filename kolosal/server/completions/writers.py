@@ -159,7 +159,8 @@ class ChatWriter(_ChunkStream):
         chunks = self._record(index, choice, events, item.logprobs)
         called = any(isinstance(e, ToolCallStart) for e in choice.events)
         reason = item.finish_reason.value
-        choice.finish_reason = "tool_calls" if called and reason == "stop" else reason
+        ended = choice.parser is not None and choice.parser.repeated  # by a repeated call
+        choice.finish_reason = "tool_calls" if called and (reason == "stop" or ended) else reason
         if not self.streaming:
             return []
         leftover = self._logprobs_body(choice.unsent_logprobs)
