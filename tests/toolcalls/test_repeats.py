@@ -105,6 +105,21 @@ def test_calls_only_output_ends_at_a_repeat_too() -> None:
     assert streamed(text, ToolFamily.GEMMA, fmt) == [PARIS, ROME]
 
 
+@pytest.mark.parametrize("family", list(ToolFamily))
+def test_max_calls_ends_the_output_after_that_many(family: ToolFamily) -> None:
+    text = format_tool_calls(family, [PARIS, ROME, TIME])
+    for max_calls, kept in ((1, [PARIS]), (2, [PARIS, ROME]), (3, [PARIS, ROME, TIME])):
+        fmt = OutputFormat(family, TOOL_NAMES, max_calls=max_calls)
+        assert streamed(text, family, fmt) == kept
+        assert [(c.name, c.arguments) for c in parse_output(text, fmt).tool_calls] == kept
+
+
+def test_the_watch_bills_every_token_of_the_last_allowed_call() -> None:
+    watch = RepeatWatch(OutputFormat(ToolFamily.HERMES, TOOL_NAMES, max_calls=1))
+    call = format_tool_calls(ToolFamily.HERMES, [PARIS])
+    assert [watch.feed(call[:15], 1), watch.feed(call[15:], 2)] == [None, 2]
+
+
 def test_no_watch_without_tool_parsing() -> None:
     assert repeat_watch(OutputFormat()) is None
     factory = repeat_watch(HERMES)

@@ -109,6 +109,8 @@ def render_chat(view: EngineView, body: ChatCompletionRequest) -> tuple[str, Out
     output = view.template.output_format(
         prompt, tools, choice.model_dump() if isinstance(choice, NamedToolChoice) else choice or "auto",
         reasoning_inline=body.reasoning_format == "none")
+    if output.tool_family is not None and not body.parallel_tool_calls:
+        output = replace(output, max_calls=1)  # at most one call, enforced or not
     return prompt, output
 
 

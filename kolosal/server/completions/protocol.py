@@ -20,6 +20,8 @@ from pydantic import (
 from ...engine import ContextLengthExceededError, InvalidGrammarError, InvalidRequestError, SamplingParams
 from ...engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
 from ..lora.protocol import LoraScales, lora_pairs
+from . import legacy
+from .legacy import LegacyFunctionCall
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 64
@@ -65,13 +67,22 @@ class ToolCall(Lenient):
     function: FunctionCall
 
 
+_TEMPLATE_ROLES = {"developer": "system", "function": "tool"}  # a legacy function result is a tool's
+
+
 class ChatMessage(Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None   # assistant turns that called tools
     tool_call_id: str | None = None            # tool results
     reasoning_content: str | None = None       # earlier thinking, when a client echoes it back
+    function_call: FunctionCall | None = None  # legacy: an assistant turn's one call (legacy.py)
+
+    @model_validator(mode="after")
+    def _check_legacy(self) -> ChatMessage:
+        legacy.raise_for(legacy.message_error(self.role, self.name, self.function_call, self.tool_calls))
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -82,8 +93,7 @@ class ChatMessage(Lenient):
 
     def template_message(self) -> dict[str, Any]:
         """The message as chat templates see it (Hugging Face's conventions)."""
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
-                                   "content": self.text()}
+        message: dict[str, Any] = {"role": _TEMPLATE_ROLES.get(self.role, self.role), "content": self.text()}
         if self.name is not None:
             message["name"] = self.name
         if self.tool_calls:
@@ -307,6 +317,8 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    functions: list[FunctionDefinition] | None = None  # legacy tools and tool_choice (legacy.py)
+    function_call: LegacyFunctionCall | None = None
     reasoning_format: Literal["auto", "deepseek", "none"] = "auto"  # llama-server's; "none": inline
     modalities: list[Literal["text"]] | None = None
     # variables for the chat template (e.g. Qwen3's enable_thinking), as vLLM and llama-server
@@ -325,8 +337,44 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
         return choice
 
+    @field_validator("tools", "functions")
+    @classmethod
+    def _check_names(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        names = [item.function.name if isinstance(item, Tool) else item.name for item in value or []]
+        legacy.raise_for(legacy.names_error(info.field_name or "", names, bool(info.data.get("tools"))))
+        return value
+
+    @field_validator("function_call")
+    @classmethod
+    def _check_function_call(cls, choice: LegacyFunctionCall, info: ValidationInfo) -> LegacyFunctionCall:
+        functions: list[FunctionDefinition] | None = info.data.get("functions")
+        legacy.raise_for(legacy.function_call_error(
+            choice, None if functions is None else [f.name for f in functions], info.data.get("tool_choice")))
+        return choice
+
+    def _read_legacy_functions(self) -> None:
+        """``functions`` / ``function_call`` / legacy messages as tools (legacy.py)."""
+        if self.functions:
+            self.tools = [Tool(type="function", function=function) for function in self.functions]
+            self.parallel_tool_calls = False  # the legacy answer holds one call
+        if self.function_call is not None:
+            choice = legacy.as_tool_choice(self.function_call)
+            self.tool_choice = NamedToolChoice.model_validate(choice) if isinstance(choice, dict) else choice
+        for index, call_id in legacy.call_ids(self.messages):
+            message = self.messages[index]
+            if message.function_call is not None:
+                message.tool_calls = [ToolCall(id=call_id, function=message.function_call)]
+            else:
+                message.tool_call_id = call_id
+
+    @property
+    def legacy_functions(self) -> bool:
+        """The request offered ``functions``: the answer takes the legacy shape."""
+        return bool(self.functions)
+
     @model_validator(mode="after")
     def _check_tools(self) -> ChatCompletionRequest:
+        self._read_legacy_functions()
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         if self.active_tools() and (self.grammar is not None or self.json_schema is not None):
