@@ -112,7 +112,7 @@ def matcher_costs(model_path: Path) -> MatcherCosts:
             started = time.perf_counter()
             matcher.fill_mask(bitmask.ctypes.data)
             times.append(time.perf_counter() - started)
-            if not matcher.consume_token(token):
+            if not matcher.consume(token):
                 raise RuntimeError(f"the example document broke the grammar: {matcher.error}")
         micro = sorted(t * 1e6 for t in times)
         return MatcherCosts(round(build_s, 3), round(compile_s, 4), len(document),

@@ -23,6 +23,7 @@ from .request import (
     Event,
     FinishEvent,
     FinishReason,
+    OutputWatch,
     SamplingParams,
     Tenancy,
     TokenEvent,
@@ -35,5 +36,5 @@ __all__ = ["AsyncEngine", "ContextLengthExceededError", "DeadlineExceededError",
            "EngineOverloadedError", "EngineRegistry", "EngineReloadError", "EngineState",
            "EngineStoppedError", "ErrorEvent", "Event", "FinishEvent", "FinishReason", "InferenceError",
            "InsufficientMemoryError", "InvalidGrammarError", "InvalidRequestError", "MemoryEstimate",
-           "MemoryPolicy", "ModelInfo", "ModelLoadFailedError", "SamplingParams", "Tenancy", "TokenEvent",
-           "TokenLogprob", "Usage", "estimate_memory", "parse_size"]
+           "MemoryPolicy", "ModelInfo", "ModelLoadFailedError", "OutputWatch", "SamplingParams", "Tenancy",
+           "TokenEvent", "TokenLogprob", "Usage", "estimate_memory", "parse_size"]

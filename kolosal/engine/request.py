@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,6 +19,18 @@ if TYPE_CHECKING:
 MAX_TOP_LOGPROBS = 20
 SPECULATE_ON = -1        # SamplingParams.speculative: speculate, at the engine's draft length
 DEFAULT_DRAFT_MAX = 16   # ... or this many when the engine has speculation off
+
+
+class OutputWatch(Protocol):
+    """Reads one sequence's output text as the engine releases it (on the engine thread)
+    and may end it: a rule on the text that a stop string cannot say (the tool-call layer's
+    "a call repeats an earlier one")."""
+
+    def feed(self, text: str, num_tokens: int) -> int | None:
+        """``text``: newly released text, ``num_tokens``: tokens generated so far. None: go
+        on; else the request ends now (finish_reason stop), billed for that many tokens
+        (the text after them is the watch's to drop)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,7 @@ class SamplingParams:
     # 0 = off, k = at most k, SPECULATE_ON = on at the engine's length (DEFAULT_DRAFT_MAX if off)
     lora: tuple[tuple[int, float], ...] | None = None  # (adapter id, scale): exactly these
     # adapters (the others off; scale 0 = off); None = the engine's current scales (lora.py)
+    watch: Callable[[], OutputWatch] | None = None  # makes each choice's OutputWatch
 
     def for_choice(self, index: int) -> SamplingParams:
         """The params of choice ``index`` of an n > 1 request: its own seed."""
@@ -176,6 +190,8 @@ class Request:
     forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
     tenancy: Tenancy = ANONYMOUS
     queue_key: QueueKey | None = None    # its place in the wait queue, kept across preemptions
+    watch: OutputWatch | None = None     # from params.watch, made when it is queued
+    num_unbilled: int = 0                # generated tokens its watch dropped (not in usage)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -205,7 +221,18 @@ class Request:
         return self.fork_of is not None
 
     def usage(self) -> Usage:
-        return Usage(self.num_prompt, self.num_generated, self.num_cached)
+        return Usage(self.num_prompt, self.num_generated - self.num_unbilled, self.num_cached)
+
+    def watch_ends(self, text: str) -> bool:
+        """Does the request's watch end it at this released text? Then only the tokens the
+        watch says are billed (the text after them is the watch's to drop)."""
+        if self.watch is None or not text:
+            return False
+        billed = self.watch.feed(text, self.num_generated)
+        if billed is None:
+            return False
+        self.num_unbilled = self.num_generated - billed
+        return True
 
     def take_logprobs(self) -> tuple[TokenLogprob, ...]:
         taken = tuple(self.pending_logprobs)

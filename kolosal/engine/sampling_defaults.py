@@ -76,7 +76,7 @@ def check_value(name: str, value: Any) -> int | float:
             bound.low_open and value == bound.low):
         low = f"> {bound.low:g}" if bound.low_open else f">= {bound.low:g}"
         raise SamplingDefaultsError(name, f"{name} must be {low} and <= {bound.high:g}, got {value!r}")
-    return bound.kind(value)  # type: ignore[no-any-return]
+    return int(value) if bound.kind is int else float(value)
 
 
 @dataclass(frozen=True, slots=True)

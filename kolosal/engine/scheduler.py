@@ -82,6 +82,7 @@ class Scheduler:
         """Queue a request (with its n > 1 siblings in ``request.forks``)."""
         for member in (request, *request.forks):
             member.detokenizer = Detokenizer(member.params.stop)
+            member.watch = member.params.watch() if member.params.watch is not None else None
         self.waiting.push(request)
 
     @property
@@ -397,8 +398,8 @@ class Scheduler:
 
     def _advance(self, request: Request, token: int, logprob: TokenLogprob | None) -> Emission | None:
         """One sampled token of a sequence (already appended to its tokens): end of
-        generation, a grammar that gave up, a stop string, max_tokens or the context's end
-        finish it; else its new text (if any) goes out."""
+        generation, a grammar that gave up, a stop string, its watch (``OutputWatch``),
+        max_tokens or the context's end finish it; else its new text (if any) goes out."""
         detokenizer = request.detokenizer
         assert detokenizer is not None
         params = request.params
@@ -415,6 +416,8 @@ class Scheduler:
         output = detokenizer.feed(self.piece_of(token, params.special_as_text))
         if output.stopped or (constraint is not None and constraint.is_stopped):
             return self._finish(request, output.text + detokenizer.flush(), FinishReason.STOP)
+        if request.watch_ends(output.text):
+            return self._finish(request, output.text, FinishReason.STOP)
         if request.num_generated >= params.max_tokens or len(request.token_ids) >= self.n_ctx:
             return self._finish(request, output.text + detokenizer.flush(), FinishReason.LENGTH)
         if not output.text:

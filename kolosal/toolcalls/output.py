@@ -7,8 +7,9 @@ non-streamed result is the fold of the streamed events.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .families import ToolFamily, markers
@@ -30,12 +31,15 @@ class OutputFormat:
     so any text that is not a complete call — a call cut off by ``max_tokens``, the
     separator before it — is dropped, never content: OpenAI never returns half a call.
     Free ("auto") output keeps such text as content, since it may be prose.
+    ``max_calls``: the output ends after that many calls (1 for ``parallel_tool_calls``
+    false); None: any number. A call identical to an earlier one always ends it.
     """
     tool_family: ToolFamily | None = None
     tool_names: frozenset[str] | None = None
     reasoning: bool = False
     starts_in_reasoning: bool = False
     calls_only: bool = False
+    max_calls: int | None = None
 
     @property
     def is_plain(self) -> bool:
@@ -66,9 +70,24 @@ class OutputParser:
 
     def __init__(self, fmt: OutputFormat, id_factory: IdFactory | None = None) -> None:
         self._splitter = (ReasoningSplitter(fmt.starts_in_reasoning) if fmt.reasoning else None)
-        self._tools = (ToolCallStreamParser(fmt.tool_family, fmt.tool_names, id_factory)
+        self._tools = (ToolCallStreamParser(fmt.tool_family, fmt.tool_names, id_factory, fmt.max_calls)
                        if fmt.tool_family is not None else None)
         self._calls_only = fmt.calls_only and self._tools is not None
+
+    @property
+    def repeated(self) -> bool:
+        """A call repeated an earlier one: the output ended there (``ToolCallStreamParser``)."""
+        return self._tools is not None and self._tools.repeated
+
+    @property
+    def ended(self) -> bool:
+        """The output ended at a call: a repeat, or the last one allowed."""
+        return self._tools is not None and self._tools.ended
+
+    @property
+    def settled(self) -> bool:
+        """Every call the text fed so far holds is decided (none half read)."""
+        return self._tools is None or self._tools.settled
 
     def feed(self, text: str) -> list[StreamEvent]:
         if self._splitter is None:
@@ -94,6 +113,32 @@ class OutputParser:
         if self._calls_only:  # only an unfinished call's text can be content here
             return [event for event in events if not isinstance(event, ContentDelta)]
         return events
+
+
+class RepeatWatch:
+    """Ends a generation where its parser ends it, in the engine, as the text comes
+    (``kolosal.engine.OutputWatch``): at a repeated call, which the writer's parser drops,
+    billing the tokens up to the last point where the text was settled (before the repeat
+    began); or after the last call ``max_calls`` allows, billing them all. One per choice:
+    ``repeat_watch(fmt)`` makes them."""
+
+    def __init__(self, fmt: OutputFormat) -> None:
+        self._parser = OutputParser(fmt, id_factory=str)  # ids unused here
+        self._num_settled = 0
+
+    def feed(self, text: str, num_tokens: int) -> int | None:
+        """None: go on; else the tokens to bill: the request ends here."""
+        self._parser.feed(text)
+        if self._parser.ended:
+            return self._num_settled if self._parser.repeated else num_tokens
+        if self._parser.settled:
+            self._num_settled = num_tokens
+        return None
+
+
+def repeat_watch(fmt: OutputFormat) -> Callable[[], RepeatWatch] | None:
+    """A factory of watches for the engine (one per choice); None when no calls are parsed."""
+    return None if fmt.tool_family is None else partial(RepeatWatch, fmt)
 
 
 def parse_output(text: str, fmt: OutputFormat, id_factory: IdFactory | None = None) -> ParsedOutput:

@@ -8,9 +8,15 @@ and valid: its start (index, id, name), then its arguments. A call that turns ou
 malformed (bad JSON, unknown tool, cut off) was never announced, and its text is content.
 Decisions never depend on how the text was split, so the events of any streaming equal
 those of parsing the whole text at once (``parse_tool_calls``).
+
+A call identical to one already emitted (same name, same arguments in any key order) ends
+the output: it is dropped with everything after it (``repeated`` turns true). Small models
+asked for calls write the same call again and again; a client would run it each time.
+With ``max_calls``, the output also ends once that many calls are out (``ended``).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 
 from .families import ToolFamily, new_call_id
@@ -29,7 +35,7 @@ class ToolCallStreamParser:
     """
 
     def __init__(self, family: ToolFamily, tool_names: Collection[str] | None = None,
-                 id_factory: IdFactory | None = None) -> None:
+                 id_factory: IdFactory | None = None, max_calls: int | None = None) -> None:
         self._syntax = SYNTAXES[family]
         self._tool_names = frozenset(tool_names) if tool_names is not None else None
         self._new_id = id_factory or (lambda: new_call_id(family))
@@ -37,10 +43,21 @@ class ToolCallStreamParser:
         self._region: Region | None = None  # the call being read, starting at _buffer[0]
         self._held_space = ""          # trailing whitespace of the content so far
         self._num_calls = 0
+        self._seen: set[tuple[str, str]] = set()  # (name, canonical arguments) of each call
+        self._max_calls = max_calls
         self._finished = False
+        self.repeated = False          # a call repeated an earlier one: the output ended there
+        self.ended = False             # ... or max_calls were out: nothing more is read
+
+    @property
+    def settled(self) -> bool:
+        """Everything fed so far is decided (nothing held but trailing whitespace)."""
+        return not self._buffer
 
     def feed(self, text: str) -> list[StreamEvent]:
         assert not self._finished, "feed() after finish()"
+        if self.ended:
+            return []
         self._buffer += text
         return self._drain(final=False)
 
@@ -75,15 +92,28 @@ class ToolCallStreamParser:
             self._region = None
             if isinstance(result, Accepted):
                 self._held_space = ""  # whitespace before a call is not content
-                for call in result.calls:
-                    events.append(ToolCallStart(self._num_calls, self._new_id(), call.name))
-                    events.append(ToolCallArguments(self._num_calls, call.arguments))
-                    self._num_calls += 1
-                self._buffer = self._buffer[result.length:]
+                self._calls(result, events)
+                self._buffer = "" if self.ended else self._buffer[result.length:]
             else:  # not a call after all: its first character is content, rescan the rest
                 self._content(self._buffer[0], events)
                 self._buffer = self._buffer[1:]
         return events
+
+    def _calls(self, accepted: Accepted, events: list[StreamEvent]) -> None:
+        """Emit the region's calls, up to the first that repeats an earlier one or the
+        most calls allowed."""
+        for call in accepted.calls:
+            key = (call.name, json.dumps(json.loads(call.arguments), sort_keys=True))
+            if key in self._seen:
+                self.repeated = self.ended = True
+                return
+            self._seen.add(key)
+            events.append(ToolCallStart(self._num_calls, self._new_id(), call.name))
+            events.append(ToolCallArguments(self._num_calls, call.arguments))
+            self._num_calls += 1
+            if self._num_calls == self._max_calls:
+                self.ended = True
+                return
 
     def _find_opener(self) -> tuple[int, str | None]:
         best, found = len(self._buffer), None

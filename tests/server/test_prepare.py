@@ -95,6 +95,19 @@ async def test_tool_choice_none_and_required_beside_a_response_format(app_contex
     assert "summary" not in calls.params.grammar and f"{{0,{MAX_ENFORCED_CALLS - 1}}}" in calls.params.grammar
 
 
+async def test_calls_are_watched_and_parallel_false_allows_one(app_context: None) -> None:
+    """Every request that parses calls gets the engine's watch (a repeated call ends it);
+    ``parallel_tool_calls: false`` (and legacy ``functions``) end the output at one call."""
+    engine: Any = FakeEngine()
+    free = await prepare_chat(engine, chat(tools=[TOOL]))
+    assert free.params.watch is not None and free.output.max_calls is None
+    for body in (chat(tools=[TOOL], parallel_tool_calls=False), chat(functions=[TOOL["function"]])):
+        one = await prepare_chat(engine, body)
+        assert one.params.watch is not None and one.output.max_calls == 1
+    plain = await prepare_chat(engine, chat())
+    assert plain.params.watch is None and plain.output.is_plain
+
+
 async def test_a_bad_answer_schema_beside_tools_names_the_format_field(app_context: None) -> None:
     engine: Any = FakeEngine()
     cyclic = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}}

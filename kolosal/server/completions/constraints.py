@@ -26,7 +26,8 @@ from typing import Any
 from ...toolcalls import grammar as tool_grammar
 from ...toolcalls.families import ToolFamily
 from ..errors import bad_request
-from .protocol import ChatCompletionRequest, NamedToolChoice, SamplingFields
+from .parts import NamedToolChoice
+from .protocol import ChatCompletionRequest, SamplingFields
 
 # A base model offered parallel calls may keep calling until max_tokens: bound the list.
 MAX_ENFORCED_CALLS = 8

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
 from quart import current_app
@@ -29,12 +29,13 @@ from quart import current_app
 from ...chat_template import ChatTemplate, ChatTemplateError
 from ...engine import AsyncEngine, SamplingParams
 from ...toolcalls.families import ToolFamily, markers
-from ...toolcalls.output import OutputFormat
+from ...toolcalls.output import OutputFormat, repeat_watch
 from ..caller import default_lora
 from ..errors import bad_request
 from ..records import log_prompt
 from .constraints import OutputShape, request_grammar
-from .protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields
+from .parts import NamedToolChoice
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,8 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> Prep
     params = body.sampling_params(max_tokens(engine, body), await logit_bias(engine, body), grammar,
                                   special_as_text=bool(special), default_lora=default_lora(),
                                   defaults=engine.sampling_defaults)
-    return Prepared([prompt_ids], params, output)
+    # a call that repeats an earlier one ends the output, in the engine (no tokens for nobody)
+    return Prepared([prompt_ids], replace(params, watch=repeat_watch(output)), output)
 
 
 def max_tokens(engine: AsyncEngine, body: SamplingFields) -> int:
@@ -141,6 +143,8 @@ def render_chat(view: EngineView, body: ChatCompletionRequest) -> tuple[str, Out
     output = view.template.output_format(
         prompt, tools, choice.model_dump() if isinstance(choice, NamedToolChoice) else choice or "auto",
         reasoning_inline=body.reasoning_format == "none")
+    if output.tool_family is not None and not body.parallel_tool_calls:
+        output = replace(output, max_calls=1)  # at most one call, enforced or not
     return prompt, output
 
 

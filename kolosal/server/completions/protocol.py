@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -22,6 +20,7 @@ from ...engine import ContextLengthExceededError, InvalidGrammarError, SamplingP
 from ...engine.request import MAX_TOP_LOGPROBS, SPECULATE_ON
 from ...engine.sampling_defaults import BOUNDS, NO_DEFAULTS, SamplingDefaults
 from ..lora.protocol import LoraScales, lora_pairs
+from . import legacy
 from .forms import (
     INT32_MAX,
     LogitBias,
@@ -30,6 +29,19 @@ from .forms import (
     check_logit_bias,
     check_prompt_list,
     split_prompts,
+)
+from .legacy import LegacyFunctionCall
+from .parts import (
+    ChatMessage,
+    FunctionDefinition,
+    NamedToolChoice,
+    ResponseFormat,
+    SpeculativeOptions,
+    StreamOptions,
+    Strict,
+    Tool,
+    ToolCall,
+    ToolChoice,
 )
 
 MAX_STOP_STRINGS = 4
@@ -40,111 +52,6 @@ COMPLETION_MAX_TOKENS = 16
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not a number, "yes" not a bool
-
-
-class Lenient(BaseModel):
-    """Shapes clients fill with extra keys we have no use for (names, ids, cache hints)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-
-class StreamOptions(Lenient):
-    include_usage: bool = False
-
-
-class SpeculativeOptions(Strict):
-    n_max: Annotated[int, Field(ge=0, le=64)]  # most draft tokens per step (0 = off)
-
-
-class TextPart(Lenient):
-    type: Literal["text"]
-    text: str
-
-
-class FunctionCall(Lenient):
-    name: str
-    arguments: str  # a JSON object, as a string (OpenAI's shape)
-
-
-class ToolCall(Lenient):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class ChatMessage(Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None   # assistant turns that called tools
-    tool_call_id: str | None = None            # tool results
-    reasoning_content: str | None = None       # earlier thinking, when a client echoes it back
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(part.text for part in self.content)  # as vLLM and llama-server join them
-
-    def template_message(self) -> dict[str, Any]:
-        """The message as chat templates see it (Hugging Face's conventions)."""
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
-                                   "content": self.text()}
-        if self.name is not None:
-            message["name"] = self.name
-        if self.tool_calls:
-            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
-        if self.tool_call_id is not None:
-            message["tool_call_id"] = self.tool_call_id
-        return message
-
-
-class JsonSchemaFormat(Lenient):
-    name: str = Field(default="response", max_length=64)
-    description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # llama-server's json_object
-
-    @model_validator(mode="after")
-    def _check(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type json_schema needs a json_schema object")
-        return self
-
-
-class FunctionDefinition(Lenient):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    strict: bool | None = None
-
-
-class Tool(Lenient):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(Lenient):
-    name: str
-
-
-class NamedToolChoice(Lenient):
-    type: Literal["function"]
-    function: NamedFunction
-
-
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 # Other servers' names for our fields: vLLM's repetition_penalty, llama-server's n_predict.
@@ -341,6 +248,8 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    functions: list[FunctionDefinition] | None = None  # legacy tools and tool_choice (legacy.py)
+    function_call: LegacyFunctionCall | None = None
     reasoning_format: Literal["auto", "deepseek", "none"] = "auto"  # llama-server's; "none": inline
     modalities: list[Literal["text"]] | None = None
     # variables for the chat template (e.g. Qwen3's enable_thinking), as vLLM and llama-server
@@ -359,8 +268,44 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
         return choice
 
+    @field_validator("tools", "functions")
+    @classmethod
+    def _check_names(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        names = [item.function.name if isinstance(item, Tool) else item.name for item in value or []]
+        legacy.raise_for(legacy.names_error(info.field_name or "", names, bool(info.data.get("tools"))))
+        return value
+
+    @field_validator("function_call")
+    @classmethod
+    def _check_function_call(cls, choice: LegacyFunctionCall, info: ValidationInfo) -> LegacyFunctionCall:
+        functions: list[FunctionDefinition] | None = info.data.get("functions")
+        legacy.raise_for(legacy.function_call_error(
+            choice, None if functions is None else [f.name for f in functions], info.data.get("tool_choice")))
+        return choice
+
+    def _read_legacy_functions(self) -> None:
+        """``functions`` / ``function_call`` / legacy messages as tools (legacy.py)."""
+        if self.functions:
+            self.tools = [Tool(type="function", function=function) for function in self.functions]
+            self.parallel_tool_calls = False  # the legacy answer holds one call
+        if self.function_call is not None:
+            choice = legacy.as_tool_choice(self.function_call)
+            self.tool_choice = NamedToolChoice.model_validate(choice) if isinstance(choice, dict) else choice
+        for index, call_id in legacy.call_ids(self.messages):
+            message = self.messages[index]
+            if message.function_call is not None:
+                message.tool_calls = [ToolCall(id=call_id, function=message.function_call)]
+            else:
+                message.tool_call_id = call_id
+
+    @property
+    def legacy_functions(self) -> bool:
+        """The request offered ``functions``: the answer takes the legacy shape."""
+        return bool(self.functions)
+
     @model_validator(mode="after")
     def _check_tools(self) -> ChatCompletionRequest:
+        self._read_legacy_functions()
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         if self.active_tools() and (self.grammar is not None or self.json_schema is not None):

@@ -30,7 +30,7 @@ async def chat_completions() -> Response:
         envelope = Envelope.new(new_id("chatcmpl"), body.model, engine)
         streams = await start(engine, prepared.prompts, body, prepared.params, envelope.id)
     writer = ChatWriter(envelope, streams.num_choices, prepared.output, engine.token_piece, body.stream,
-                        body.logprobs)
+                        body.logprobs, body.legacy_functions)
     return await respond(streams, writer, envelope, body)
 
 

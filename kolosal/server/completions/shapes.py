@@ -20,7 +20,7 @@ from ...engine import AsyncEngine, TokenLogprob, Usage
 from ...toolcalls.types import ContentDelta, ReasoningDelta, StreamEvent, ToolCall, ToolCallStart
 
 PieceOf = Callable[[int], bytes]
-FinishReason = str | None   # "stop", "length", "tool_calls"; None until the choice ends
+FinishReason = str | None   # "stop", "length", "tool_calls", "function_call"; None until the end
 
 
 class CachedTokens(TypedDict):
@@ -74,6 +74,7 @@ class AssistantMessage(TypedDict):
     content: str | None
     refusal: None
     tool_calls: NotRequired[list[ToolCallObject]]
+    function_call: NotRequired[CalledFunction]  # legacy ``functions`` requests, instead of tool_calls
     reasoning_content: NotRequired[str]
 
 
@@ -111,6 +112,7 @@ class ChatDelta(TypedDict, total=False):
     content: str
     reasoning_content: str
     tool_calls: list[DeltaToolCall]
+    function_call: DeltaFunction
 
 
 class CompletionChoice(TypedDict):
@@ -199,11 +201,14 @@ def merge_completion_logprobs(parts: Sequence[CompletionLogprobs]) -> Completion
 
 # -- chat ----------------------------------------------------------------------------------------
 def chat_message(content: str, tool_calls: Sequence[ToolCall] = (),
-                 reasoning: str | None = None) -> AssistantMessage:
+                 reasoning: str | None = None, legacy: bool = False) -> AssistantMessage:
+    """``legacy``: the request offered ``functions``: its one call is ``function_call``."""
     message: AssistantMessage = {"role": "assistant",
                                  "content": None if tool_calls and not content else content,
                                  "refusal": None}
-    if tool_calls:
+    if tool_calls and legacy:
+        message["function_call"] = {"name": tool_calls[0].name, "arguments": tool_calls[0].arguments}
+    elif tool_calls:
         message["tool_calls"] = [cast(ToolCallObject, call.to_openai()) for call in tool_calls]
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -221,12 +226,15 @@ def chat_completion(envelope: Envelope, choices: list[ChatChoice], usage: Usage)
             "choices": choices, "usage": usage_body(usage)}
 
 
-def chat_delta(event: StreamEvent) -> ChatDelta:
-    """The ``delta`` of one parsed stream event."""
+def chat_delta(event: StreamEvent, legacy: bool = False) -> ChatDelta:
+    """The ``delta`` of one parsed stream event (``legacy``: calls as ``function_call``)."""
     if isinstance(event, ContentDelta):
         return {"content": event.text}
     if isinstance(event, ReasoningDelta):
         return {"reasoning_content": event.text}
+    if legacy:
+        return {"function_call": ({"name": event.name, "arguments": ""} if isinstance(event, ToolCallStart)
+                                  else {"arguments": event.text})}
     if isinstance(event, ToolCallStart):
         return {"tool_calls": [{"index": event.index, "id": event.id, "type": "function",
                                 "function": {"name": event.name, "arguments": ""}}]}

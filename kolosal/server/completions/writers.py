@@ -128,8 +128,9 @@ class ChatWriter(_ChunkStream):
     object_name = "chat.completion.chunk"
 
     def __init__(self, envelope: Envelope, num_choices: int, output: OutputFormat,
-                 piece_of: PieceOf, streaming: bool, logprobs: bool) -> None:
+                 piece_of: PieceOf, streaming: bool, logprobs: bool, legacy: bool = False) -> None:
         self.envelope = envelope
+        self.legacy = legacy  # the request offered ``functions``: calls in the legacy shape
         self.piece_of = piece_of
         self.streaming = streaming
         self.logprobs = logprobs
@@ -159,7 +160,10 @@ class ChatWriter(_ChunkStream):
         chunks = self._record(index, choice, events, item.logprobs)
         called = any(isinstance(e, ToolCallStart) for e in choice.events)
         reason = item.finish_reason.value
-        choice.finish_reason = "tool_calls" if called and reason == "stop" else reason
+        ended = choice.parser is not None and choice.parser.ended  # at a call (repeat or last)
+        if called and (reason == "stop" or ended):
+            reason = "function_call" if self.legacy else "tool_calls"
+        choice.finish_reason = reason
         if not self.streaming:
             return []
         leftover = self._logprobs_body(choice.unsent_logprobs)
@@ -175,7 +179,8 @@ class ChatWriter(_ChunkStream):
         choice.unsent_logprobs.extend(logprobs)
         chunks: list[Chunk] = []
         for parsed in events:
-            chunks.append(shapes.chat_chunk(self.envelope, index, shapes.chat_delta(parsed), None,
+            delta = shapes.chat_delta(parsed, self.legacy)
+            chunks.append(shapes.chat_chunk(self.envelope, index, delta, None,
                                             self._logprobs_body(choice.unsent_logprobs)))
             choice.unsent_logprobs = []
         return chunks
@@ -189,7 +194,8 @@ class ChatWriter(_ChunkStream):
         choices = []
         for index, choice in enumerate(self.choices):
             parsed = aggregate(choice.events)
-            message = shapes.chat_message(parsed.content, parsed.tool_calls, parsed.reasoning_content)
+            message = shapes.chat_message(parsed.content, parsed.tool_calls, parsed.reasoning_content,
+                                          self.legacy)
             choices.append(shapes.chat_choice(index, message, choice.finish_reason,
                                               self._logprobs_body(choice.logprobs)))
         return shapes.chat_completion(self.envelope, choices, usage)

@@ -94,6 +94,7 @@ class Probe(TypedDict):
 
 def engine_body(engine: EngineEntry, with_stats: bool = False) -> Engine:
     config = engine.config
+    defaults = sampling_defaults(engine)
     body: Engine = {
         "engine_id": engine.engine_id, "object": "engine", "state": engine.state.value,
         "model_path": config.model_path, "n_ctx": config.n_ctx, "n_parallel": config.resolved_parallel,
@@ -103,7 +104,8 @@ def engine_body(engine: EngineEntry, with_stats: bool = False) -> Engine:
         "pinned": config.pinned, "keep_alive": config.keep_alive_s,
         "idle_seconds": round(time.monotonic() - engine.holders.last_used, 1) if engine.idle else 0.0,
         "memory_estimate": engine.memory.as_dict() if engine.memory else None,
-        "lora": lora_adapters(engine), **sampling_defaults(engine)}  # type: ignore[typeddict-item]
+        "lora": lora_adapters(engine), "sampling_defaults": defaults["sampling_defaults"],
+        "sampling_defaults_source": defaults["sampling_defaults_source"]}
     info = engine.info
     if info is not None:
         body["model"] = {"architecture": info.architecture, "description": info.description,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter
 
-from ..completions.protocol import Lenient
+from ..completions.parts import Lenient
 
 
 class TextContent(Lenient):

@@ -14,8 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ..completions.forms import INT32_MAX
-from ..completions.protocol import (
-    ChatCompletionRequest,
+from ..completions.parts import (
     ChatMessage,
     FunctionCall,
     FunctionDefinition,
@@ -23,11 +22,11 @@ from ..completions.protocol import (
     NamedFunction,
     NamedToolChoice,
     ResponseFormat,
-    SamplingFields,
     Strict,
     Tool,
     ToolCall,
 )
+from ..completions.protocol import ChatCompletionRequest, SamplingFields
 from .items import InputItem
 from .shapes import FormatEcho, FunctionToolEcho, ResponseSettings
 

@@ -90,7 +90,8 @@ class ResponsesWriter:
         self._apply(events, item.usage.completion_tokens)
         if not self._items:  # nothing was generated: still one (empty) message
             self._open("message")
-        incomplete = item.finish_reason is FinishReason.LENGTH
+        ended = self._parser is not None and self._parser.ended  # at a call: the answer is whole
+        incomplete = item.finish_reason is FinishReason.LENGTH and not ended
         self._close("incomplete" if incomplete else "completed")
         status: shapes.Status = "incomplete" if incomplete else "completed"
         self.response = self._response(status, item.usage, completed_at=None if incomplete
