@@ -131,3 +131,15 @@ def unfair_victim(running: list[Request], waiting: FairQueue, request: Request,
     candidates = [(member.tenancy.priority, held[member.tenancy.tenant] / shares[member.tenancy.tenant],
                    order, member) for order, member in enumerate(running) if eligible(member)]
     return max(candidates, key=lambda candidate: candidate[:3])[3] if candidates else None
+
+
+def first_prompts(running: list[Request], max_tokens: int) -> list[Request]:
+    """The newcomers whose prompt gets a step of its own, ahead of the decoding sequences:
+    a pending prompt of at most ``max_tokens`` whose tenant has nothing decoding while
+    another tenant does. Such a tenant (one fairly admitted beside a flood) would otherwise
+    wait for a step of the flood's decode rows plus its own prompt before its first token;
+    this way it waits for one short step. Never in the one-tenant case."""
+    decoding = {member.tenancy.tenant for member in running if member.num_pending == 1}
+    return [member for member in running
+            if decoding and member.tenancy.tenant not in decoding
+            and 1 < member.num_pending <= max_tokens and not member.awaits_fork]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .adapters import AdapterTurns
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
-from .fair_queue import FairQueue, unfair_victim
+from .fair_queue import FairQueue, first_prompts, unfair_victim
 from .kv_cache import KVCache, KVMemory
 from .plan import Emission, PlanBuilder, StepOutput, StepPlan
 from .request import (
@@ -76,6 +76,7 @@ class Scheduler:
         self.counters = SchedulerCounters()
         self.steps = 0  # successful steps: the clock of slot LRU and draft pauses
         self._budget_cap = n_batch  # lowered after a "no KV slot" decode, restored on success
+        self._prompt_step = False  # the last step planned was prompt-only (step 0 of schedule)
 
     # -- inbox ----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -99,9 +100,8 @@ class Scheduler:
             self._detach_forks(request)
             request.status = RequestStatus.CANCELLED
             return True
-        leader = request.fork_of
-        if leader is not None and request.status == RequestStatus.WAITING:
-            leader.forks.remove(request)  # queued inside its group
+        if request.fork_of is not None and request.status == RequestStatus.WAITING:
+            request.fork_of.forks.remove(request)  # queued inside its group
             request.fork_of = None
             request.status = RequestStatus.CANCELLED
             return True
@@ -111,9 +111,7 @@ class Scheduler:
     def fail(self, requests: list[Request], error: EngineError) -> list[Emission]:
         """Fail requests after a decode error; their KV may be partial, so drop it."""
         emissions = []
-        for request in requests:
-            if request.is_finished:
-                continue
+        for request in (r for r in requests if not r.is_finished):
             self.kv.drop(request)
             request.num_computed = 0
             self._retire(request, RequestStatus.FAILED)
@@ -172,15 +170,14 @@ class Scheduler:
     def schedule(self) -> StepPlan | None:
         """Plan the next decode step, or None when there is nothing to compute.
 
-        Policy, in order:
+        Policy, in order (0. at most every other step, the short prompts of tenants with
+        nothing decoding while others decode get a step of their own: ``first_prompts``):
         1. Admit waiting requests in the fair queue's order (priority class, then weighted
-           fair between tenants; first come first served within one) into free slots, while
-           the running sequences and the newcomer fit the context; a group of n choices needs
-           n free slots at once. With no free slot, a request of a tenant under its fair share
-           takes the slot of one over its share (``fair_queue.unfair_victim``; the victim's
-           cells stay as its slot's cache while nobody needs them). A newcomer starts from
-           the longest prefix any slot holds: its own slot's cache, or cells shared from
-           another slot, free or running (``KVCache.take_slot``).
+           fair between tenants, then first come first served) into free slots while all
+           fits the context (n choices need n slots at once); with none free, a tenant under
+           its fair share takes the slot of one over it (``unfair_victim``, whose cells stay
+           as a cache). A newcomer starts from the longest prefix any slot holds, free or
+           running (``KVCache.take_slot``).
         2. Make KV room for one token per decoding sequence: evict prefix caches (least
            recently used first), then preempt the youngest sequence (recomputed later).
         3. One batch row per decoding sequence, so running streams never stall.
@@ -200,6 +197,12 @@ class Scheduler:
         if not self.running:
             return None
         builder = PlanBuilder(min(self._budget_cap, self.n_batch), self.turns.pick(self.running))
+        if not self._prompt_step:  # 0.
+            self._plan_prompt_chunks(builder, builder.budget, first_prompts(
+                self.running, self.policy.prefill_budget or builder.budget))
+        self._prompt_step = bool(builder.scheduled)
+        if builder.scheduled:
+            return builder.build(0)
         decoding = [r for r in self._ensure_decode_room() if r.adapters == builder.adapters]
         for request in decoding[:builder.budget]:
             builder.add(request, request.num_computed, 1)
@@ -254,11 +257,11 @@ class Scheduler:
             if self.kv.make_room(len(decoding)) or not self._preempt_youngest():
                 return decoding
 
-    def _plan_prompt_chunks(self, builder: PlanBuilder, budget: int) -> None:
-        """Chunks of pending prompts in admission order within ``budget``, each clipped to
-        the KV room left; a prompt-logprobs request's chunks are capped to bound its rows of
-        full-vocabulary logits."""
-        for request in self.running:
+    def _plan_prompt_chunks(self, builder: PlanBuilder, budget: int,
+                            among: list[Request] | None = None) -> None:
+        """Chunks of pending prompts (``among``'s, else all) in admission order within
+        ``budget``, clipped to the KV room left (prompt-logprobs chunks capped too)."""
+        for request in self.running if among is None else among:
             if budget <= 0:
                 break
             if request.num_pending <= 1 or request.awaits_fork or request.adapters != builder.adapters:

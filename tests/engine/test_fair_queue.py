@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from kolosal.engine.fair_queue import FairQueue
-from kolosal.engine.plan import StepOutput
+from kolosal.engine.plan import StepOutput, StepPlan
 from kolosal.engine.request import FinishEvent, Request, RequestStatus, SamplingParams, Tenancy
-from kolosal.engine.scheduler import Scheduler
+from kolosal.engine.scheduler import Scheduler, SchedulerPolicy
 
 from .fakes import FakeMemory
 
@@ -172,3 +172,52 @@ def test_members_of_an_n_group_are_never_the_victim_before_their_prompt_is_share
     scheduler.add(newcomer)
     scheduler.schedule()
     assert newcomer.status == RequestStatus.WAITING and scheduler.counters.fairness_preemptions == 0
+
+
+def rows_of(plan: StepPlan) -> list[tuple[str, int]]:
+    return [(member.request_id, count) for member, count in plan.scheduled]
+
+
+def flooded(num_slots: int = 4, policy: SchedulerPolicy | None = None) -> Scheduler:
+    """Tenant a's two sequences decoding, slots to spare."""
+    scheduler = Scheduler(num_slots, 256, 64, FakeMemory(), piece_of=lambda t, special: b"x",
+                          is_eog=lambda t: False, clock=lambda: 0.0, policy=policy)
+    for index in range(2):
+        scheduler.add(request(f"a{index}", "a", max_tokens=50))
+    step(scheduler)
+    return scheduler
+
+
+def test_a_tenant_with_nothing_decoding_gets_a_step_of_its_own_for_its_prompt() -> None:
+    """Its first token comes after one short step instead of a step that carries the
+    flood's decode rows too; then everyone decodes together again."""
+    scheduler = flooded()
+    scheduler.add(request("b0", "b", max_tokens=50, prompt=[11, 12, 13, 14]))
+    plan = scheduler.schedule()
+    assert plan is not None and rows_of(plan) == [("b0", 4)] and plan.num_decode_rows == 0
+    scheduler.update(plan, StepOutput(np.full(len(plan.sampled), 7, dtype=np.int32)))
+    plan = scheduler.schedule()
+    assert plan is not None and sorted(rows_of(plan)) == [("a0", 1), ("a1", 1), ("b0", 1)]
+
+
+def test_prompt_steps_never_come_twice_in_a_row() -> None:
+    scheduler = flooded(num_slots=6)
+    scheduler.add(request("b0", "b", max_tokens=50, prompt=[11, 12, 13, 14]))
+    scheduler.add(request("c0", "c", max_tokens=50, prompt=[21, 22, 23, 24]))
+    step(scheduler)  # b0 and c0 share one prompt step
+    scheduler.add(request("d0", "d", max_tokens=50, prompt=[31, 32, 33, 34]))
+    plan = scheduler.schedule()
+    assert plan is not None
+    assert sorted(rows_of(plan)) == [("a0", 1), ("a1", 1), ("b0", 1), ("c0", 1), ("d0", 4)]
+
+
+def test_the_one_tenant_case_and_long_prompts_batch_as_before() -> None:
+    scheduler = flooded()
+    scheduler.add(request("a2", "a", max_tokens=50, prompt=[41, 42, 43, 44]))  # a already decodes
+    plan = scheduler.schedule()
+    assert plan is not None and sorted(rows_of(plan)) == [("a0", 1), ("a1", 1), ("a2", 4)]
+
+    scheduler = flooded(policy=SchedulerPolicy(prefill_budget=8))
+    scheduler.add(request("b0", "b", max_tokens=50, prompt=list(range(101, 121))))  # 20 > 8 tokens
+    plan = scheduler.schedule()
+    assert plan is not None and sorted(rows_of(plan)) == [("a0", 1), ("a1", 1), ("b0", 8)]
