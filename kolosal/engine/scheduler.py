@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .adapters import AdapterTurns
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
+from .choices import detach_forks, holds_share, over_share_victim, split_group
 from .fair_queue import FairQueue, unfair_victim
 from .kv_cache import KVCache, KVMemory
 from .plan import Emission, PlanBuilder, StepOutput, StepPlan
@@ -50,6 +51,7 @@ class SchedulerCounters:
     cached_tokens: int = 0
     preemptions: int = 0           # to make KV room (the youngest sequence's cells dropped)
     fairness_preemptions: int = 0  # to give a tenant under its fair share a slot
+    share_preemptions: int = 0     # to give a request a slot held beyond another's share
     forked_choices: int = 0        # n > 1 choices that reused their group's prefill
     prefix_copies: int = 0         # requests that took a prefix from another slot's KV
     prefix_copied_tokens: int = 0
@@ -80,8 +82,10 @@ class Scheduler:
     # -- inbox ----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
         """Queue a request (with its n > 1 siblings in ``request.forks``)."""
+        request.group = request.group or request.request_id
         for member in (request, *request.forks):
             member.detokenizer = Detokenizer(member.params.stop)
+            member.group = request.group
         self.waiting.push(request)
 
     @property
@@ -95,7 +99,7 @@ class Scheduler:
             return False
         if request in self.waiting:
             self.waiting.remove(request)
-            self._detach_forks(request)
+            detach_forks(request, self.waiting)
             request.status = RequestStatus.CANCELLED
             return True
         leader = request.fork_of
@@ -155,7 +159,7 @@ class Scheduler:
         for request in expired:
             if request in self.waiting:
                 self.waiting.remove(request)
-                self._detach_forks(request)
+                detach_forks(request, self.waiting)
                 request.status = RequestStatus.FAILED
             else:
                 self._retire(request, RequestStatus.FAILED)
@@ -174,10 +178,13 @@ class Scheduler:
         Policy, in order:
         1. Admit waiting requests in the fair queue's order (priority class, then weighted
            fair between tenants; first come first served within one) into free slots, while
-           the running sequences and the newcomer fit the context; a group of n choices needs
-           n free slots at once. With no free slot, a request of a tenant under its fair share
-           takes the slot of one over its share (``fair_queue.unfair_victim``; the victim's
-           cells stay as its slot's cache while nobody needs them). A newcomer starts from
+           the running sequences and the newcomer fit the context; a group of n choices takes
+           the free slots it can, within its client request's share while others wait
+           (``choices.py``). With no free slot, a request takes the slot of the youngest
+           member of a client request beyond its share (``over_share_victim``), else a
+           request of a tenant under its fair share takes the slot of one over its share
+           (``fair_queue.unfair_victim``); the victim's cells stay as its slot's cache while
+           nobody needs them. Members beyond their share let those behind pass. A newcomer starts from
            the longest prefix any slot holds: its own slot's cache, or cells shared from
            another slot, free or running (``KVCache.take_slot``).
         2. Make KV room for one token per decoding sequence: evict prefix caches (least
@@ -212,9 +219,10 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Waiting requests into free slots, in the fair queue's order (see ``schedule``)."""
-        while self.waiting:
-            request = self.waiting.peek()
-            if not self._free_slots_for(request, 1 + len(request.forks)):
+        for request in list(self.waiting):
+            if not self._free_slots_for(request):
+                if holds_share(self.running, request, self.kv.slots.num_slots):
+                    continue  # its client request has its share: those behind it may pass
                 break
             active = sum(r.num_computed + r.num_pending for r in self.running)
             if self.running and active + request.num_pending > self.n_ctx:
@@ -222,7 +230,8 @@ class Scheduler:
             self.waiting.take(request)
             params = request.params
             self._start(request, reuse_prefix=params.cache_prompt and not params.prompt_logprobs)
-            for fork in request.forks:
+            for fork in split_group(request, self.waiting, self.running, self.kv.slots.num_free,
+                                    self.kv.slots.num_slots):
                 self._start(fork, reuse_prefix=False)
 
     def _start(self, request: Request, reuse_prefix: bool) -> None:
@@ -272,14 +281,21 @@ class Scheduler:
             builder.add(request, request.num_computed, chunk)
             budget -= chunk
 
-    def _free_slots_for(self, request: Request, need: int) -> bool:
-        """Whether ``need`` slots are free, after preempting for fairness if it must."""
-        while self.kv.slots.num_free < need:
-            victim = unfair_victim(self.running, self.waiting, request, self.kv.slots.num_slots)
-            if victim is None:
-                return False
+    def _free_slots_for(self, request: Request) -> bool:
+        """Whether a slot is free, after preempting if it must: the youngest member of a
+        client request beyond its share (``over_share_victim``), else one of a tenant over
+        its fair share (``unfair_victim``)."""
+        num_slots = self.kv.slots.num_slots
+        while not self.kv.slots.num_free:
+            victim = over_share_victim(self.running, request, num_slots)
+            if victim is not None:
+                self.counters.share_preemptions += 1
+            else:
+                victim = unfair_victim(self.running, self.waiting, request, num_slots)
+                if victim is None:
+                    return False
+                self.counters.fairness_preemptions += 1
             self._preempt(victim, keep_cells=True)
-            self.counters.fairness_preemptions += 1
         return True
 
     def _preempt_youngest(self) -> bool:
@@ -294,7 +310,7 @@ class Scheduler:
     def _preempt(self, victim: Request, keep_cells: bool) -> None:
         """Back to its place in the queue (its tag is kept). Its computed cells stay as its
         slot's prefix cache (``keep_cells``) or are dropped."""
-        self._detach_forks(victim)
+        detach_forks(victim, self.waiting)
         if victim.fork_of is not None:
             victim.fork_of.forks.remove(victim)
             victim.fork_of = None  # it will compute its own prompt
@@ -306,16 +322,6 @@ class Scheduler:
         self.running.remove(victim)
         victim.status = RequestStatus.WAITING
         self.waiting.push(victim)
-
-    def _detach_forks(self, request: Request) -> None:
-        """The group's first request is gone before its prompt was computed: each sibling
-        computes the prompt itself (queued ones go back to the front of the queue)."""
-        for fork in request.forks:
-            fork.fork_of = None
-            if fork.status == RequestStatus.WAITING:
-                fork.queue_key = request.queue_key  # its group's place in line
-                self.waiting.push(fork)
-        request.forks.clear()
 
     # -- after the decode ---------------------------------------------------------------------
     def on_no_kv_slot(self, plan: StepPlan) -> None:
@@ -435,7 +441,7 @@ class Scheduler:
         """The request leaves: its siblings go on alone and its slot is freed, the computed
         tokens kept as the slot's prefix cache."""
         request.status = status
-        self._detach_forks(request)
+        detach_forks(request, self.waiting)
         if request.fork_of is not None:  # a sibling gone before its group's prompt was done
             request.fork_of.forks.remove(request)
             request.fork_of = None
