@@ -165,7 +165,7 @@ class AsyncEngine:
             raise EngineStoppedError(f"engine '{self.engine_id}' was stopped")
         return self._runner
 
-    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+    async def embed(self, inputs: list[list[int]], tenancy: Tenancy = ANONYMOUS) -> np.ndarray:
         """One unit vector per input; an embedding engine's (400 here)."""
         raise NotAnEmbeddingEngineError(self.engine_id)
 
@@ -340,10 +340,10 @@ class EmbeddingEngine(AsyncEngine):
         self._loop = EmbeddingLoop(runner, config.max_queue, config.engine_id)
         super().__init__(config, runner, self._loop, holders, "embedding", runner.spec.pooling)
 
-    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+    async def embed(self, inputs: list[list[int]], tenancy: Tenancy = ANONYMOUS) -> np.ndarray:
         """One unit vector per input (rows of a float32 array), computed in steps shared
-        with other requests' inputs. InvalidRequestError (400) for an input that cannot be
-        embedded."""
+        fairly with other requests' inputs (``tenancy``: whose request). InvalidRequestError
+        (400) for inputs that cannot be embedded."""
         self._open_runner()
         self._loop.spec.check(inputs, self.info.n_vocab)
-        return await self._loop.embed(inputs)
+        return await self._loop.embed(inputs, tenancy)
