@@ -63,7 +63,7 @@ def split_group(leader: Request, waiting: FairQueue, running: list[Request], num
     room = num_free
     if any(other.group != leader.group for other in waiting):
         room = min(room, group_share(num_slots) - held_by(running, leader.group))
-    starting = []
+    starting: list[Request] = []
     for fork in list(leader.forks):
         fork.queue_key = leader.queue_key  # its group's place in line, should it come back
         if len(starting) < room:

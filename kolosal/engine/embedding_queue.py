@@ -111,15 +111,7 @@ class EmbeddingQueue:
     def plan(self, token_budget: int, max_inputs: int) -> StepPlan:
         """Take the inputs of one step (see the module's policy); jobs cancelled or
         answered since the last plan leave (the cancelled ones are counted out once)."""
-        plan = StepPlan()
-        for flow in self._flows:
-            job = flow.job
-            if job.cancelled or job.done:
-                if not job.done:
-                    job.done = True
-                    plan.cancelled.append(job)
-                self._depth -= flow.waiting
-                flow.next = len(job.inputs)
+        plan = StepPlan(cancelled=self._drop_gone())
         for priority in sorted({flow.job.tenancy.priority for flow in self._flows if flow.waiting}):
             if len(plan.entries) >= max_inputs:
                 break
@@ -131,37 +123,62 @@ class EmbeddingQueue:
         self._depth -= len(plan.entries)
         return plan
 
+    def _drop_gone(self) -> list[EmbeddingJob]:
+        """Take the inputs of cancelled or answered jobs out; the cancelled jobs, each
+        counted out once (marked done)."""
+        cancelled = []
+        for flow in self._flows:
+            job = flow.job
+            if job.cancelled or job.done:
+                if not job.done:
+                    job.done = True
+                    cancelled.append(job)
+                self._depth -= flow.waiting
+                flow.next = len(job.inputs)
+        return cancelled
+
     def _fill(self, plan: StepPlan, priority: int, token_budget: int, max_inputs: int) -> None:
         """Inputs of one class until the step is full: each from the least served tenant's
         least served job whose next input fits (a job or tenant with nothing that fits is
         out of this step: the room only shrinks)."""
-        jobs: dict[str, list[tuple[float, int, int, _Flow]]] = {}
-        for order, flow in enumerate(self._flows):
-            if flow.waiting and flow.job.tenancy.priority == priority:
-                jobs.setdefault(flow.job.tenancy.tenant, []).append(
-                    (flow.served, flow.last_turn, order, flow))
-        tenants = [(self._served[(priority, tenant)], self._last_turn.get((priority, tenant), -1), tenant)
-                   for tenant in jobs]
-        for heap in (tenants, *jobs.values()):
-            heapq.heapify(heap)
+        tenants, jobs = self._heaps(priority)
         while tenants and len(plan.entries) < max_inputs:
             _, _, tenant = heapq.heappop(tenants)
             flow = _pop_fitting(jobs[tenant], token_budget - plan.tokens)
             if flow is None:
                 continue
-            size = len(flow.job.inputs[flow.next])
-            plan.entries.append((flow.job, flow.next))
-            plan.tokens += size
-            flow.next += 1
-            flow.served += size
-            key = (priority, tenant)
-            self._served[key] += size / max(flow.job.tenancy.weight, 1e-6)
-            self._turns += 1
-            flow.last_turn = self._last_turn[key] = self._turns
+            self._take(plan, flow, (priority, tenant))
             if flow.waiting:
                 heapq.heappush(jobs[tenant], (flow.served, flow.last_turn, self._turns, flow))
             if jobs[tenant]:
-                heapq.heappush(tenants, (self._served[key], self._turns, tenant))
+                heapq.heappush(tenants, (self._served[(priority, tenant)], self._turns, tenant))
+
+    def _heaps(self, priority: int) -> tuple[list[tuple[float, int, str]],
+                                             dict[str, list[tuple[float, int, int, _Flow]]]]:
+        """The class's tenants and each tenant's jobs with inputs waiting, as heaps: least
+        served first, then the one served longer ago."""
+        jobs: dict[str, list[tuple[float, int, int, _Flow]]] = {}
+        for order, flow in enumerate(self._flows):
+            if flow.waiting and flow.job.tenancy.priority == priority:
+                entry = (flow.served, flow.last_turn, order, flow)
+                jobs.setdefault(flow.job.tenancy.tenant, []).append(entry)
+        for heap in jobs.values():
+            heapq.heapify(heap)
+        tenants = [(self._served[(priority, tenant)], self._last_turn.get((priority, tenant), -1), tenant)
+                   for tenant in jobs]
+        heapq.heapify(tenants)
+        return tenants, jobs
+
+    def _take(self, plan: StepPlan, flow: _Flow, key: TenantKey) -> None:
+        """The flow's next input into the step, charged to it and to its tenant."""
+        size = len(flow.job.inputs[flow.next])
+        plan.entries.append((flow.job, flow.next))
+        plan.tokens += size
+        flow.next += 1
+        flow.served += size
+        self._served[key] += size / max(flow.job.tenancy.weight, 1e-6)
+        self._turns += 1
+        flow.last_turn = self._last_turn[key] = self._turns
 
 
 def _pop_fitting(heap: list[tuple[float, int, int, _Flow]], room: int) -> _Flow | None:

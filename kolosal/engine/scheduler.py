@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .adapters import AdapterTurns
+from .choices import detach_forks, holds_share, over_share_victim, split_group
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
-from .choices import detach_forks, holds_share, over_share_victim, split_group
 from .fair_queue import FairQueue, unfair_victim
 from .kv_cache import KVCache, KVMemory
 from .plan import Emission, PlanBuilder, StepOutput, StepPlan

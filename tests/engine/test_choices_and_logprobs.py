@@ -10,7 +10,6 @@ import pytest
 from kolosal.engine import AsyncEngine, ErrorEvent, FinishEvent, SamplingParams, TokenEvent, TokenLogprob
 
 from ..near_tie import TOP_LOGPROBS, assert_same_or_near_tie, engine_steps
-from ..waiting import until_async
 from .helpers import greedy
 
 pytestmark = pytest.mark.model  # every test here needs the model: the pure lane skips the file
@@ -177,6 +176,7 @@ async def test_a_single_request_runs_beside_n_choices_that_fill_every_slot(engin
     for index, text in enumerate(texts):
         reference = engine_steps(alone_logprobs[index], engine.token_piece)
         assert_same_or_near_tie(reference, text, f"choice {index} beside a single request")
-    with pytest.raises(InvalidRequestError, match=f"n={n + 1} is more than this engine's {n} slots") as raised:
+    too_many = f"n={n + 1} is more than this engine's {n} slots"
+    with pytest.raises(InvalidRequestError, match=too_many) as raised:
         await collect(engine, ids, params, n=n + 1)
     assert raised.value.param == "n"
