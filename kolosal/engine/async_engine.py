@@ -30,7 +30,17 @@ from .engine_thread import EngineThread
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
 from .holders import Holders
-from .request import ANONYMOUS, ErrorEvent, Event, EventSink, FinishEvent, Request, SamplingParams, Tenancy
+from .request import (
+    ANONYMOUS,
+    ErrorEvent,
+    Event,
+    EventSink,
+    FinishEvent,
+    Request,
+    SamplingParams,
+    Tenancy,
+    new_group,
+)
 from .runner import ModelRunner
 from .sampling_defaults import NO_DEFAULTS, SamplingDefaults
 
@@ -163,7 +173,7 @@ class AsyncEngine:
             raise EngineStoppedError(f"engine '{self.engine_id}' was stopped")
         return self._runner
 
-    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+    async def embed(self, inputs: list[list[int]], tenancy: Tenancy = ANONYMOUS) -> np.ndarray:
         """One unit vector per input; an embedding engine's (400 here)."""
         raise NotAnEmbeddingEngineError(self.engine_id)
 
@@ -211,8 +221,8 @@ class AsyncEngine:
         raise EmbeddingOnlyError(self.engine_id)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = ANONYMOUS
-                       ) -> AsyncGenerator[tuple[int, Event], None]:
+                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = ANONYMOUS,
+                       group: str | None = None) -> AsyncGenerator[tuple[int, Event], None]:
         raise EmbeddingOnlyError(self.engine_id)
         yield  # an async generator, like the real one
 
@@ -280,14 +290,17 @@ class GenerationEngine(AsyncEngine):
         return self._open_generation().vocab.token_to_piece(token)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = ANONYMOUS
-                       ) -> AsyncGenerator[tuple[int, Event], None]:
+                       timeout_s: float | None = None, n: int = 1, tenancy: Tenancy = ANONYMOUS,
+                       group: str | None = None) -> AsyncGenerator[tuple[int, Event], None]:
         """Yield ``(choice index, event)``: TokenEvents, then one FinishEvent or ErrorEvent per
         choice. ``n`` choices share one prefill of the prompt (KV copied to each) and sample
         on their own (``params.for_choice(index)``: seed + index). Closing or cancelling the
         generator aborts what is unfinished (slots are freed at the next step).
         ``timeout_s`` bounds queue + prefill + decode (ErrorEvent(DeadlineExceededError)).
-        ``tenancy`` (whose request: tenant, weight, priority) orders admission fairly."""
+        ``tenancy`` (whose request: tenant, weight, priority) orders admission fairly;
+        ``group`` (``new_group``) names the client request of several generate() calls (its
+        prompts): together its sequences keep at most their share of the slots while others
+        wait (choices.py); by default the n choices are a group of their own."""
         engine_thread = self._engine_thread
         self.check_prompt(prompt_ids, params)
         if n > self.info.n_parallel:
@@ -296,19 +309,20 @@ class GenerationEngine(AsyncEngine):
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         arrival = time.monotonic()
-        group = [Request(request_id=f"{request_id}-{index}" if n > 1 else request_id,
-                         prompt_ids=list(prompt_ids), params=params.for_choice(index), arrival=arrival,
-                         sink=EventSink(loop, events, index), tenancy=tenancy,
-                         deadline=None if timeout_s is None else arrival + timeout_s)
-                 for index in range(n)]
+        group_id = group or new_group(request_id)
+        members = [Request(request_id=f"{request_id}-{index}" if n > 1 else request_id,
+                           prompt_ids=list(prompt_ids), params=params.for_choice(index),
+                           arrival=arrival, sink=EventSink(loop, events, index), tenancy=tenancy,
+                           group=group_id, deadline=None if timeout_s is None else arrival + timeout_s)
+                   for index in range(n)]
         adapters = self._lora.resolve(params.lora)  # the engine's scales as they are now
-        for request in group:
+        for request in members:
             request.adapters = adapters
         if params.grammar is not None:
-            for request in group:
+            for request in members:
                 request.constraint = await self.compile_grammar(params.grammar)
-        leader = group[0]
-        for fork in group[1:]:
+        leader = members[0]
+        for fork in members[1:]:
             fork.fork_of = leader
             leader.forks.append(fork)
         engine_thread.submit(leader)
@@ -323,7 +337,7 @@ class GenerationEngine(AsyncEngine):
         finally:
             self.holders.release()
             for index in unfinished:
-                engine_thread.abort(group[index])
+                engine_thread.abort(members[index])
 
 
 class EmbeddingEngine(AsyncEngine):
@@ -334,10 +348,10 @@ class EmbeddingEngine(AsyncEngine):
         self._loop = EmbeddingLoop(runner, config.max_queue, config.engine_id)
         super().__init__(config, runner, self._loop, holders, "embedding", runner.spec.pooling)
 
-    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
+    async def embed(self, inputs: list[list[int]], tenancy: Tenancy = ANONYMOUS) -> np.ndarray:
         """One unit vector per input (rows of a float32 array), computed in steps shared
-        with other requests' inputs. InvalidRequestError (400) for an input that cannot be
-        embedded."""
+        fairly with other requests' inputs (``tenancy``: whose request). InvalidRequestError
+        (400) for inputs that cannot be embedded."""
         self._open_runner()
         self._loop.spec.check(inputs, self.info.n_vocab)
-        return await self._loop.embed(inputs)
+        return await self._loop.embed(inputs, tenancy)

@@ -16,8 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ from ..gguf_header import read_gguf_metadata
 from ..llama import Batch, Context, ContextParams, DecodeStatus, Model
 from ..llama.model import ProgressCallback
 from .config import EngineConfig
+from .embedding_queue import EmbeddingJob, EmbeddingQueue, StepPlan
 from .errors import EngineStoppedError, InferenceError, InvalidRequestError
+from .request import ANONYMOUS, Tenancy
 from .runner import ModelRunner
 from .stats import RateWindow
 from .worker import WorkerThread, post
@@ -38,6 +39,7 @@ _GGUF_POOLING = {1: "mean", 2: "cls", 3: "last"}  # llama_pooling_type values in
 ROW_GROUP = 4                # pad every batch to a multiple of this many rows (see above)
 DEFAULT_INPUTS_PER_STEP = 64
 MAX_SEQUENCES = 256          # libllama's LLAMA_MAX_SEQ
+MAX_REQUEST_TOKENS = 300_000  # tokens of one request's inputs together (OpenAI's bound)
 
 
 class EmbeddingOnlyError(InvalidRequestError):
@@ -125,7 +127,8 @@ class EmbeddingSpec:
 
     def check(self, inputs: list[list[int]], n_vocab: int) -> None:
         """400s before anything is queued: an empty input, a token id outside the
-        vocabulary, an input longer than one step (each named by its index)."""
+        vocabulary, an input longer than one step (each named by its index), more than
+        MAX_REQUEST_TOKENS in all."""
         if not inputs:
             raise InvalidRequestError("input must not be empty", param="input")
         for index, ids in enumerate(inputs):
@@ -139,6 +142,11 @@ class EmbeddingSpec:
             if min(ids) < 0 or max(ids) >= n_vocab:
                 raise InvalidRequestError(f"input[{index}]: token ids must be in [0, {n_vocab})",
                                           param="input")
+        total = sum(len(ids) for ids in inputs)
+        if total > MAX_REQUEST_TOKENS:
+            raise InvalidRequestError(
+                f"input has {total} tokens in all, more than the {MAX_REQUEST_TOKENS} one request "
+                "may embed; send its inputs in several requests", param="input")
 
 
 class EmbeddingRunner:
@@ -196,24 +204,6 @@ class EmbeddingRunner:
         return vectors / np.where(norms > 0.0, norms, 1.0)
 
 
-@dataclass(eq=False, slots=True)
-class EmbeddingJob:
-    """One request's inputs. The thread fills ``vectors`` row by row and resolves
-    ``future`` on ``loop`` when the last row is in; ``cancelled`` (set by the awaiting
-    coroutine when its client goes away) makes the thread skip the rest."""
-
-    inputs: list[list[int]]
-    future: asyncio.Future[np.ndarray]
-    loop: asyncio.AbstractEventLoop
-    vectors: np.ndarray | None = None
-    remaining: int = 0
-    cancelled: bool = False   # written by the event loop, read by the thread
-    done: bool = False        # the thread has answered it or counted it out
-
-    def __post_init__(self) -> None:
-        self.remaining = len(self.inputs)
-
-
 @dataclass(frozen=True, slots=True)
 class EmbeddingStats:
     """Lock-free snapshot, replaced after every step (same contract as EngineStats)."""
@@ -238,38 +228,6 @@ class EmbeddingStats:
         return asdict(self)
 
 
-@dataclass(slots=True)
-class StepPlan:
-    entries: list[tuple[EmbeddingJob, int]] = field(default_factory=list)  # (job, input index)
-    tokens: int = 0
-    cancelled: list[EmbeddingJob] = field(default_factory=list)  # counted out by this plan
-
-
-def plan_step(pending: deque[tuple[EmbeddingJob, int]], token_budget: int, max_inputs: int,
-              scan_limit: int = 1024) -> StepPlan:
-    """Take inputs for one step, oldest first: each that still fits the token budget (a
-    later short input may pass a long one that does not fit; the oldest input always goes
-    first, so nothing starves). Inputs of cancelled or answered jobs are dropped."""
-    plan, kept = StepPlan(), []
-    scanned = 0
-    while pending and len(plan.entries) < max_inputs and scanned < scan_limit:
-        job, index = pending.popleft()
-        scanned += 1
-        if job.cancelled or job.done:
-            if not job.done:
-                job.done = True
-                plan.cancelled.append(job)
-            continue
-        size = len(job.inputs[index])
-        if plan.tokens + size <= token_budget:
-            plan.entries.append((job, index))
-            plan.tokens += size
-        else:
-            kept.append((job, index))
-    pending.extendleft(reversed(kept))
-    return plan
-
-
 def _resolve(items: list[tuple[asyncio.Future[np.ndarray], np.ndarray | BaseException]]) -> None:
     for future, outcome in items:
         if future.done():  # the awaiting request was cancelled
@@ -289,7 +247,7 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
         self.runner = runner
         self.spec = runner.spec
         self.stats = EmbeddingStats(slots_total=self.spec.inputs_per_step)
-        self._pending: deque[tuple[EmbeddingJob, int]] = deque()
+        self._queue = EmbeddingQueue()
         self._window = RateWindow()
 
     # -- called from the event loop -------------------------------------------------------
@@ -302,11 +260,12 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
     def snapshot(self) -> EmbeddingStats:
         return self.stats
 
-    async def embed(self, inputs: list[list[int]]) -> np.ndarray:
-        """Queue the inputs and wait for their unit vectors (one row each). Cancelling the
-        caller drops its inputs that have not been computed yet."""
+    async def embed(self, inputs: list[list[int]], tenancy: Tenancy = ANONYMOUS) -> np.ndarray:
+        """Queue the inputs and wait for their unit vectors (one row each); steps take the
+        inputs of waiting requests fairly (embedding_queue.py). Cancelling the caller drops
+        its inputs that have not been computed yet."""
         loop = asyncio.get_running_loop()
-        job = EmbeddingJob(inputs, loop.create_future(), loop)
+        job = EmbeddingJob(inputs, loop.create_future(), loop, tenancy)
         self.submit(job)
         try:
             return await job.future
@@ -316,28 +275,26 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
     # -- the thread -------------------------------------------------------------------------
     @property
     def has_work(self) -> bool:
-        return bool(self._pending)
+        return bool(self._queue)
 
     def take(self, command: EmbeddingJob) -> None:
-        self._pending.extend((command, index) for index in range(len(command.inputs)))
+        self._queue.push(command)
 
     def stop(self, reason: str) -> None:
-        jobs = {job for job, _ in self._pending if not job.done}
-        self._pending.clear()
+        jobs = [job for job in self._queue.jobs() if not job.done]
+        self._queue.clear()
         self._deliver([(job, EngineStoppedError(reason)) for job in jobs])
 
     def refuse(self, command: EmbeddingJob, reason: str) -> None:
         self._deliver([(command, EngineStoppedError(reason))])
 
     def step(self) -> None:
-        """Plan a step from the pending inputs (counting out cancelled jobs) and run it."""
-        plan = plan_step(self._pending, self.spec.max_input_tokens, self.spec.inputs_per_step)
+        """Plan a step from the waiting inputs (counting out cancelled jobs) and run it."""
+        plan = self._queue.plan(self.spec.max_input_tokens, self.spec.inputs_per_step)
         if plan.cancelled:
             self.uncount(len(plan.cancelled))
-        # inputs of cancelled jobs leave the queue over several scans: keep its depth true
-        if plan.cancelled or (not plan.entries and self.stats.queue_depth != len(self._pending)):
             self.stats = replace(self.stats, requests_cancelled=self.stats.requests_cancelled
-                                 + len(plan.cancelled), queue_depth=len(self._pending))
+                                 + len(plan.cancelled), queue_depth=len(self._queue))
         if plan.entries:
             self._step(plan)
 
@@ -379,7 +336,7 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
         tokens_per_s, inputs_per_s = self._window.add(time.monotonic(), plan.tokens, len(plan.entries))
         old = self.stats
         self.stats = replace(
-            old, queue_depth=len(self._pending), steps=old.steps + 1,
+            old, queue_depth=len(self._queue), steps=old.steps + 1,
             last_step_ms=seconds * 1000.0, last_batch_tokens=plan.tokens,
             last_batch_inputs=len(plan.entries),
             prefill_tokens_per_s=tokens_per_s, inputs_per_s=inputs_per_s,
@@ -391,4 +348,4 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
 
 __all__ = ["EmbeddingJob", "EmbeddingLoop", "EmbeddingOnlyError", "EmbeddingRunner",
            "EmbeddingSpec", "EmbeddingStats", "NotAnEmbeddingEngineError", "make_runner",
-           "plan_step", "resolve_pooling"]
+           "resolve_pooling"]

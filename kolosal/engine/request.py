@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from .speculation.drafting import Drafter
 
 MAX_TOP_LOGPROBS = 20
+_GROUPS = itertools.count()
 SPECULATE_ON = -1        # SamplingParams.speculative: speculate, at the engine's draft length
 DEFAULT_DRAFT_MAX = 16   # ... or this many when the engine has speculation off
 
@@ -75,6 +77,12 @@ class Tenancy:
 
 
 ANONYMOUS = Tenancy()
+
+
+def new_group(request_id: str) -> str:
+    """A ``Request.group`` for one client request: unique in the process even where
+    clients reuse request ids."""
+    return f"{request_id}#{next(_GROUPS)}"
 QueueKey = tuple[int, float, int]  # (priority, start tag, arrival order): fair_queue.py
 
 
@@ -189,6 +197,8 @@ class Request:
     fork_of: Request | None = None       # n > 1: the group's first request, until forked
     forks: list[Request] = field(default_factory=list)  # n > 1: on the first request
     tenancy: Tenancy = ANONYMOUS
+    group: str = ""                      # the client request it is part of (its choices, its
+    # prompts): no group holds more than its share of the slots while others wait (scheduler.py)
     queue_key: QueueKey | None = None    # its place in the wait queue, kept across preemptions
     watch: OutputWatch | None = None     # from params.watch, made when it is queued
     num_unbilled: int = 0                # generated tokens its watch dropped (not in usage)

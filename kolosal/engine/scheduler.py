@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .adapters import AdapterTurns
+from .choices import detach_forks, holds_share, over_share_victim, split_group
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
 from .fair_queue import FairQueue, first_prompts, unfair_victim
@@ -50,6 +51,7 @@ class SchedulerCounters:
     cached_tokens: int = 0
     preemptions: int = 0           # to make KV room (the youngest sequence's cells dropped)
     fairness_preemptions: int = 0  # to give a tenant under its fair share a slot
+    share_preemptions: int = 0     # to give a request a slot held beyond another's share
     forked_choices: int = 0        # n > 1 choices that reused their group's prefill
     prefix_copies: int = 0         # requests that took a prefix from another slot's KV
     prefix_copied_tokens: int = 0
@@ -81,9 +83,11 @@ class Scheduler:
     # -- inbox ----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
         """Queue a request (with its n > 1 siblings in ``request.forks``)."""
+        request.group = request.group or request.request_id
         for member in (request, *request.forks):
             member.detokenizer = Detokenizer(member.params.stop)
             member.watch = member.params.watch() if member.params.watch is not None else None
+            member.group = request.group
         self.waiting.push(request)
 
     @property
@@ -97,7 +101,7 @@ class Scheduler:
             return False
         if request in self.waiting:
             self.waiting.remove(request)
-            self._detach_forks(request)
+            detach_forks(request, self.waiting)
             request.status = RequestStatus.CANCELLED
             return True
         if request.fork_of is not None and request.status == RequestStatus.WAITING:
@@ -123,9 +127,7 @@ class Scheduler:
         error, including one this step had already finished (its finish was never sent)."""
         members = list(dict.fromkeys([*(r for r, _ in plan.scheduled), *plan.sampled]))
         emissions = []
-        for request in members:
-            if request.status == RequestStatus.CANCELLED:
-                continue
+        for request in (r for r in members if r.status != RequestStatus.CANCELLED):
             if request in self.running:
                 self.kv.drop(request)
                 request.num_computed = 0
@@ -148,13 +150,12 @@ class Scheduler:
     def expire(self) -> list[Emission]:
         """Fail every request whose deadline has passed, queued or running."""
         now = self.clock()
-        expired = [r for r in (*self.waiting, *self.running)
-                   if r.deadline is not None and now >= r.deadline]
         emissions = []
-        for request in expired:
+        live = (*self.waiting, *self.running)
+        for request in [r for r in live if r.deadline is not None and now >= r.deadline]:
             if request in self.waiting:
                 self.waiting.remove(request)
-                self._detach_forks(request)
+                detach_forks(request, self.waiting)
                 request.status = RequestStatus.FAILED
             else:
                 self._retire(request, RequestStatus.FAILED)
@@ -174,10 +175,13 @@ class Scheduler:
         nothing decoding while others decode get a step of their own: ``first_prompts``):
         1. Admit waiting requests in the fair queue's order (priority class, then weighted
            fair between tenants, then first come first served) into free slots while all
-           fits the context (n choices need n slots at once); with none free, a tenant under
-           its fair share takes the slot of one over it (``unfair_victim``, whose cells stay
-           as a cache). A newcomer starts from the longest prefix any slot holds, free or
-           running (``KVCache.take_slot``).
+           fits the context; a group of n choices takes the free slots it can, within its
+           client request's share while others wait (``choices.py``). With none free, a
+           request takes the slot of the youngest member of a client request beyond its share
+           (``over_share_victim``), else a tenant under its fair share takes the slot of one
+           over it (``unfair_victim``; victims' cells stay as a cache). Members beyond their
+           share let those behind pass. A newcomer starts from the longest prefix any slot
+           holds, free or running (``KVCache.take_slot``).
         2. Make KV room for one token per decoding sequence: evict prefix caches (least
            recently used first), then preempt the youngest sequence (recomputed later).
         3. One batch row per decoding sequence, so running streams never stall.
@@ -207,26 +211,25 @@ class Scheduler:
         for request in decoding[:builder.budget]:
             builder.add(request, request.num_computed, 1)
         num_decode_rows = len(builder.scheduled)
-        prompt_budget = builder.budget
-        if num_decode_rows and self.policy.prefill_budget:
-            prompt_budget = min(prompt_budget, self.policy.prefill_budget)
-        self._plan_prompt_chunks(builder, prompt_budget)
+        prefill_budget = (self.policy.prefill_budget or builder.budget) if num_decode_rows else builder.budget
+        self._plan_prompt_chunks(builder, min(builder.budget, prefill_budget))
         self.speculation.plan(builder, decoding[:num_decode_rows], self.steps)
         return builder.build(num_decode_rows)
 
     def _admit(self) -> None:
         """Waiting requests into free slots, in the fair queue's order (see ``schedule``)."""
-        while self.waiting:
-            request = self.waiting.peek()
-            if not self._free_slots_for(request, 1 + len(request.forks)):
+        for request in list(self.waiting):
+            if not self._free_slots_for(request):
+                if holds_share(self.running, request, self.kv.slots.num_slots):
+                    continue  # its client request has its share: those behind it may pass
                 break
             active = sum(r.num_computed + r.num_pending for r in self.running)
             if self.running and active + request.num_pending > self.n_ctx:
                 break  # would not fit even with every cache evicted: wait for room
             self.waiting.take(request)
-            params = request.params
-            self._start(request, reuse_prefix=params.cache_prompt and not params.prompt_logprobs)
-            for fork in request.forks:
+            self._start(request, request.params.cache_prompt and not request.params.prompt_logprobs)
+            for fork in split_group(request, self.waiting, self.running, self.kv.slots.num_free,
+                                    self.kv.slots.num_slots):
                 self._start(fork, reuse_prefix=False)
 
     def _start(self, request: Request, reuse_prefix: bool) -> None:
@@ -266,9 +269,8 @@ class Scheduler:
                 break
             if request.num_pending <= 1 or request.awaits_fork or request.adapters != builder.adapters:
                 continue
-            chunk = min(request.num_pending, budget)
-            if request.params.prompt_logprobs:
-                chunk = min(chunk, PROMPT_LOGPROB_CHUNK)
+            chunk = min(request.num_pending, budget,
+                        PROMPT_LOGPROB_CHUNK if request.params.prompt_logprobs else budget)
             if not self.kv.make_room(len(builder.tokens) + chunk):
                 chunk = self.kv.cells_free() - len(builder.tokens)
                 if chunk <= 0:
@@ -276,14 +278,21 @@ class Scheduler:
             builder.add(request, request.num_computed, chunk)
             budget -= chunk
 
-    def _free_slots_for(self, request: Request, need: int) -> bool:
-        """Whether ``need`` slots are free, after preempting for fairness if it must."""
-        while self.kv.slots.num_free < need:
-            victim = unfair_victim(self.running, self.waiting, request, self.kv.slots.num_slots)
-            if victim is None:
-                return False
+    def _free_slots_for(self, request: Request) -> bool:
+        """Whether a slot is free, after preempting if it must: the youngest member of a
+        client request beyond its share (``over_share_victim``), else one of a tenant over
+        its fair share (``unfair_victim``)."""
+        num_slots = self.kv.slots.num_slots
+        while not self.kv.slots.num_free:
+            victim = over_share_victim(self.running, request, num_slots)
+            if victim is not None:
+                self.counters.share_preemptions += 1
+            else:
+                victim = unfair_victim(self.running, self.waiting, request, num_slots)
+                if victim is None:
+                    return False
+                self.counters.fairness_preemptions += 1
             self._preempt(victim, keep_cells=True)
-            self.counters.fairness_preemptions += 1
         return True
 
     def _preempt_youngest(self) -> bool:
@@ -298,7 +307,7 @@ class Scheduler:
     def _preempt(self, victim: Request, keep_cells: bool) -> None:
         """Back to its place in the queue (its tag is kept). Its computed cells stay as its
         slot's prefix cache (``keep_cells``) or are dropped."""
-        self._detach_forks(victim)
+        detach_forks(victim, self.waiting)
         if victim.fork_of is not None:
             victim.fork_of.forks.remove(victim)
             victim.fork_of = None  # it will compute its own prompt
@@ -310,16 +319,6 @@ class Scheduler:
         self.running.remove(victim)
         victim.status = RequestStatus.WAITING
         self.waiting.push(victim)
-
-    def _detach_forks(self, request: Request) -> None:
-        """The group's first request is gone before its prompt was computed: each sibling
-        computes the prompt itself (queued ones go back to the front of the queue)."""
-        for fork in request.forks:
-            fork.fork_of = None
-            if fork.status == RequestStatus.WAITING:
-                fork.queue_key = request.queue_key  # its group's place in line
-                self.waiting.push(fork)
-        request.forks.clear()
 
     # -- after the decode ---------------------------------------------------------------------
     def on_no_kv_slot(self, plan: StepPlan) -> None:
@@ -441,7 +440,7 @@ class Scheduler:
         """The request leaves: its siblings go on alone and its slot is freed, the computed
         tokens kept as the slot's prefix cache."""
         request.status = status
-        self._detach_forks(request)
+        detach_forks(request, self.waiting)
         if request.fork_of is not None:  # a sibling gone before its group's prompt was done
             request.fork_of.forks.remove(request)
             request.fork_of = None

@@ -78,6 +78,7 @@ class EngineStats:
     cached_tokens: int = 0
     preemptions: int = 0
     fairness_preemptions: int = 0   # a tenant over its fair share gave up a slot
+    share_preemptions: int = 0      # a client request over its share of the slots gave up one
     prompt_tokens_total: int = 0
     generated_tokens_total: int = 0
     requests_finished: int = 0

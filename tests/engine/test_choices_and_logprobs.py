@@ -133,3 +133,50 @@ async def test_token_events_carry_their_logprobs(engine: AsyncEngine) -> None:
             count += len(event.logprobs)
             assert all(entry.top == () for entry in event.logprobs)
     assert count == 5
+
+
+async def test_a_single_request_runs_beside_n_choices_that_fill_every_slot(engine: AsyncEngine) -> None:
+    """n at the engine's slot count: alone the choices take every slot; a single request
+    sent meanwhile takes back one slot beyond the request's share and finishes while the
+    choices still run (before, it waited for them all); each choice's text is its text
+    alone, up to near ties; n above the slots is a 400 naming them."""
+    import asyncio
+
+    from kolosal.engine import InvalidRequestError
+
+    n = engine.info.n_parallel
+    ids = await engine.tokenize("Big n request: the names of twenty animals, one per line:")
+    params = greedy(48, ignore_eos=True, logprobs=TOP_LOGPROBS)
+    _, _, alone_logprobs = await collect(engine, ids, params, n=n, request_id="big-alone")
+    before = engine.stats()["share_preemptions"]
+    order: list[str] = []
+    decoding = asyncio.Event()  # every choice has sent text: they hold every slot
+
+    async def big() -> list[str]:
+        texts = [""] * n
+        async for index, event in engine.generate(ids, params, "big", n=n):
+            assert not isinstance(event, ErrorEvent), event
+            texts[index] += event.text
+            if all(texts):
+                decoding.set()
+        order.append("big")
+        return texts
+
+    async def single() -> None:
+        await decoding.wait()
+        single_ids = await engine.tokenize("A single request:")
+        texts, finishes, _ = await collect(engine, single_ids, greedy(4, ignore_eos=True), request_id="one")
+        assert finishes[0].usage.completion_tokens == 4
+        order.append("single")
+
+    texts, _ = await asyncio.gather(big(), single())
+    assert order == ["single", "big"]
+    assert engine.stats()["share_preemptions"] - before >= 1
+    assert all(text for text in texts)
+    for index, text in enumerate(texts):
+        reference = engine_steps(alone_logprobs[index], engine.token_piece)
+        assert_same_or_near_tie(reference, text, f"choice {index} beside a single request")
+    too_many = f"n={n + 1} is more than this engine's {n} slots"
+    with pytest.raises(InvalidRequestError, match=too_many) as raised:
+        await collect(engine, ids, params, n=n + 1)
+    assert raised.value.param == "n"

@@ -4,7 +4,6 @@ own)."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,15 +17,15 @@ from kolosal.engine import (
     EngineStoppedError,
     InvalidRequestError,
     SamplingParams,
+    Tenancy,
 )
 from kolosal.engine.embedding import (
-    EmbeddingJob,
     EmbeddingOnlyError,
     NotAnEmbeddingEngineError,
-    plan_step,
     resolve_pooling,
     step_shape,
 )
+from kolosal.engine.embedding_queue import EmbeddingJob, EmbeddingQueue
 
 from ..waiting import until_async
 from .helpers import loaded
@@ -42,36 +41,90 @@ OTHERS = [f"Sentence {i}: {topic}" for i, topic in enumerate(
 TOLERANCE = 1e-5
 
 
-# -- the planner (no library) ------------------------------------------------------------------
-def job(*lengths: int) -> EmbeddingJob:
+# -- the queue (no library) ---------------------------------------------------------------------
+def job(*lengths: int, tenant: str = "", weight: float = 1.0, priority: int = 0) -> EmbeddingJob:
     loop = asyncio.new_event_loop()
     try:
-        return EmbeddingJob([[1] * n for n in lengths], loop.create_future(), loop)
+        return EmbeddingJob([[1] * n for n in lengths], loop.create_future(), loop,
+                            Tenancy(tenant, weight, priority))
     finally:
         loop.close()
 
 
-def pending_of(*jobs: EmbeddingJob) -> deque[tuple[EmbeddingJob, int]]:
-    return deque((j, index) for j in jobs for index in range(len(j.inputs)))
+def queue_of(*jobs: EmbeddingJob) -> EmbeddingQueue:
+    queue = EmbeddingQueue()
+    for each in jobs:
+        queue.push(each)
+    return queue
 
 
-def test_plan_takes_oldest_first_and_lets_short_inputs_pass_a_long_one() -> None:
+def test_plan_takes_turns_and_lets_short_inputs_pass_a_long_one() -> None:
     first, second = job(30, 50), job(10, 5)
-    pending = pending_of(first, second)
-    plan = plan_step(pending, token_budget=64, max_inputs=8)
+    queue = queue_of(first, second)
+    plan = queue.plan(token_budget=64, max_inputs=8)
     assert [(j is first, i) for j, i in plan.entries] == [(True, 0), (False, 0), (False, 1)]
-    assert plan.tokens == 45
-    assert list(pending) == [(first, 1)]  # the long one waits, first in line for the next step
+    assert plan.tokens == 45 and len(queue) == 1
+    plan = queue.plan(token_budget=64, max_inputs=8)  # the long one waited: first in the next step
+    assert [(j is first, i) for j, i in plan.entries] == [(True, 1)] and len(queue) == 0 and not queue
 
 
-def test_plan_respects_the_input_limit_and_drops_cancelled_jobs_once() -> None:
-    gone, kept = job(4, 4, 4), job(4, 4, 4)
+def test_a_one_input_job_behind_a_giant_one_is_in_the_next_step() -> None:
+    giant = job(*[60] * 2048)
+    queue = queue_of(giant)
+    assert [i for _, i in queue.plan(token_budget=64, max_inputs=8).entries] == [0]
+    small = job(60)
+    queue.push(small)
+    plan = queue.plan(token_budget=64, max_inputs=8)
+    assert [(j is small, i) for j, i in plan.entries] == [(True, 0)]  # giant was served, small was not
+    assert len(queue) == 2047
+
+
+def test_jobs_alternate_by_tokens_and_tenants_by_weight() -> None:
+    light, heavy = job(*[4] * 40, tenant="a"), job(*[8] * 40, tenant="a")
+    queue = queue_of(light, heavy)
+    taken = {light: 0, heavy: 0}
+    for _ in range(6):
+        for each, index in queue.plan(token_budget=48, max_inputs=64).entries:
+            taken[each] += len(each.inputs[index])
+    assert abs(taken[light] - taken[heavy]) <= 8  # equal tokens, not equal inputs
+    first, second, third = job(*[4] * 300, tenant="x", weight=2.0), job(*[4] * 300, tenant="y"), \
+        job(*[4] * 300, tenant="y")
+    queue = queue_of(first, second, third)
+    per_tenant = {"x": 0, "y": 0}
+    for _ in range(10):
+        for each, index in queue.plan(token_budget=60, max_inputs=64).entries:
+            per_tenant[each.tenancy.tenant] += len(each.inputs[index])
+    assert 1.8 <= per_tenant["x"] / per_tenant["y"] <= 2.2  # 2:1 by weight, whatever y's job count
+
+
+def test_a_better_priority_class_fills_the_step_first() -> None:
+    background, urgent = job(*[8] * 10, priority=1), job(8, 8, priority=0)
+    queue = queue_of(background, urgent)
+    plan = queue.plan(token_budget=32, max_inputs=8)
+    assert [j is urgent for j, _ in plan.entries] == [True, True, False, False]
+
+
+def test_a_newcomer_starts_level_with_the_least_served() -> None:
+    old = job(*[4] * 100, tenant="a")
+    queue = queue_of(old)
+    for _ in range(10):
+        queue.plan(token_budget=16, max_inputs=8)
+    newcomer = job(*[4] * 100, tenant="b")
+    queue.push(newcomer)
+    for _ in range(4):  # no credit for a's past: the two alternate at once
+        plan = queue.plan(token_budget=16, max_inputs=8)
+        assert sorted(j is newcomer for j, _ in plan.entries) == [False, False, True, True]
+
+
+def test_a_cancelled_job_leaves_whole_and_is_counted_once() -> None:
+    gone, kept = job(*[4] * 3000), job(4, 4, 4)
+    queue = queue_of(gone, kept)
+    assert len(queue) == 3003
     gone.cancelled = True
-    pending = pending_of(gone, kept)
-    plan = plan_step(pending, token_budget=512, max_inputs=2)
+    plan = queue.plan(token_budget=512, max_inputs=2)
     assert plan.cancelled == [gone] and gone.done
-    assert [i for _, i in plan.entries] == [0, 1] and len(pending) == 1
-    assert plan_step(pending, 512, 2).cancelled == []  # counted out once
+    assert [i for j, i in plan.entries if j is kept] == [0, 1] and len(queue) == 1
+    assert queue.plan(512, 2).cancelled == [] and len(queue) == 0  # counted out once
 
 
 def test_step_shape_divides_the_batch_into_whole_sequences() -> None:
@@ -188,6 +241,41 @@ async def test_the_queue_depth_empties_after_a_long_request_is_cancelled(registr
         await until_async(lambda: engine.stats()["requests_cancelled"] == 1, what="the cancellation")
         await until_async(lambda: engine.stats()["queue_depth"] == 0, what="an empty queue")
         assert engine.stats()["inputs_total"] < 2000
+        assert (await engine.embed([[2, 3, 4]])).shape == (1, 640)  # and it still serves
+        assert engine.stats()["queue_depth"] == 0
+
+
+async def test_a_one_input_request_finishes_before_a_giant_one_sent_earlier(registry: EngineRegistry,
+                                                                           model_path: Path) -> None:
+    """Steps take turns between the waiting requests (before: oldest first, so one input
+    waited for every input of a giant request in front of it)."""
+    config = EngineConfig("embed-fair", str(model_path), n_ctx=256, n_batch=64, embedding=True)
+    async with loaded(registry, config) as engine:
+        order: list[str] = []
+
+        async def embed(name: str, inputs: list[list[int]]) -> np.ndarray:
+            vectors = await engine.embed(inputs)
+            order.append(name)
+            return vectors
+
+        giant = asyncio.create_task(embed("giant", [[2] + [4000 + i % 300] * 62 for i in range(120)]))
+        await until_async(lambda: engine.stats()["steps"] >= 1, what="the giant's first step")
+        small = await embed("small", [[2] + [5000] * 62])
+        assert order == ["small"] and not giant.done()
+        assert engine.stats()["queue_depth"] > 0  # the giant still waits for most of its steps
+        assert small.shape == (1, 640)
+        assert (await giant).shape == (120, 640) and order == ["small", "giant"]
+        assert engine.stats()["queue_depth"] == 0
+
+
+async def test_a_request_over_the_token_bound_is_refused(embedder: AsyncEngine) -> None:
+    spec = embedder.embedding
+    assert spec is not None and spec.max_input_tokens == 512
+    at_bound = [[2] * 500] * 600  # 300,000 tokens: accepted (checked, not computed here)
+    spec.check(at_bound, embedder.info.n_vocab)
+    with pytest.raises(InvalidRequestError, match="300001 tokens in all, more than the 300000") as raised:
+        await embedder.embed([*at_bound, [2]])
+    assert raised.value.param == "input" and embedder.stats()["queue_depth"] == 0
 
 
 async def test_removing_the_engine_answers_its_waiting_requests(registry: EngineRegistry,

@@ -160,18 +160,23 @@ def test_a_preempted_request_resumes_and_finishes_with_all_its_tokens() -> None:
 
 
 def test_members_of_an_n_group_are_never_the_victim_before_their_prompt_is_shared() -> None:
-    scheduler = make(num_slots=2, n_batch=16)
+    scheduler = make(num_slots=4, n_batch=16)
     prompt = list(range(1, 101))  # prefilled over several steps
     leader = request("a-0", "a", max_tokens=50, prompt=prompt)
     sibling = request("a-1", "a", max_tokens=50, prompt=prompt)
     sibling.fork_of = leader
     leader.forks.append(sibling)
     scheduler.add(leader)
-    assert scheduler.schedule() is not None  # the group holds both slots, prompt half done
+    others = [request(f"a{index}", "a", max_tokens=50) for index in range(2)]
+    for other in others:
+        scheduler.add(other)
+    assert scheduler.schedule() is not None  # the group holds two slots (its share), prompt half done
     newcomer = request("b0", "b")
     scheduler.add(newcomer)
     scheduler.schedule()
-    assert newcomer.status == RequestStatus.WAITING and scheduler.counters.fairness_preemptions == 0
+    assert newcomer.status == RequestStatus.RUNNING and scheduler.counters.fairness_preemptions == 1
+    assert others[1].status == RequestStatus.WAITING  # not a member of the group
+    assert leader.status == sibling.status == RequestStatus.RUNNING and sibling.fork_of is leader
 
 
 def rows_of(plan: StepPlan) -> list[tuple[str, int]]:

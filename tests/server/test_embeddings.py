@@ -126,6 +126,7 @@ def test_dimensions_and_user(client: openai.OpenAI) -> None:
     ({"input": [[]]}, "input", "input[0] is empty"),
     ({"input": ["fine", "word " * 600]}, "input", "input[1] has"),
     ({"input": [[2, 3], [10**7]]}, "input", "input[1]: token ids"),
+    ({"input": [[2] * 500] * 601}, "input", "300500 tokens in all, more than the 300000"),
     ({"input": [-1]}, "input", "token ids are integers >= 0"),
     ({"input": [QUERY, 5]}, "input", "a list of strings"),
     ({"input": QUERY, "encoding_format": "float16"}, "encoding_format", "float"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from quart import g
 
 from ...engine import AsyncEngine, Event, FinishEvent, SamplingParams, Tenancy, Usage
-from ...engine.request import ANONYMOUS
+from ...engine.request import ANONYMOUS, new_group
 from ...tenants.limits import Ticket
 from ..caller import admit, tenancy
 from ..errors import from_engine_error
@@ -61,8 +61,9 @@ class MultiStream:
             first_of[key] = len(runs)
             runs.append(ids)
             self._offsets.append([index * n])
+        group = new_group(request_id)  # its prompts share one request's share of the slots
         self._prompts = [_Prompt(engine.generate(ids, params, f"{request_id}-{p}" if len(prompts) > 1
-                                                 else request_id, timeout_s, n, tenancy))
+                                                 else request_id, timeout_s, n, tenancy, group))
                          for p, ids in enumerate(runs)]
         self._prompt_tokens = sum(len(ids) for ids in runs)
         self._tasks: list[asyncio.Task[None]] = []

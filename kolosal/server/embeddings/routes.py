@@ -6,7 +6,7 @@ from quart import Response, g
 
 from ...engine import EngineError, Usage
 from ...engine.embedding import NotAnEmbeddingEngineError
-from ..caller import admit
+from ..caller import admit, tenancy
 from ..errors import bad_request, from_engine_error
 from ..http import parse_body
 from ..leases import held_engine
@@ -39,7 +39,7 @@ async def embeddings() -> Response:
         prompt_tokens = sum(len(ids) for ids in inputs)
         ticket = admit(prompt_tokens)  # the key's limits: 429 when over one
         try:
-            vectors = await engine.embed(inputs)
+            vectors = await engine.embed(inputs, tenancy())
         except EngineError as error:  # refusals (400), a full queue (503), a failed step (500)
             raise from_engine_error(error) from None
         finally:
