@@ -79,7 +79,7 @@ class Phase:
 
 
 async def phase(name: str, config: EngineConfig, a_streams: int, b: bool, c_streams: int,
-                seconds: float, tenants: bool) -> Phase:
+                seconds: float, tenants: bool, b_tokens: int = 64) -> Phase:
     registry = EngineRegistry()
     params = SamplingParams(max_tokens=64, temperature=0.8, top_p=0.95, ignore_eos=True)
     a_tenancy = Tenancy("a") if tenants else Tenancy()
@@ -97,7 +97,8 @@ async def phase(name: str, config: EngineConfig, a_streams: int, b: bool, c_stre
             if c_streams:
                 jobs.append(closed_loop(engine, c_streams, seconds, params, c_tenancy, c, 5_000_000))
             if b:
-                jobs.append(closed_loop(engine, 1, seconds, params, b_tenancy, b_tally, 9_000_000))
+                b_params = SamplingParams(max_tokens=b_tokens, temperature=0.8, top_p=0.95, ignore_eos=True)
+                jobs.append(closed_loop(engine, 1, seconds, b_params, b_tenancy, b_tally, 9_000_000))
             await asyncio.gather(*jobs)
             elapsed = time.perf_counter() - started  # the deadline, then the requests in flight
     finally:
@@ -107,12 +108,12 @@ async def phase(name: str, config: EngineConfig, a_streams: int, b: bool, c_stre
                  round(c.tokens / elapsed, 1) if c_streams else None)
 
 
-async def run(streams: int, seconds: float, slots: int, model: str) -> list[Phase]:
+async def run(streams: int, seconds: float, slots: int, model: str, b_tokens: int) -> list[Phase]:
     config = EngineConfig("fair", model, n_ctx=slots * 160, n_parallel=slots)
-    return [await phase("B alone", config, 0, True, 0, seconds, True),
+    return [await phase("B alone", config, 0, True, 0, seconds, True, b_tokens),
             await phase("A alone", config, streams, False, 0, seconds, True),
-            await phase("A + B, one tenant (FCFS)", config, streams, True, 0, seconds, False),
-            await phase("A + B, two tenants", config, streams, True, 0, seconds, True),
+            await phase("A + B, one tenant (FCFS)", config, streams, True, 0, seconds, False, b_tokens),
+            await phase("A + B, two tenants", config, streams, True, 0, seconds, True, b_tokens),
             await phase("A + C, equal weights", config, streams, False, streams, seconds, True)]
 
 
@@ -123,9 +124,11 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64, help="A's (and C's) closed-loop streams")
     parser.add_argument("--slots", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--b-tokens", type=int, default=64,
+                        help="tokens of each of B's requests (fewer: more TTFT samples)")
     parser.add_argument("--json", help="write the phases here")
     args = parser.parse_args()
-    phases = asyncio.run(run(args.streams, args.seconds, args.slots, args.model))
+    phases = asyncio.run(run(args.streams, args.seconds, args.slots, args.model, args.b_tokens))
     print("| phase | B TTFT p50 (ms) | A tok/s | C tok/s |\n|---|---|---|---|")
     for result in phases:
         print(f"| {result.name} | {result.b_ttft_p50_ms} | {result.a_tok_s} | {result.c_tok_s} |")
