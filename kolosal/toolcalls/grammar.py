@@ -29,6 +29,7 @@ from llguidance.gbnf_to_lark import any_to_lark
 
 from .families import ToolFamily
 from .limits import check_grammar, check_schema, deep_call
+from .schema_bounds import bounded_options, bounded_schema
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
@@ -40,8 +41,8 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
 
 def _compile_json(schema: Mapping[str, Any]) -> str:
     options = cast("JsonCompileOptions", JSON_OPTIONS)
-    closed = closed_objects(schema)
-    return deep_call(lambda: llguidance.LLMatcher.grammar_from_json_schema(closed, defaults=options))
+    bounded = bounded_schema(schema)
+    return deep_call(lambda: llguidance.LLMatcher.grammar_from_json_schema(bounded, defaults=options))
 
 
 def _from_lark(lark: str) -> str:
@@ -71,47 +72,11 @@ def validate(grammar: str, tokenizer: llguidance.LLTokenizer | None = None) -> s
     return grammar
 
 
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SUBSCHEMAS = ("items", "additionalItems", "not", "if", "then", "else", "contains")
-
-
-def closed_objects(schema: Any) -> Any:
-    """A copy of ``schema`` where every object schema with ``properties`` and no word on
-    ``additionalProperties`` (or ``patternProperties``) admits no other keys, as llama.cpp's
-    grammars do: JSON Schema's default (any extra key) lets a small model wander into
-    invented keys until ``max_tokens``. A schema that allows extra keys says so."""
-    if isinstance(schema, list):
-        return [closed_objects(item) for item in schema]
-    if not isinstance(schema, Mapping):
-        return schema
-    closed = _with_closed_subschemas(schema)
-    if "properties" in closed and "additionalProperties" not in closed and "patternProperties" not in closed:
-        closed["additionalProperties"] = False
-    return closed
-
-
-def _with_closed_subschemas(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``schema`` whose subschemas went through ``closed_objects``."""
-    closed = dict(schema)
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(closed.get(key), list):
-            closed[key] = [closed_objects(item) for item in closed[key]]
-    for key in _SUBSCHEMA_MAPS:
-        if isinstance(closed.get(key), Mapping):
-            closed[key] = {name: closed_objects(item) for name, item in closed[key].items()}
-    for key in _SUBSCHEMAS:
-        if key in closed:
-            closed[key] = closed_objects(closed[key])
-    if isinstance(closed.get("additionalProperties"), Mapping):
-        closed["additionalProperties"] = closed_objects(closed["additionalProperties"])
-    return closed
-
-
 def _with_options(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema as compiled (``schema_bounds.bounded_schema``) with its JSON options."""
     own = schema.get("x-guidance")
     options = {**JSON_OPTIONS, **own} if isinstance(own, Mapping) else dict(JSON_OPTIONS)
-    return {**closed_objects(schema), "x-guidance": options}
+    return {**bounded_schema(schema), "x-guidance": bounded_options(options)}
 
 
 def _json_rule(schema: Mapping[str, Any]) -> str:
