@@ -3,10 +3,10 @@ and GBNF.
 
 Every function returns an llguidance grammar string (what ``llguidance.LLMatcher(tokenizer,
 grammar)`` takes), already validated, or raises ``GrammarError`` with a message fit for a
-400. JSON is generated in the compact style models write and ``json.dumps`` prints
-(``{"a": 1, "b": [2, 3]}``: one space after ``:`` and ``,``, no other whitespace), which
-keeps small models from drifting into endless whitespace; a schema's own ``x-guidance``
-options override that.
+400. A JSON schema is compiled as ``schema_bounds.bounded_schema`` rewrites it (closed
+objects, capped number digits) with ``schema_bounds.json_options`` (llama.cpp's whitespace:
+compact, ``json.dumps``'s style or pretty-printed, each run of it bounded; a schema's own
+``x-guidance`` options override that).
 
 Tool calls are written as literal JSON around each function's ``%json`` arguments schema
 (each schema stays the root of its own ``%json``, so its ``$ref``/``$defs`` resolve), so
@@ -22,27 +22,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal
 
 import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from .families import ToolFamily
 from .limits import check_grammar, check_schema, deep_call
-from .schema_bounds import bounded_options, bounded_schema
-
-if TYPE_CHECKING:
-    from llguidance._lib import JsonCompileOptions
-
-# Defaults for every JSON the grammars produce (overridable per schema via "x-guidance").
-JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
-                                "key_separator": ": "}
+from .schema_bounds import bounded_schema, json_options
 
 
 def _compile_json(schema: Mapping[str, Any]) -> str:
-    options = cast("JsonCompileOptions", JSON_OPTIONS)
-    bounded = bounded_schema(schema)
-    return deep_call(lambda: llguidance.LLMatcher.grammar_from_json_schema(bounded, defaults=options))
+    prepared = _with_options(schema)
+    return deep_call(llguidance.LLMatcher.grammar_from_json_schema, prepared)
 
 
 def _from_lark(lark: str) -> str:
@@ -73,10 +65,9 @@ def validate(grammar: str, tokenizer: llguidance.LLTokenizer | None = None) -> s
 
 
 def _with_options(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The schema as compiled (``schema_bounds.bounded_schema``) with its JSON options."""
+    """The schema as compiled (``schema_bounds.bounded_schema``) with all its JSON options."""
     own = schema.get("x-guidance")
-    options = {**JSON_OPTIONS, **own} if isinstance(own, Mapping) else dict(JSON_OPTIONS)
-    return {**bounded_schema(schema), "x-guidance": bounded_options(options)}
+    return {**bounded_schema(schema), "x-guidance": json_options(own if isinstance(own, Mapping) else None)}
 
 
 def _json_rule(schema: Mapping[str, Any]) -> str:

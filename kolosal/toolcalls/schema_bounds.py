@@ -14,11 +14,13 @@ keep a small model from running on until ``max_tokens``.
   exactly; a ``multipleOf`` of the schema's own bounds its fraction already). Bounded
   numbers are plain decimals (llguidance writes no exponent for a bounded range), where
   llama.cpp also allows an exponent of up to 16 digits.
-- **Whitespace runs are bounded** (``bounded_options``): the grammars write no whitespace
-  but the ``", "`` / ``": "`` separators; a schema whose ``x-guidance`` turns
-  ``whitespace_flexible`` on without its own ``whitespace_pattern`` gets llama.cpp's
-  ``space`` rule (one space, or one or two newlines and at most 20 spaces or tabs) instead
-  of llguidance's unbounded ``[ \\t\\n\\r]+``.
+- **Whitespace runs are bounded** (``JSON_OPTIONS``, ``json_options``): JSON may be
+  written as models write it, compact, in ``json.dumps``'s style or pretty-printed (what
+  small instruct models do unprompted; forced into one style they ran on more often), but
+  each whitespace run is llama.cpp's ``space`` rule: one space, or one or two newlines and
+  at most 20 spaces or tabs, never llguidance's unbounded ``[ \t\n\r]+``. A schema whose
+  ``x-guidance`` says ``whitespace_flexible: false`` gets compact JSON; its own
+  ``whitespace_pattern`` or separators are taken as written.
 
 A schema's own constraints keep working: its tighter ``minimum`` / ``maximum`` stay, looser
 ones give way to the cap, its ``multipleOf`` stays. Values (``const``, ``enum``) are not
@@ -38,6 +40,10 @@ FRACTION_STEP = 1e-10
 # llama.cpp's ``space`` rule, as the one whitespace run llguidance allows between tokens.
 BOUNDED_WHITESPACE = r"(?: |\n{1,2}[ \t]{0,20})"
 
+# llguidance's options for every JSON the grammars produce (a schema's "x-guidance" overrides).
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": True, "whitespace_pattern": BOUNDED_WHITESPACE,
+                                "item_separator": ",", "key_separator": ":"}
+
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 _SUBSCHEMAS = ("items", "additionalItems", "then", "else", "contains", "additionalProperties")
@@ -45,17 +51,14 @@ _EXCLUDING = ("not", "if")  # what these hold is excluded or a test: a cap there
 
 
 def bounded_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """``schema`` with closed objects, capped number digits and bounded whitespace (see the
-    module's docstring); ``schema`` itself is not changed."""
+    """``schema`` with closed objects and capped number digits (see the module's
+    docstring); ``schema`` itself is not changed."""
     caps_fraction = not _mentions(schema, "multipleOf")
 
     def capped(node: dict[str, Any]) -> dict[str, Any]:
         return capped_number(node, caps_fraction)
 
     rewritten: dict[str, Any] = _walk(closed_objects(schema), capped, _SUBSCHEMAS)
-    options = rewritten.get("x-guidance")
-    if isinstance(options, Mapping):
-        rewritten["x-guidance"] = bounded_options(options)
     return rewritten
 
 
@@ -66,13 +69,16 @@ def closed_objects(schema: Any) -> Any:
     return _walk(schema, _closed, _SUBSCHEMAS + _EXCLUDING)
 
 
-def bounded_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """llguidance JSON options with a bounded whitespace run where they ask for flexible
-    whitespace without saying which."""
-    bounded = dict(options)
-    if bounded.get("whitespace_flexible") and not bounded.get("whitespace_pattern"):
-        bounded["whitespace_pattern"] = BOUNDED_WHITESPACE
-    return bounded
+def json_options(own: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every llguidance JSON option for a schema whose ``x-guidance`` is ``own``: its own
+    over ``JSON_OPTIONS``, where ``whitespace_flexible`` without a ``whitespace_pattern``
+    means no whitespace (false) or the bounded run (true)."""
+    options = {**JSON_OPTIONS, **(own or {})}
+    if own and "whitespace_flexible" in own and not own.get("whitespace_pattern"):
+        options.pop("whitespace_pattern", None)
+        if own["whitespace_flexible"]:
+            options["whitespace_pattern"] = BOUNDED_WHITESPACE
+    return options
 
 
 def capped_number(schema: Mapping[str, Any], caps_fraction: bool = True) -> dict[str, Any]:

@@ -103,9 +103,9 @@ def test_a_number_only_schema_finishes(bundled_server: ServerProcess, question: 
     """Number digits are capped as llama.cpp caps them (toolcalls.schema_bounds): at most 16
     before the point and 10 after it, so a number-only answer ends well before max_tokens
     (uncapped, greedy SmolLM2 can write digits until max_tokens)."""
-    schema = {"type": "number"}
-    answer = chat(bundled_server, "number-only", max_tokens=64, messages=[{"role": "user", "content": question}],
-                  response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    number_only = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "number"}}}
+    answer = chat(bundled_server, "number-only", max_tokens=64, response_format=number_only,
+                  messages=[{"role": "user", "content": question}])
     choice = answer["choices"][0]
     assert choice["finish_reason"] == "stop", choice
     text = choice["message"]["content"]

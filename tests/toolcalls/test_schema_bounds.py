@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from kolosal.toolcalls import ToolFamily, json_schema_grammar, tool_call_grammar
-from kolosal.toolcalls.schema_bounds import BOUNDED_WHITESPACE, bounded_schema
+from kolosal.toolcalls.schema_bounds import bounded_schema
 
 from ..lanes import examples
 from .helpers import accepts, sample
@@ -51,13 +51,13 @@ def test_numbers_everywhere_in_a_pydantic_schema_are_capped() -> None:
         total: float = Field(ge=0)
 
     grammar = json_schema_grammar(Invoice.model_json_schema())
-    good = {"lines": [{"price": 2.5, "quantity": 3}], "discount": None, "total": 7.5}
-    assert accepts(grammar, json.dumps(good))
-    for field, text in [("price", "1" * 17), ("quantity", "1" * 17), ("price", "2." + "5" * 17)]:
-        assert not accepts(grammar, json.dumps(good).replace(f'"{field}": {good["lines"][0][field]}',
-                                                             f'"{field}": {text}')), (field, text)
-    assert not accepts(grammar, json.dumps({**good, "discount": 0.1}).replace("0.1", "0." + "1" * 17))
-    assert not accepts(grammar, json.dumps(good).replace("7.5", "7." + "0" * 17))
+    document = '{"lines": [{"price": %s, "quantity": %s}], "discount": %s, "total": %s}'
+    assert accepts(grammar, document % ("2.5", "3", "null", "7.5"))
+    assert accepts(grammar, document % ("2.5", "3", "0.1", "7.5"))
+    for values in [("1" * 17, "3", "null", "7.5"), ("2.5", "1" * 17, "null", "7.5"),
+                   ("2." + "5" * 17, "3", "null", "7.5"), ("2.5", "3", "0." + "1" * 17, "7.5"),
+                   ("2.5", "3", "null", "7." + "0" * 17)]:
+        assert not accepts(grammar, document % values), values
 
 
 def test_tool_call_arguments_are_capped() -> None:
@@ -83,14 +83,16 @@ CONSTRAINTS: list[tuple[dict[str, Any], list[str], list[str]]] = [
     ({"type": "integer", "enum": [1, 3]}, ["1", "3"], ["2"]),
     ({"type": ["number", "null"]}, ["null", "2.5"], ["1" * 17, '"x"']),
     ({"type": ["integer", "string"], "maxLength": 3}, ['"abc"', "12"], ['"abcd"', "1" * 17]),
-    ({"type": "array", "items": {"type": "integer", "maximum": 3}, "maxItems": 2}, ["[1, 3]"], ["[4]", "[1, 2, 3]"]),
+    ({"type": "array", "items": {"type": "integer", "maximum": 3}, "maxItems": 2},
+     ["[1, 3]"], ["[4]", "[1, 2, 3]"]),
     ({"anyOf": [{"type": "integer"}, {"type": "boolean"}]}, ["true", "12"], ["1" * 17]),
     ({"$defs": {"n": {"type": "number", "minimum": 2}}, "$ref": "#/$defs/n"}, ["2", "3.5"], ["1", "1" * 17]),
 ]
 
 
 @pytest.mark.parametrize(("schema", "accepted", "refused"), CONSTRAINTS)
-def test_schema_constraints_still_hold(schema: dict[str, Any], accepted: list[str], refused: list[str]) -> None:
+def test_schema_constraints_still_hold(schema: dict[str, Any], accepted: list[str],
+                                       refused: list[str]) -> None:
     if not accepted:  # unsatisfiable once capped: llguidance says so (a 400), or nothing is accepted
         try:
             grammar = json_schema_grammar(schema)
@@ -106,7 +108,8 @@ def test_schema_constraints_still_hold(schema: dict[str, Any], accepted: list[st
 
 def test_sampled_numbers_are_valid_and_short() -> None:
     schema = {"type": "object", "required": ["a", "b", "c"], "properties": {
-        "a": {"type": "number"}, "b": {"type": "integer", "minimum": -5}, "c": {"type": "number", "maximum": 1}}}
+        "a": {"type": "number"}, "b": {"type": "integer", "minimum": -5},
+        "c": {"type": "number", "maximum": 1}}}
     grammar = json_schema_grammar(schema)
     rng = random.Random(5)
     for text in (sample(grammar, rng) for _ in range(examples(20))):
@@ -133,17 +136,23 @@ def test_the_callers_schema_is_not_changed() -> None:
     assert schema == copy
 
 
-def test_flexible_whitespace_is_bounded() -> None:
-    schema = {"type": "object", "x-guidance": {"whitespace_flexible": True, "item_separator": ",",
-                                               "key_separator": ":"},
-              "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}}, "required": ["a", "b"]}
-    grammar = json_schema_grammar(schema)
-    assert bounded_schema(schema)["x-guidance"]["whitespace_pattern"] == BOUNDED_WHITESPACE
-    assert accepts(grammar, '{"a":1,"b":true}')
-    assert accepts(grammar, '{\n  "a": 1,\n  "b": true\n}')
-    assert accepts(grammar, '{\n\n\t\t"a": 1, "b": true}')
-    assert not accepts(grammar, '{"a":' + " " * 2 + "1}")  # one run of one space at most
-    assert not accepts(grammar, '{\n\n\n"a": 1, "b": true}')
-    assert not accepts(grammar, '{\n' + " " * 21 + '"a": 1, "b": true}')
-    own = {**schema, "x-guidance": {"whitespace_pattern": "[ ]{0,3}"}}  # the schema's own pattern stays
-    assert bounded_schema(own)["x-guidance"] == {"whitespace_pattern": "[ ]{0,3}"}
+def test_whitespace_runs_are_bounded() -> None:
+    """Compact, json.dumps's style and pretty-printed JSON are all accepted, but each run of
+    whitespace is llama.cpp's ``space`` rule (one space, or 1-2 newlines and <= 20 spaces or
+    tabs); with the schema's ``whitespace_flexible`` on or off, as it says."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "array"}},
+              "required": ["a", "b"]}
+    flexible = {**schema, "x-guidance": {"whitespace_flexible": True}}
+    for grammar in (json_schema_grammar(schema), json_schema_grammar(flexible)):
+        for text in ['{"a":1,"b":[]}', '{"a": 1, "b": [true, 2]}', '{\n  "a": 1,\n  "b": [\n    2\n  ]\n}',
+                     '{\n\n\t\t"a": 1, "b": []}', '{"a": 1, "b": [ ]}']:
+            assert accepts(grammar, text), text
+        for text in ['{"a":  1, "b": []}', '{\n\n\n"a": 1, "b": []}', '{\n' + " " * 21 + '"a": 1, "b": []}',
+                     '{"a": 1,\r\n"b": []}', ' {"a": 1, "b": []}', '{"a": 1, "b": []}\n']:
+            assert not accepts(grammar, text), text
+    compact = json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": False}})
+    assert accepts(compact, '{"a":1,"b":[2]}')
+    assert not accepts(compact, '{"a": 1, "b": [2]}')
+    own = json_schema_grammar({**schema, "x-guidance": {"whitespace_pattern": "[ ]{0,3}"}})
+    assert accepts(own, '{"a":   1, "b": []}')
+    assert not accepts(own, '{\n"a": 1, "b": []}')
