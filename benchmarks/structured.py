@@ -66,7 +66,7 @@ PROMPT = "List eight people with their name, age, city and email address, as JSO
 
 
 def example_document() -> str:
-    """A valid output of SCHEMA in a style the grammar allows (json.dumps's)."""
+    """A valid output of SCHEMA in the style the grammar generates (compact, ", " and ": ")."""
     people = [{"name": f"Person {index}", "age": 20 + index, "city": CITIES[index],
                "email": f"person{index}@example.com"} for index in range(8)]
     return json.dumps({"people": people})
@@ -267,7 +267,7 @@ def request_body(model: str, max_tokens: int, constrained: bool, index: int) -> 
 
 def check_constrained(url: str, model: str) -> None:
     """The server really applies the schema: a short output is the start of SCHEMA's JSON
-    (whitespace aside: both grammars let the model indent)."""
+    (whitespace aside: llama-server's grammar lets the model indent, ours is compact)."""
     body = {**request_body(model, 16, True, 0), "stream": False}
     body.pop("stream_options")
     text = httpx.post(url + "/v1/completions", json=body, timeout=300).json()["choices"][0]["text"]

@@ -4,9 +4,9 @@ and GBNF.
 Every function returns an llguidance grammar string (what ``llguidance.LLMatcher(tokenizer,
 grammar)`` takes), already validated, or raises ``GrammarError`` with a message fit for a
 400. A JSON schema is compiled as ``schema_bounds.bounded_schema`` rewrites it (closed
-objects, capped number digits) with ``schema_bounds.json_options`` (llama.cpp's whitespace:
-compact, ``json.dumps``'s style or pretty-printed, each run of it bounded; a schema's own
-``x-guidance`` options override that).
+objects, capped number digits) with ``schema_bounds.json_options`` (compact JSON in
+``json.dumps``'s style; a schema's own ``x-guidance`` options override that, whitespace
+runs bounded).
 
 Tool calls are written as literal JSON around each function's ``%json`` arguments schema
 (each schema stays the root of its own ``%json``, so its ``$ref``/``$defs`` resolve), so

@@ -14,13 +14,14 @@ keep a small model from running on until ``max_tokens``.
   exactly; a ``multipleOf`` of the schema's own bounds its fraction already). Bounded
   numbers are plain decimals (llguidance writes no exponent for a bounded range), where
   llama.cpp also allows an exponent of up to 16 digits.
-- **Whitespace runs are bounded** (``JSON_OPTIONS``, ``json_options``): JSON may be
-  written as models write it, compact, in ``json.dumps``'s style or pretty-printed (what
-  small instruct models do unprompted; forced into one style they ran on more often), but
-  each whitespace run is llama.cpp's ``space`` rule: one space, or one or two newlines and
-  at most 20 spaces or tabs, never llguidance's unbounded ``[ \t\n\r]+``. A schema whose
-  ``x-guidance`` says ``whitespace_flexible: false`` gets compact JSON; its own
-  ``whitespace_pattern`` or separators are taken as written.
+- **Whitespace runs are bounded** (``JSON_OPTIONS``, ``json_options``): JSON is written in
+  the compact style ``json.dumps`` prints (``{"a": 1, "b": [2, 3]}``: one space after
+  ``:`` and ``,``, no other whitespace). A schema whose ``x-guidance`` turns
+  ``whitespace_flexible`` on without its own ``whitespace_pattern`` gets llama.cpp's
+  ``space`` rule (one space, or one or two newlines and at most 20 spaces or tabs) for each
+  run, never llguidance's unbounded ``[ \t\n\r]+``; its own pattern or separators are
+  taken as written. (llama.cpp's own layout, flexible but bounded, as the default was
+  measured and not kept: see benchmarks/RESULTS.md, issue 27.)
 
 A schema's own constraints keep working: its tighter ``minimum`` / ``maximum`` stay, looser
 ones give way to the cap, its ``multipleOf`` stays. Values (``const``, ``enum``) are not
@@ -41,8 +42,8 @@ FRACTION_STEP = 1e-10
 BOUNDED_WHITESPACE = r"(?: |\n{1,2}[ \t]{0,20})"
 
 # llguidance's options for every JSON the grammars produce (a schema's "x-guidance" overrides).
-JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": True, "whitespace_pattern": BOUNDED_WHITESPACE,
-                                "item_separator": ",", "key_separator": ":"}
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
+                                "key_separator": ": "}
 
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")

@@ -137,22 +137,24 @@ def test_the_callers_schema_is_not_changed() -> None:
 
 
 def test_whitespace_runs_are_bounded() -> None:
-    """Compact, json.dumps's style and pretty-printed JSON are all accepted, but each run of
-    whitespace is llama.cpp's ``space`` rule (one space, or 1-2 newlines and <= 20 spaces or
-    tabs); with the schema's ``whitespace_flexible`` on or off, as it says."""
+    """Compact JSON by default; a schema that turns ``whitespace_flexible`` on gets
+    llama.cpp's ``space`` rule for each run (one space, or 1-2 newlines and <= 20 spaces or
+    tabs), not an unbounded one; its own pattern is taken as written."""
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "array"}},
               "required": ["a", "b"]}
-    flexible = {**schema, "x-guidance": {"whitespace_flexible": True}}
-    for grammar in (json_schema_grammar(schema), json_schema_grammar(flexible)):
-        for text in ['{"a":1,"b":[]}', '{"a": 1, "b": [true, 2]}', '{\n  "a": 1,\n  "b": [\n    2\n  ]\n}',
-                     '{\n\n\t\t"a": 1, "b": []}', '{"a": 1, "b": [ ]}']:
-            assert accepts(grammar, text), text
-        for text in ['{"a":  1, "b": []}', '{\n\n\n"a": 1, "b": []}', '{\n' + " " * 21 + '"a": 1, "b": []}',
-                     '{"a": 1,\r\n"b": []}', ' {"a": 1, "b": []}', '{"a": 1, "b": []}\n']:
-            assert not accepts(grammar, text), text
-    compact = json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": False}})
-    assert accepts(compact, '{"a":1,"b":[2]}')
-    assert not accepts(compact, '{"a": 1, "b": [2]}')
-    own = json_schema_grammar({**schema, "x-guidance": {"whitespace_pattern": "[ ]{0,3}"}})
+    default = json_schema_grammar(schema)
+    assert accepts(default, '{"a": 1, "b": [true, 2]}')
+    assert not accepts(default, '{"a":1,"b":[]}')
+    assert not accepts(default, '{\n  "a": 1, "b": []}')
+    flexible = json_schema_grammar({**schema, "x-guidance": {"whitespace_flexible": True,
+                                                             "item_separator": ",", "key_separator": ":"}})
+    for text in ['{"a":1,"b":[]}', '{"a": 1, "b": [true, 2]}', '{\n  "a": 1,\n  "b": [\n    2\n  ]\n}',
+                 '{\n\n\t\t"a": 1, "b": []}', '{"a": 1, "b": [ ]}']:
+        assert accepts(flexible, text), text
+    for text in ['{"a":  1, "b": []}', '{\n\n\n"a": 1, "b": []}', '{\n' + " " * 21 + '"a": 1, "b": []}',
+                 '{"a": 1,\r\n"b": []}', ' {"a": 1, "b": []}', '{"a": 1, "b": []}\n']:
+        assert not accepts(flexible, text), text
+    own_options = {"whitespace_pattern": "[ ]{0,3}", "item_separator": ",", "key_separator": ":"}
+    own = json_schema_grammar({**schema, "x-guidance": own_options})
     assert accepts(own, '{"a":   1, "b": []}')
     assert not accepts(own, '{\n"a": 1, "b": []}')
