@@ -18,7 +18,6 @@ from .families import (
     template_has_reasoning,
 )
 from .grammar import (
-    JSON_OPTIONS,
     GrammarError,
     ReasoningMode,
     gbnf_grammar,
@@ -30,6 +29,7 @@ from .grammar import (
 from .output import OutputFormat, OutputParser, offered_tool_names, parse_output
 from .reasoning import ReasoningSplitter, split_reasoning
 from .render import builtin_tool_messages, format_tool_calls, normalize_messages, tools_system_prompt
+from .schema_bounds import JSON_OPTIONS
 from .stream import ToolCallStreamParser, parse_tool_calls
 from .types import (
     ContentDelta,

@@ -3,10 +3,10 @@ and GBNF.
 
 Every function returns an llguidance grammar string (what ``llguidance.LLMatcher(tokenizer,
 grammar)`` takes), already validated, or raises ``GrammarError`` with a message fit for a
-400. JSON is generated in the compact style models write and ``json.dumps`` prints
-(``{"a": 1, "b": [2, 3]}``: one space after ``:`` and ``,``, no other whitespace), which
-keeps small models from drifting into endless whitespace; a schema's own ``x-guidance``
-options override that.
+400. A JSON schema is compiled as ``schema_bounds.bounded_schema`` rewrites it (closed
+objects, capped number digits) with ``schema_bounds.json_options`` (compact JSON in
+``json.dumps``'s style; a schema's own ``x-guidance`` options override that, whitespace
+runs bounded).
 
 Tool calls are written as literal JSON around each function's ``%json`` arguments schema
 (each schema stays the root of its own ``%json``, so its ``$ref``/``$defs`` resolve), so
@@ -22,26 +22,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal
 
 import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from .families import ToolFamily
 from .limits import check_grammar, check_schema, deep_call
-
-if TYPE_CHECKING:
-    from llguidance._lib import JsonCompileOptions
-
-# Defaults for every JSON the grammars produce (overridable per schema via "x-guidance").
-JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
-                                "key_separator": ": "}
+from .schema_bounds import bounded_schema, json_options
 
 
 def _compile_json(schema: Mapping[str, Any]) -> str:
-    options = cast("JsonCompileOptions", JSON_OPTIONS)
-    closed = closed_objects(schema)
-    return deep_call(lambda: llguidance.LLMatcher.grammar_from_json_schema(closed, defaults=options))
+    prepared = _with_options(schema)
+    return deep_call(llguidance.LLMatcher.grammar_from_json_schema, prepared)
 
 
 def _from_lark(lark: str) -> str:
@@ -71,47 +64,10 @@ def validate(grammar: str, tokenizer: llguidance.LLTokenizer | None = None) -> s
     return grammar
 
 
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SUBSCHEMAS = ("items", "additionalItems", "not", "if", "then", "else", "contains")
-
-
-def closed_objects(schema: Any) -> Any:
-    """A copy of ``schema`` where every object schema with ``properties`` and no word on
-    ``additionalProperties`` (or ``patternProperties``) admits no other keys, as llama.cpp's
-    grammars do: JSON Schema's default (any extra key) lets a small model wander into
-    invented keys until ``max_tokens``. A schema that allows extra keys says so."""
-    if isinstance(schema, list):
-        return [closed_objects(item) for item in schema]
-    if not isinstance(schema, Mapping):
-        return schema
-    closed = _with_closed_subschemas(schema)
-    if "properties" in closed and "additionalProperties" not in closed and "patternProperties" not in closed:
-        closed["additionalProperties"] = False
-    return closed
-
-
-def _with_closed_subschemas(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``schema`` whose subschemas went through ``closed_objects``."""
-    closed = dict(schema)
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(closed.get(key), list):
-            closed[key] = [closed_objects(item) for item in closed[key]]
-    for key in _SUBSCHEMA_MAPS:
-        if isinstance(closed.get(key), Mapping):
-            closed[key] = {name: closed_objects(item) for name, item in closed[key].items()}
-    for key in _SUBSCHEMAS:
-        if key in closed:
-            closed[key] = closed_objects(closed[key])
-    if isinstance(closed.get("additionalProperties"), Mapping):
-        closed["additionalProperties"] = closed_objects(closed["additionalProperties"])
-    return closed
-
-
 def _with_options(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema as compiled (``schema_bounds.bounded_schema``) with all its JSON options."""
     own = schema.get("x-guidance")
-    options = {**JSON_OPTIONS, **own} if isinstance(own, Mapping) else dict(JSON_OPTIONS)
-    return {**closed_objects(schema), "x-guidance": options}
+    return {**bounded_schema(schema), "x-guidance": json_options(own if isinstance(own, Mapping) else None)}
 
 
 def _json_rule(schema: Mapping[str, Any]) -> str:

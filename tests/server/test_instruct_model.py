@@ -92,3 +92,24 @@ def test_model_entries_say_what_each_engine_serves(bundled_server: ServerProcess
         assert model["context_length"] == 4096
     one = httpx.get(f"{bundled_server.base_url}/v1/models/{INSTRUCT_ENGINE}", timeout=TIMEOUT).json()
     assert one == models[0]
+
+
+NUMBER_QUESTIONS = ["What is the value of pi?", "What is one third as a decimal number?",
+                    "What is the yearly revenue of a small coffee company, in dollars?"]
+
+
+@pytest.mark.parametrize("question", NUMBER_QUESTIONS)
+def test_a_number_only_schema_finishes(bundled_server: ServerProcess, question: str) -> None:
+    """Number digits are capped as llama.cpp caps them (toolcalls.schema_bounds): at most 16
+    before the point and 10 after it, so a number-only answer ends well before max_tokens
+    (uncapped, greedy SmolLM2 can write digits until max_tokens)."""
+    number_only = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "number"}}}
+    answer = chat(bundled_server, "number-only", max_tokens=64, response_format=number_only,
+                  messages=[{"role": "user", "content": question}])
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    text = choice["message"]["content"]
+    value = json.loads(text)
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), text
+    whole, _, fraction = text.lstrip("-").partition(".")
+    assert len(whole) <= 16 and len(fraction) <= 10, text

@@ -3,9 +3,9 @@ openai SDK, LangChain, raw HTTP), on the default Gemma 3 270M: a base model that
 nothing of JSON schemas, so every valid output here is the grammar's doing.
 
 Outputs that finish with "stop" must parse and validate (``jsonschema``); schemas are
-bounded (maxLength, maxItems, enums, and ``multipleOf`` for non-integer numbers, whose
-digits llguidance does not cap: greedy, a small model can write "100.0000…" until
-max_tokens) and max_tokens generous, so each one finishes.
+bounded (maxLength, maxItems, enums, and ``multipleOf`` for non-integer numbers, short of
+the server's own digit cap, ``toolcalls.schema_bounds``) and max_tokens generous, so each
+one finishes.
 """
 from __future__ import annotations
 
