@@ -386,12 +386,14 @@ def test_out_of_range_integers_are_400_naming_the_field(hardened: ServerProcess,
     assert response.json()["error"]["param"] == field
 
 
-@pytest.mark.parametrize("prompt", [[-1], [5, 262144], [2**31 - 1], [[7], [-2233877, 8189905]]])
+@pytest.mark.parametrize("prompt", [[-1], [5, 262144], [2**31 - 1], [[7], [-2233877, 8189905]],
+                                    [-1, "a"], [2**31, "a"], ["a", [3, 2**40]]])
 @pytest.mark.parametrize("echo", [False, True])
 def test_token_ids_outside_the_vocabulary_are_400(hardened: ServerProcess, prompt: list,
                                                   echo: bool) -> None:
     """An id libllama does not know aborted the whole process (std::out_of_range in
-    token_to_piece, found by the fuzz run): now a 400 naming prompt."""
+    token_to_piece, found by the fuzz run): now a 400 naming prompt, in llama-server's mixed
+    prompts (ids and texts) too."""
     body = {"model": ENGINE, "prompt": prompt, "max_tokens": 1, "echo": echo}
     response = httpx.post(f"{hardened.base_url}/v1/completions", json=body, timeout=SETTLE_S)
     assert response.status_code == 400, response.text

@@ -29,8 +29,9 @@ BiasTarget = Annotated[int, Field(ge=0, le=INT32_MAX)] | Annotated[str, Field(mi
                                                                            max_length=MAX_BIAS_TEXT)]
 BiasPair = Annotated[tuple[BiasTarget, Bias], Field(strict=False)]  # JSON's [target, bias] list
 LogitBias = dict[str, Bias] | list[BiasPair]
-# One prompt's pieces: token ids, and texts tokenized where they stand.
-PromptPieces = list[Annotated[int, Field(ge=0, le=INT32_MAX)] | str]
+# One prompt's pieces: token ids, and texts tokenized where they stand. Ids are checked
+# against the vocabulary where the prompt is taken (AsyncEngine.generate: a 400 naming prompt).
+PromptPieces = list[int | str]
 Prompt = str | PromptPieces | list[str | PromptPieces]
 
 
