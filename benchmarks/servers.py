@@ -59,6 +59,7 @@ class ServerSpec:
     port: int
     health_path: str = "/health"
     env: tuple[tuple[str, str], ...] = ()  # added to the environment (e.g. KOLOSAL_LIBLLAMA)
+    cwd: Path | None = None  # where it starts (``python -m`` imports from there first)
 
     @property
     def url(self) -> str:
@@ -92,11 +93,13 @@ def kolosal_spec(settings: ServerSettings, name: str = "kolosal", extra: tuple[s
     if checkout is not None:
         env += (("PYTHONPATH", str(checkout)),)
     port = free_port()
+    # ``python -m kolosal`` imports the package from its working directory before PYTHONPATH:
+    # a checkout's server starts there, or it would run this copy's code.
     return ServerSpec(name, (*launcher, "--model", str(settings.model), "--host", HOST,
                              "--port", str(port), "--threads", str(settings.threads),
                              "--n-ctx", str(settings.n_ctx), "--parallel", str(settings.parallel),
                              "--engine-id", "bench", "--log-level", "warning", *extra), "bench", port,
-                      env=env)
+                      env=env, cwd=checkout)
 
 
 def llama_server_spec(settings: ServerSettings, binary: Path, spec_type: str | None = None) -> ServerSpec:
@@ -175,12 +178,12 @@ def wait_healthy(spec: ServerSpec, process: subprocess.Popen[bytes], timeout_s: 
 
 def start_process(spec: ServerSpec, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """Start the server with its output (stdout and stderr) appended to ``log_path``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(spec.env)}
     if log_path is None:
         return subprocess.Popen(spec.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **dict(spec.env)})
+                                env=env, cwd=spec.cwd)
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **dict(spec.env)})
+        return subprocess.Popen(spec.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=spec.cwd)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
