@@ -316,8 +316,9 @@ class EmbeddingLoop(WorkerThread[EmbeddingJob]):
             job.remaining -= 1
             if job.remaining == 0 and not job.done:
                 finished.append(job)
-        self._deliver([(job, job.vectors) for job in finished if job.vectors is not None])
+        # the stats first: a client that has its vectors sees the queue without its inputs
         self._record(plan, time.perf_counter() - started, len(finished))
+        self._deliver([(job, job.vectors) for job in finished if job.vectors is not None])
 
     def _fail(self, jobs: set[EmbeddingJob], error: Exception) -> None:
         jobs = {job for job in jobs if not job.done}
