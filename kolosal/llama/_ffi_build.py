@@ -22,8 +22,11 @@ NATIVE_DIR = Path(os.environ.get("KOLOSAL_NATIVE_DIR", Path(__file__).resolve().
 CDEF_PATH = NATIVE_DIR / "llama_cdef.h"
 HELPERS_PATH = NATIVE_DIR / "kolosal_helpers.c"
 # -fno-trapping-math: lets the compiler turn the helpers' float compares into vector selects
-# (nothing here relies on floating-point traps).
-STRICT_FLAGS = ["-O3", "-fno-trapping-math", "-Werror=incompatible-pointer-types",
+# (nothing here relies on floating-point traps). -fno-wrapv undoes the -fwrapv that Python's
+# own CFLAGS add to every extension: with it gcc does not vectorize the exp polynomial
+# (measured: the sum of exponentials over a 262k row 0.09 ms without, 0.47 ms with); nothing
+# here relies on signed overflow wrapping.
+STRICT_FLAGS = ["-O3", "-fno-trapping-math", "-fno-wrapv", "-Werror=incompatible-pointer-types",
                 "-Werror=int-conversion", "-Werror=implicit-function-declaration", "-Werror=return-type"]
 NATIVE_FLAG = "-march=native"  # not for a portable build: its module may move to another CPU
 
@@ -55,6 +58,7 @@ def module_key(lib_dir: Path, include_dir: Path) -> str:
             digest.update(path.read_bytes() if path.suffix in (".h", ".c")
                           else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(sys.version.encode())
+    digest.update(" ".join(STRICT_FLAGS).encode())
     if not is_portable(lib_dir):  # compiled -march=native: made on another CPU, it may not run here
         digest.update(" ".join(sorted(host_cpu_features())).encode())
     digest.update((sysconfig.get_config_var("EXT_SUFFIX") or "").encode())
