@@ -522,6 +522,50 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
     return chosen;
 }
 
+/* The greedy token of each of n output rows of the last decode: the best logit, the lowest
+ * id on ties (llama_sampler_init_greedy's rule). One pass a row: each lane keeps its best
+ * value and the first token that had it; the lanes then agree on the lowest id. A row
+ * without logits gets -1. */
+void kolosal_argmax_rows(struct llama_context * ctx, int32_t n_vocab, const int32_t * rows,
+                         int32_t n, int32_t * out) {
+    for (int32_t r = 0; r < n; ++r) {
+        const float * logits = llama_get_logits_ith(ctx, rows[r]);
+        if (logits == NULL) {
+            out[r] = -1;
+            continue;
+        }
+        float best[LANES];
+        int32_t at[LANES];
+        for (int32_t i = 0; i < LANES; ++i) {
+            best[i] = -INFINITY;
+            at[i] = i;
+        }
+        int32_t token = 0;
+        for (; token + LANES <= n_vocab; token += LANES) {
+            for (int32_t i = 0; i < LANES; ++i) {
+                const int32_t better = logits[token + i] > best[i];
+                best[i] = better ? logits[token + i] : best[i];
+                at[i] = better ? token + i : at[i];
+            }
+        }
+        float max = best[0];
+        int32_t chosen = at[0];
+        for (int32_t i = 1; i < LANES; ++i) {
+            if (best[i] > max || (best[i] == max && at[i] < chosen)) {
+                max = best[i];
+                chosen = at[i];
+            }
+        }
+        for (; token < n_vocab; ++token) {
+            if (logits[token] > max) {
+                max = logits[token];
+                chosen = token;
+            }
+        }
+        out[r] = chosen;
+    }
+}
+
 /* llguidance's tokenize callback (LlgTokenizeFn in its C ABI) over libllama's tokenizer:
  * user_data is the model's llama_vocab. Text only (no BOS, special tokens not parsed), as
  * llguidance asks; returns the number of tokens the text takes, writing at most out_len.

@@ -118,7 +118,7 @@ class StatsRecorder:
         return {"slots_busy": len(scheduler.running), "queue_depth": len(scheduler.waiting),
                 "kv_cells_used": scheduler.kv.cells_used(),
                 "kv_cells_cached": scheduler.kv.cells_cached(),
-                **asdict(scheduler.counters), **asdict(scheduler.speculation.counters)}
+                **_flat(scheduler.counters), **_flat(scheduler.speculation.counters)}
 
     def record_idle(self, scheduler: Scheduler) -> None:
         prefill, decode = self._window.rates(time.monotonic())
@@ -160,3 +160,9 @@ class StatsRecorder:
 
     def record_cancel(self) -> None:
         self.snapshot = replace(self.snapshot, requests_cancelled=self.snapshot.requests_cancelled + 1)
+
+
+def _flat(counters: Any) -> dict[str, Any]:
+    """A slotted dataclass of plain numbers as a dict, per step: ``dataclasses.asdict``
+    deep-copies field by field and cost ~0.1 ms of every step."""
+    return {name: getattr(counters, name) for name in counters.__slots__}
