@@ -566,6 +566,14 @@ void kolosal_argmax_rows(struct llama_context * ctx, int32_t n_vocab, const int3
     }
 }
 
+/* libllama's abort callback (llama_context_params.abort_callback): ggml's CPU backend asks it
+ * before each graph node, so a decode stops within one node of the flag being set, and
+ * llama_decode returns 2 with that batch's new positions removed. `flag` is an int32 the
+ * context owns; any thread may set it (Context.interrupt). */
+bool kolosal_interrupt_requested(void * flag) {
+    return __atomic_load_n((const int32_t *) flag, __ATOMIC_RELAXED) != 0;
+}
+
 /* llguidance's tokenize callback (LlgTokenizeFn in its C ABI) over libllama's tokenizer:
  * user_data is the model's llama_vocab. Text only (no BOS, special tokens not parsed), as
  * llguidance asks; returns the number of tokens the text takes, writing at most out_len.

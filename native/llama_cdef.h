@@ -263,6 +263,7 @@ void kolosal_batch_fill(struct llama_batch * batch, int32_t n_tokens, const llam
 float kolosal_logprobs(const float * logits, int32_t n_vocab, int32_t k, int32_t * top_ids, float * top_logprobs);
 void kolosal_apply_token_mask(float * logits, int32_t n_vocab, const uint32_t * mask);
 void kolosal_argmax_rows(struct llama_context * ctx, int32_t n_vocab, const int32_t * rows, int32_t n, int32_t * out);
+bool kolosal_interrupt_requested(void * flag);
 typedef struct kolosal_candidate { float logit; int32_t id; } kolosal_candidate;
 int32_t kolosal_sample(float * logits, int32_t n_vocab,
                        const int32_t * penalty_ids, const int32_t * penalty_counts, int32_t n_penalty,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import EngineStoppedError, InferenceError
+from .interrupts import StepInterrupts
 from .kv_cache import KVMemory
 from .plan import Emission, StepOutput, StepPlan
 from .request import ErrorEvent, Event, EventSink, FinishEvent, Request, SamplerLike, SamplingParams
@@ -21,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 class ContextLike(KVMemory, Protocol):
     n_ctx: int
+
+    def interrupt(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 class VocabLike(Protocol):
@@ -52,6 +57,9 @@ class StepResultLike(Protocol):
 
     @property
     def no_kv_slot(self) -> bool: ...
+
+    @property
+    def stopped(self) -> bool: ...
 
     @property
     def status_name(self) -> str: ...
@@ -94,6 +102,7 @@ class EngineThread(WorkerThread[Command]):
                                    is_eog=runner.vocab.is_eog, clock=time.monotonic,
                                    policy=runner.policy)
         self.stats = StatsRecorder(slots_total=n_parallel, kv_cells_total=context.n_ctx)
+        self.interrupts = StepInterrupts(context.interrupt, context.resume)
         self._has_deadlines = False  # skip the deadline scan until a request brings one
         self._plan: StepPlan | None = None  # the step in progress, to fail it whole if it breaks
 
@@ -112,6 +121,11 @@ class EngineThread(WorkerThread[Command]):
 
     def abort(self, request: Request) -> None:
         self.send(AbortRequest(request))
+
+    def interrupt_step(self) -> None:
+        """A tenant with nothing in flight here just submitted beside others: stop the step
+        in flight if it may be stopped (``interrupts.py``)."""
+        self.interrupts.request()
 
     def snapshot(self) -> EngineStats:
         return self.stats.snapshot
@@ -169,8 +183,9 @@ class EngineThread(WorkerThread[Command]):
         self._release(request)
 
     def _step(self) -> None:
-        """Expire overdue requests, plan, run the step, commit its outcome (or shrink the
-        batch after "no KV slot", or fail its requests after a decode error), emit, record."""
+        """Expire overdue requests, plan, run the step, commit its outcome (or plan it again
+        after a newcomer stopped it, or shrink the batch after "no KV slot", or fail its
+        requests after a decode error), emit, record."""
         started = time.perf_counter()
         if self._has_deadlines:
             self._emit(self.scheduler.expire())
@@ -179,11 +194,16 @@ class EngineThread(WorkerThread[Command]):
             self.stats.record_idle(self.scheduler)
             return
         scheduled_at = time.perf_counter()
+        self.interrupts.arm(plan.num_decode_rows > 0)
         result = self.runner.run(plan)
+        self.interrupts.disarm(result.decode_s, result.stopped)
         ran_at = time.perf_counter()
         if result.ok:
             emissions = self.scheduler.update(plan, result.output)
             self.scheduler.speculation.observe(plan, result.decode_s)
+        elif result.stopped:  # for a newcomer (interrupts.py): nothing committed, planned again
+            self.scheduler.counters.stopped_steps += 1
+            emissions = []
         elif result.no_kv_slot:
             logger.warning("no KV slot for a %d-token batch: shrinking and retrying", plan.num_tokens)
             self.scheduler.on_no_kv_slot(plan)

@@ -47,6 +47,11 @@ class StepResult:
         return self.status == DecodeStatus.NO_KV_SLOT
 
     @property
+    def stopped(self) -> bool:
+        """Interrupted on purpose (``interrupts.py``): nothing of it remains."""
+        return self.status == DecodeStatus.ABORTED
+
+    @property
     def status_name(self) -> str:
         return self.status.name
 

@@ -55,6 +55,7 @@ class SchedulerCounters:
     forked_choices: int = 0        # n > 1 choices that reused their group's prefill
     prefix_copies: int = 0         # requests that took a prefix from another slot's KV
     prefix_copied_tokens: int = 0
+    stopped_steps: int = 0         # steps stopped for a newcomer (interrupts.py), planned again
 
 
 class Scheduler:

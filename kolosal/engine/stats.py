@@ -92,6 +92,7 @@ class EngineStats:
     forked_choices: int = 0         # n > 1 choices that reused their group's computed prompt
     prefix_copies: int = 0          # requests that took a prefix from another slot's KV cells
     prefix_copied_tokens: int = 0   # ... and how many tokens those prefixes held
+    stopped_steps: int = 0          # decode steps stopped for a newcomer tenant, planned again
     spec_draft_tokens: int = 0      # speculative decoding: draft tokens verified
     spec_accepted_tokens: int = 0   # ... and accepted (each saves a decode step)
     padding_rows: int = 0           # rows added only because they made a step cheaper

@@ -111,6 +111,9 @@ class Context:
         c_params.type_k = self._ggml_type(self.params.type_k)
         c_params.type_v = self._ggml_type(self.params.type_v)
         c_params.no_perf = True
+        self._interrupt = self._ffi.new("int32_t *")  # read by kolosal_interrupt_requested
+        c_params.abort_callback = self._ffi.addressof(self._lib, "kolosal_interrupt_requested")
+        c_params.abort_callback_data = self._interrupt
         c_params.embeddings = self.params.embeddings
         if self.params.pooling is not None:
             c_params.pooling_type = POOLING[self.params.pooling]
@@ -157,6 +160,16 @@ class Context:
         if code < -1:
             raise DecodeError(f"llama_decode failed with code {code}")
         return DecodeStatus(code)
+
+    def interrupt(self) -> None:
+        """Stop the decode in flight (or the next one) at its next graph node: it returns
+        DecodeStatus.ABORTED and libllama removes that batch's new positions. Any thread;
+        ggml's CPU backend honours it (a GPU graph runs to its end). ``resume`` clears it."""
+        self._interrupt[0] = 1
+
+    def resume(self) -> None:
+        """Let decodes run to their end again (clears ``interrupt``)."""
+        self._interrupt[0] = 0
 
     def set_adapters(self, adapters: Sequence[tuple[LoraAdapter, float]]) -> None:
         """Apply these LoRA adapters at these scales to every later decode of this context

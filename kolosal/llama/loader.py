@@ -110,6 +110,12 @@ def _import_module(lib_dir: Path) -> Any:
     return module
 
 
+# What libllama logs (as errors and warnings) about a decode we stopped on purpose
+# (Context.interrupt; GGML_STATUS_ABORTED is 1): expected, so debug lines.
+_INTERRUPTED = ("failed to compute graph, compute status: 1", "removing memory module entries",
+                "graph_compute_async failed with error 1", "failed to decode, ret = 2")
+
+
 def _install_callbacks(ffi: Any) -> None:
     pending: list[str] = []
     pending_level = [logging.INFO]
@@ -124,7 +130,8 @@ def _install_callbacks(ffi: Any) -> None:
             line = "".join(pending).rstrip()
             pending.clear()
             if line:
-                logger.log(pending_level[0], "%s", line)
+                quiet = any(text in line for text in _INTERRUPTED)
+                logger.log(logging.DEBUG if quiet else pending_level[0], "%s", line)
 
     def _progress(progress: float, user_data: Any) -> bool:
         callback = ffi.from_handle(user_data)

@@ -36,6 +36,12 @@ class FakeMemory:
 class FakeContext(FakeMemory):
     n_ctx = 12
 
+    def interrupt(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
 
 class FakeVocab:
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
@@ -50,6 +56,7 @@ class FakeResult:
     output: StepOutput
     ok: bool = True
     no_kv_slot: bool = False
+    stopped: bool = False
     status_name: str = "OK"
     decode_s: float = 0.0
     sample_s: float = 0.0
