@@ -9,7 +9,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from .engine_thread import EngineThread
 from .errors import ContextLengthExceededError, EngineStoppedError, InvalidRequestError, ModelLoadFailedError
 from .heap import trim_heap
 from .holders import Holders
+from .interrupts import TenantsInFlight
 from .request import (
     ANONYMOUS,
     ErrorEvent,
@@ -241,7 +241,7 @@ class GenerationEngine(AsyncEngine):
         self._lora = runner.lora
         self._engine_thread = EngineThread(runner, config.resolved_parallel, runner.context.n_batch,
                                            config.max_queue, config.engine_id)
-        self._in_flight: Counter[str] = Counter()  # tenant -> generate() calls under way
+        self._in_flight = TenantsInFlight()
         super().__init__(config, runner, self._engine_thread, holders, "generation")
 
     def _open_generation(self) -> ModelRunner:
@@ -328,10 +328,8 @@ class GenerationEngine(AsyncEngine):
             fork.fork_of = leader
             leader.forks.append(fork)
         engine_thread.submit(leader)
-        tenant = tenancy.tenant
-        if not self._in_flight[tenant] and self._in_flight:
+        if self._in_flight.arrive(tenancy.tenant):
             engine_thread.interrupt_step()  # its first request beside others' (interrupts.py)
-        self._in_flight[tenant] += 1
         unfinished = set(range(n))
         self.holders.hold()
         try:
@@ -341,9 +339,7 @@ class GenerationEngine(AsyncEngine):
                     unfinished.discard(index)
                 yield index, event
         finally:
-            self._in_flight[tenant] -= 1
-            if not self._in_flight[tenant]:
-                del self._in_flight[tenant]
+            self._in_flight.leave(tenancy.tenant)
             self.holders.release()
             for index in unfinished:
                 engine_thread.abort(members[index])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 
 from .request import QueueKey, Request
@@ -96,6 +97,27 @@ def fair_share(tenants: dict[str, float], num_slots: int) -> dict[str, float]:
     """Slots per tenant, split by weight between ``tenants`` (name -> weight)."""
     total = sum(tenants.values())
     return {name: num_slots * weight / total for name, weight in tenants.items()} if total else {}
+
+
+def admission_order(running: list[Request], waiting: FairQueue, num_slots: int) -> list[Request]:
+    """The waiting requests in the order admission tries them: the queue's, except that
+    within a priority class the requests of tenants below their fair share of the slots
+    come first. With the slots full only those may take one (``unfair_victim``), and
+    admission stops at the first request that can neither find nor take a slot: a tenant
+    at its share whose requests lead the line (a wave of them freed at once, or its
+    preempted ones, which keep their early places) would hold the others below theirs
+    until its own requests finish. One tenant: the queue's order as it is."""
+    queued = list(waiting)
+    tenants = {member.tenancy.tenant for member in queued}
+    if not queued or len(tenants | {member.tenancy.tenant for member in running}) < 2:
+        return queued
+    weights: dict[str, float] = {}
+    for member in (*running, *queued):
+        weights[member.tenancy.tenant] = max(weights.get(member.tenancy.tenant, 0.0), member.tenancy.weight)
+    shares = fair_share(weights, num_slots)
+    held = Counter(member.tenancy.tenant for member in running)
+    return sorted(queued, key=lambda member: (member.tenancy.priority,
+                                              held[member.tenancy.tenant] >= shares[member.tenancy.tenant]))
 
 
 def unfair_victim(running: list[Request], waiting: FairQueue, request: Request,

@@ -20,6 +20,7 @@ Bounds, so the tenants already decoding keep their throughput:
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 MIN_STEP_S = 0.05
@@ -61,3 +62,22 @@ class StepInterrupts:
         with self._lock:
             if self._armed:
                 self._interrupt()
+
+
+class TenantsInFlight:
+    """Which tenants have requests under way on an engine (its event loop's view): a
+    tenant's first one beside others' is a newcomer's, the one that may stop a step."""
+
+    def __init__(self) -> None:
+        self._count: Counter[str] = Counter()
+
+    def arrive(self, tenant: str) -> bool:
+        """Count a request in; True when its tenant had none in flight while others did."""
+        newcomer = not self._count[tenant] and bool(self._count)
+        self._count[tenant] += 1
+        return newcomer
+
+    def leave(self, tenant: str) -> None:
+        self._count[tenant] -= 1
+        if not self._count[tenant]:
+            del self._count[tenant]

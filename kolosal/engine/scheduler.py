@@ -16,7 +16,7 @@ from .adapters import AdapterTurns
 from .choices import detach_forks, holds_share, over_share_victim, split_group
 from .detokenizer import Detokenizer
 from .errors import DeadlineExceededError, EngineError, InvalidGrammarError
-from .fair_queue import FairQueue, first_prompts, unfair_victim
+from .fair_queue import FairQueue, admission_order, first_prompts, unfair_victim
 from .kv_cache import KVCache, KVMemory
 from .plan import Emission, PlanBuilder, StepOutput, StepPlan
 from .request import (
@@ -219,7 +219,7 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Waiting requests into free slots, in the fair queue's order (see ``schedule``)."""
-        for request in list(self.waiting):
+        for request in admission_order(self.running, self.waiting, self.kv.slots.num_slots):
             if not self._free_slots_for(request):
                 if holds_share(self.running, request, self.kv.slots.num_slots):
                     continue  # its client request has its share: those behind it may pass

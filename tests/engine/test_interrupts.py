@@ -12,7 +12,7 @@ import pytest
 from kolosal.engine import EngineConfig, EngineRegistry, FinishEvent, SamplingParams, Tenancy, TokenEvent
 from kolosal.engine import interrupts as interrupts_module
 from kolosal.engine.engine_thread import EngineThread
-from kolosal.engine.interrupts import StepInterrupts
+from kolosal.engine.interrupts import StepInterrupts, TenantsInFlight
 from kolosal.engine.plan import StepOutput, StepPlan
 from kolosal.engine.request import Request
 
@@ -151,3 +151,16 @@ async def test_a_stopped_decode_leaves_no_trace(registry: EngineRegistry, model_
         assert_same_or_near_tie(reference, text, prompt)
     for text in newcomers:
         assert_same_or_near_tie(references[-1], text, newcomer_prompt)
+
+
+def test_a_newcomer_is_a_tenant_first_request_beside_others() -> None:
+    tenants = TenantsInFlight()
+    assert not tenants.arrive("a")  # alone: nothing to stop
+    assert not tenants.arrive("a")  # a tenant with a request in flight waits its turn
+    assert tenants.arrive("b")
+    tenants.leave("b")
+    assert tenants.arrive("b")  # again once its requests are done
+    tenants.leave("a")
+    tenants.leave("a")
+    tenants.leave("b")
+    assert not tenants.arrive("c")
