@@ -12,18 +12,23 @@ newcomer's prompt step first; the stopped rows are computed again in the step af
 Bounds, so the tenants already decoding keep their throughput:
 - only a step with decode rows whose previous completed decode took at least
   ``MIN_STEP_S`` (a GPU's steps are shorter, and its graphs do not stop anyway);
-- never the step right after a stopped one, so a stream of newcomers costs the running
-  tenants at most every other step;
+- only in the first ``STOP_WITHIN`` of its expected time (the previous step's): a step
+  further on is let finish, the newcomer waiting for at most that share of a step, so a
+  stop throws away at most that share of the running tenants' work (a quarter on average);
+- never the step right after a stopped one, so even a stream of newcomers costs the
+  running tenants at most half of every other step;
 - only one tenant's first arrival stops a step: a tenant with a request in flight waits
   for its turn as before, and with one tenant (no keys) nothing ever stops.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
 MIN_STEP_S = 0.05
+STOP_WITHIN = 0.5
 
 
 class StepInterrupts:
@@ -35,6 +40,7 @@ class StepInterrupts:
         self._interrupt, self._resume = interrupt, resume
         self._lock = threading.Lock()
         self._armed = False
+        self._armed_at = 0.0
         self._last_decode_s = 0.0
         self._last_stopped = False
 
@@ -46,6 +52,7 @@ class StepInterrupts:
             self._resume()
             self._armed = (has_decode_rows and not self._last_stopped
                            and self._last_decode_s >= MIN_STEP_S)
+            self._armed_at = time.perf_counter()
 
     def disarm(self, decode_s: float, stopped: bool) -> None:
         """After the decode: ``stopped`` when it returned ABORTED."""
@@ -57,10 +64,10 @@ class StepInterrupts:
 
     # -- any thread -------------------------------------------------------------------------
     def request(self) -> None:
-        """Stop the step in flight if it is armed (else nothing: the next step is planned
-        with the newcomer anyway)."""
+        """Stop the step in flight if it is armed and not far along (else nothing: the next
+        step is planned with the newcomer anyway)."""
         with self._lock:
-            if self._armed:
+            if self._armed and time.perf_counter() - self._armed_at < STOP_WITHIN * self._last_decode_s:
                 self._interrupt()
 
 

@@ -4,6 +4,7 @@ real model: a stopped step leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,25 @@ def test_only_a_decode_step_after_a_long_completed_one_may_be_stopped() -> None:
     assert r.calls.count("resume") == 6  # every arm clears what an earlier request left
 
 
+def test_a_step_past_half_its_expected_time_is_let_finish() -> None:
+    r = Recorder()
+    r.policy.arm(True)
+    r.policy.disarm(0.02, stopped=False)  # a 20 ms step (MIN_STEP_S patched below)
+    original = interrupts_module.MIN_STEP_S
+    interrupts_module.MIN_STEP_S = 0.0
+    try:
+        r.policy.arm(True)
+        time.sleep(0.011)  # past half of the 20 ms the previous step took
+        r.policy.request()
+        assert r.stops() == 0
+        r.policy.disarm(0.02, stopped=False)
+        r.policy.arm(True)
+        r.policy.request()  # at once: within the first half
+        assert r.stops() == 1
+    finally:
+        interrupts_module.MIN_STEP_S = original
+
+
 def test_a_request_between_steps_stops_nothing() -> None:
     r = Recorder()
     r.policy.arm(True)
@@ -110,9 +130,9 @@ def test_a_stopped_step_commits_nothing_and_is_planned_again() -> None:
 
 @pytest.mark.model
 async def test_a_stopped_decode_leaves_no_trace(registry: EngineRegistry, model_path: Path) -> None:
-    """Stopped steps (forced: a newcomer stops the step in flight whatever its length) give
-    the same greedy texts as runs where nothing stops, up to near ties; the engine ends
-    idle."""
+    """Stopped steps (forced: a newcomer stops the step in flight whatever its length and
+    progress) give the same greedy texts as runs where nothing stops, up to near ties; the
+    engine ends idle."""
     flood_prompts = ["def fibonacci(n):", "In 1969, astronauts", "The quick brown fox"]
     newcomer_prompt = "Water boils at"
     config = EngineConfig("stops", str(model_path), n_ctx=2048, n_parallel=8)
@@ -120,8 +140,8 @@ async def test_a_stopped_decode_leaves_no_trace(registry: EngineRegistry, model_
         alone = [await run(engine, p, greedy(FLOOD_TOKENS, logprobs=TOP_LOGPROBS)) for p in flood_prompts]
         alone.append(await run(engine, newcomer_prompt, greedy(NEWCOMER_TOKENS, logprobs=TOP_LOGPROBS)))
         references = [engine_steps(r.logprobs, engine.token_piece) for r in alone]
-    original = interrupts_module.MIN_STEP_S
-    interrupts_module.MIN_STEP_S = 0.0
+    original = interrupts_module.MIN_STEP_S, interrupts_module.STOP_WITHIN
+    interrupts_module.MIN_STEP_S, interrupts_module.STOP_WITHIN = 0.0, 1e9
     try:
         async with loaded(registry, EngineConfig("stops-2", str(model_path), n_ctx=2048,
                                                  n_parallel=8)) as engine:
@@ -146,7 +166,7 @@ async def test_a_stopped_decode_leaves_no_trace(registry: EngineRegistry, model_
             assert stats["stopped_steps"] >= 1
             assert stats["slots_busy"] == 0
     finally:
-        interrupts_module.MIN_STEP_S = original
+        interrupts_module.MIN_STEP_S, interrupts_module.STOP_WITHIN = original
     for prompt, reference, text in zip(flood_prompts, references[:-1], texts, strict=True):
         assert_same_or_near_tie(reference, text, prompt)
     for text in newcomers:
