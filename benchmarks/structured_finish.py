@@ -99,8 +99,9 @@ def judge(index: int, response: dict[str, Any]) -> Outcome:
 
 
 async def run_set(url: str, model: str, sampling: str, seed: int, max_tokens: int,
-                  concurrency: int) -> list[Outcome]:
-    cases = schemas()
+                  concurrency: int, x_guidance: dict[str, Any] | None = None) -> list[Outcome]:
+    cases = [(name, {**schema, "x-guidance": x_guidance} if x_guidance else schema, prompt)
+             for name, schema, prompt in schemas()]
     outcomes: list[Outcome | None] = [None] * len(cases)
     indices = iter(range(len(cases)))
     async with httpx.AsyncClient(base_url=url, timeout=900) as client:
@@ -157,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--servers", default="kolosal,llama-server")
     parser.add_argument("--llama-server", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/structured_finish"))
+    parser.add_argument("--x-guidance", type=json.loads, default=None,
+                        help='llguidance JSON options added to every schema sent to our server, '
+                             'e.g. \'{"whitespace_flexible": true}\'')
     return parser.parse_args(argv)
 
 
@@ -184,7 +188,8 @@ def main() -> None:
         with running(spec, args.out / f"{spec.name}.log") as url:
             runs[spec.name] = [asyncio.run(run_set(url, spec.model_id, args.sampling,
                                                    args.seed + 100 * repeat, args.max_tokens,
-                                                   args.concurrency))
+                                                   args.concurrency,
+                                                   args.x_guidance if spec.name == "kolosal" else None))
                                for repeat in range(args.repeats)]
     text = report(runs)
     print(text)

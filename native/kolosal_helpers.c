@@ -523,9 +523,9 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
 }
 
 /* The greedy token of each of n output rows of the last decode: the best logit, the lowest
- * id on ties (llama_sampler_init_greedy's rule). One pass a row: each lane keeps its best
- * value and the first token that had it; the lanes then agree on the lowest id. A row
- * without logits gets -1. */
+ * id on ties (llama_sampler_init_greedy's rule). Two vectorized passes a row: the max, then
+ * the first block of 16 that holds it (the row is in cache by then). A row without logits
+ * gets -1. */
 void kolosal_argmax_rows(struct llama_context * ctx, int32_t n_vocab, const int32_t * rows,
                          int32_t n, int32_t * out) {
     for (int32_t r = 0; r < n; ++r) {
@@ -534,32 +534,18 @@ void kolosal_argmax_rows(struct llama_context * ctx, int32_t n_vocab, const int3
             out[r] = -1;
             continue;
         }
-        float best[LANES];
-        int32_t at[LANES];
-        for (int32_t i = 0; i < LANES; ++i) {
-            best[i] = -INFINITY;
-            at[i] = i;
-        }
+        const float max = row_max(logits, n_vocab);
+        int32_t chosen = 0;
         int32_t token = 0;
-        for (; token + LANES <= n_vocab; token += LANES) {
-            for (int32_t i = 0; i < LANES; ++i) {
-                const int32_t better = logits[token + i] > best[i];
-                best[i] = better ? logits[token + i] : best[i];
-                at[i] = better ? token + i : at[i];
+        for (; token + 16 <= n_vocab; token += 16) {
+            const uint32_t mask = at_least_mask16(logits + token, max);
+            if (mask) {
+                chosen = token + __builtin_ctz(mask);
+                break;
             }
         }
-        float max = best[0];
-        int32_t chosen = at[0];
-        for (int32_t i = 1; i < LANES; ++i) {
-            if (best[i] > max || (best[i] == max && at[i] < chosen)) {
-                max = best[i];
-                chosen = at[i];
-            }
-        }
-        for (; token < n_vocab; ++token) {
-            if (logits[token] > max) {
-                max = logits[token];
-                chosen = token;
+        if (token + 16 > n_vocab) {
+            for (chosen = token; chosen < n_vocab - 1 && !(logits[chosen] >= max); ++chosen) {
             }
         }
         out[r] = chosen;
