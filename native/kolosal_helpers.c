@@ -544,8 +544,10 @@ void kolosal_argmax_rows(struct llama_context * ctx, int32_t n_vocab, const int3
                 break;
             }
         }
-        if (token + 16 > n_vocab) {
-            for (chosen = token; chosen < n_vocab - 1 && !(logits[chosen] >= max); ++chosen) {
+        if (token + 16 > n_vocab) {   /* no full block held it: the max is in the tail */
+            chosen = token;
+            while (chosen < n_vocab - 1 && !(logits[chosen] >= max)) {
+                ++chosen;
             }
         }
         out[r] = chosen;

@@ -216,8 +216,9 @@ class Context:
         return pointer
 
     def argmax_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Greedy tokens for these batch rows, one C pass a row with the GIL released (ties
-        go to the lowest token id, as in llama_sampler_init_greedy)."""
+        """Greedy tokens for these batch rows, computed in C (``kolosal_argmax_rows``: two
+        vectorized passes a row) with the GIL released; ties go to the lowest token id, as
+        in llama_sampler_init_greedy."""
         wanted = np.ascontiguousarray(rows, dtype=np.int32)
         tokens = np.empty(len(wanted), dtype=np.int32)
         self._lib.kolosal_argmax_rows(self.ptr, self.n_vocab, self._ffi.from_buffer("int32_t[]", wanted),
