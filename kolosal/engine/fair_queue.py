@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .request import QueueKey, Request
 
@@ -111,13 +111,19 @@ def admission_order(running: list[Request], waiting: FairQueue, num_slots: int) 
     tenants = {member.tenancy.tenant for member in queued}
     if not queued or len(tenants | {member.tenancy.tenant for member in running}) < 2:
         return queued
+    shares, held = _shares_held(running, queued, num_slots)
+    return sorted(queued, key=lambda member: (member.tenancy.priority,
+                                              held[member.tenancy.tenant] >= shares[member.tenancy.tenant]))
+
+
+def _shares_held(running: list[Request], queued: Iterable[Request],
+                 num_slots: int) -> tuple[dict[str, float], Counter[str]]:
+    """Each tenant's fair share of the slots (by its weight, among the tenants running or
+    waiting) and the slots it holds."""
     weights: dict[str, float] = {}
     for member in (*running, *queued):
         weights[member.tenancy.tenant] = max(weights.get(member.tenancy.tenant, 0.0), member.tenancy.weight)
-    shares = fair_share(weights, num_slots)
-    held = Counter(member.tenancy.tenant for member in running)
-    return sorted(queued, key=lambda member: (member.tenancy.priority,
-                                              held[member.tenancy.tenant] >= shares[member.tenancy.tenant]))
+    return fair_share(weights, num_slots), Counter(member.tenancy.tenant for member in running)
 
 
 def unfair_victim(running: list[Request], waiting: FairQueue, request: Request,
@@ -131,14 +137,7 @@ def unfair_victim(running: list[Request], waiting: FairQueue, request: Request,
     mine = request.tenancy
     if all(member.tenancy is mine or member.tenancy == mine for member in running):
         return None  # nobody of another tenant or class to take a slot from
-    weights: dict[str, float] = {}
-    for member in (*running, *waiting):
-        tenancy = member.tenancy
-        weights[tenancy.tenant] = max(weights.get(tenancy.tenant, 0.0), tenancy.weight)
-    shares = fair_share(weights, num_slots)
-    held: dict[str, int] = {}
-    for member in running:
-        held[member.tenancy.tenant] = held.get(member.tenancy.tenant, 0) + 1
+    shares, held = _shares_held(running, waiting, num_slots)
     under_share = held.get(mine.tenant, 0) < shares.get(mine.tenant, 0.0)
 
     def eligible(member: Request) -> bool:
