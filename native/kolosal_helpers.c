@@ -425,34 +425,18 @@ static int32_t filter_candidates(const float * logits, int32_t n_vocab, float ma
     return n;
 }
 
-/* Sample one token from a logits row (n_vocab floats, modified only for the duration of
- * the call). Penalties apply to the tokens of penalty_ids (each seen penalty_counts times
- * in the recent window): a positive logit is divided by `repeat`, a negative one multiplied,
- * then count * frequency + presence is subtracted; then bias_values are added. temperature
- * <= 0: the best token (the lowest id on ties). `scratch` holds n_vocab candidates.
- * Returns -1 when it cannot allocate. */
-int32_t kolosal_sample(float * logits, int32_t n_vocab,
-                       const int32_t * penalty_ids, const int32_t * penalty_counts, int32_t n_penalty,
-                       float repeat, float frequency, float presence,
-                       const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
-                       float temperature, int32_t top_k, float top_p, float min_p, double u,
-                       kolosal_candidate * scratch) {
-    const int32_t n_touched = n_penalty + n_bias;
-    float * saved = n_touched > 0 ? (float *) malloc(sizeof(float) * (size_t) n_touched) : NULL;
-    if (n_touched > 0 && saved == NULL) {
-        return -1;
-    }
-    for (int32_t i = 0; i < n_penalty; ++i) {
-        const int32_t token = penalty_ids[i];
-        saved[i] = logits[token];
-        float logit = logits[token];
-        logit = logit <= 0.0f ? logit * repeat : logit / repeat;
-        logits[token] = logit - (float) penalty_counts[i] * frequency - (penalty_counts[i] > 0 ? presence : 0.0f);
-    }
-    for (int32_t i = 0; i < n_bias; ++i) {
-        saved[n_penalty + i] = logits[bias_ids[i]];
-        logits[bias_ids[i]] += bias_values[i];
-    }
+#define NONE_ALLOWED (-2)
+
+static inline bool is_allowed(const uint32_t * allowed, int32_t token) {
+    return (allowed[token >> 5] >> (token & 31)) & 1u;
+}
+
+/* The token drawn from an adjusted row (see kolosal_sample). `allowed` (NULL: every token)
+ * is used only with a filter and a temperature: the filters' survivors on the whole row that
+ * the grammar allows, or NONE_ALLOWED when it allows none of them. */
+static int32_t choose(const float * logits, int32_t n_vocab, float temperature, int32_t top_k,
+                      float top_p, float min_p, double u, kolosal_candidate * scratch,
+                      const uint32_t * allowed) {
     const float max = row_max(logits, n_vocab);
     int32_t chosen = 0;
     if (temperature <= 0.0f || max == -INFINITY) {        /* greedy: the first best token */
@@ -496,7 +480,19 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
         }
     } else {
         const float inv_t = 1.0f / temperature;
-        const int32_t n = filter_candidates(logits, n_vocab, max, top_k, top_p, min_p, scratch);
+        int32_t n = filter_candidates(logits, n_vocab, max, top_k, top_p, min_p, scratch);
+        if (allowed != NULL) {
+            int32_t kept = 0;
+            for (int32_t i = 0; i < n; ++i) {
+                if (is_allowed(allowed, scratch[i].id)) {
+                    scratch[kept++] = scratch[i];
+                }
+            }
+            if (kept == 0) {
+                return NONE_ALLOWED;
+            }
+            n = kept;
+        }
         double total = 0.0;
         for (int32_t i = 0; i < n; ++i) {
             total += weight_of((scratch[i].logit - max) * inv_t);
@@ -512,11 +508,62 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
             }
         }
     }
-    for (int32_t i = n_bias - 1; i >= 0; --i) {            /* put the row back, newest first */
-        logits[bias_ids[i]] = saved[n_penalty + i];
+    return chosen;
+}
+
+/* Sample one token from a logits row (n_vocab floats, modified only for the duration of
+ * the call, except for `allowed`'s fallback below). Penalties apply to the tokens of
+ * penalty_ids (each seen penalty_counts times in the recent window): a positive logit is
+ * divided by `repeat`, a negative one multiplied, then count * frequency + presence is
+ * subtracted; then bias_values are added. temperature <= 0: the best token (the lowest id
+ * on ties). `scratch` holds n_vocab candidates. Returns -1 when it cannot allocate.
+ *
+ * `allowed` (NULL: no grammar) is a grammar's llguidance bitmask. With a filter (top-k,
+ * top-p, min-p) and a temperature, the filters first judge the model's own distribution and
+ * the draw is among their survivors that the grammar allows, in proportion to their weights;
+ * only when it allows none of them is the row masked (left so: disallowed tokens -inf) and
+ * the filters applied to the allowed tokens alone. Without a filter, or greedy, the row is
+ * masked first: the allowed tokens' distribution, exactly. */
+int32_t kolosal_sample(float * logits, int32_t n_vocab,
+                       const int32_t * penalty_ids, const int32_t * penalty_counts, int32_t n_penalty,
+                       float repeat, float frequency, float presence,
+                       const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
+                       float temperature, int32_t top_k, float top_p, float min_p, double u,
+                       kolosal_candidate * scratch, const uint32_t * allowed) {
+    const bool filtered = temperature > 0.0f && (top_k > 0 || top_p < 1.0f || min_p > 0.0f);
+    if (allowed != NULL && !filtered) {
+        kolosal_apply_token_mask(logits, n_vocab, allowed);
+        allowed = NULL;
     }
-    for (int32_t i = n_penalty - 1; i >= 0; --i) {
-        logits[penalty_ids[i]] = saved[i];
+    const int32_t n_touched = n_penalty + n_bias;
+    float * saved = n_touched > 0 ? (float *) malloc(sizeof(float) * (size_t) n_touched) : NULL;
+    if (n_touched > 0 && saved == NULL) {
+        return -1;
+    }
+    int32_t chosen = NONE_ALLOWED;
+    for (int attempt = 0; chosen == NONE_ALLOWED; ++attempt) {
+        if (attempt == 1) {                    /* the grammar allowed no survivor: mask first */
+            kolosal_apply_token_mask(logits, n_vocab, allowed);
+            allowed = NULL;
+        }
+        for (int32_t i = 0; i < n_penalty; ++i) {
+            const int32_t token = penalty_ids[i];
+            saved[i] = logits[token];
+            float logit = logits[token];
+            logit = logit <= 0.0f ? logit * repeat : logit / repeat;
+            logits[token] = logit - (float) penalty_counts[i] * frequency - (penalty_counts[i] > 0 ? presence : 0.0f);
+        }
+        for (int32_t i = 0; i < n_bias; ++i) {
+            saved[n_penalty + i] = logits[bias_ids[i]];
+            logits[bias_ids[i]] += bias_values[i];
+        }
+        chosen = choose(logits, n_vocab, temperature, top_k, top_p, min_p, u, scratch, allowed);
+        for (int32_t i = n_bias - 1; i >= 0; --i) {        /* put the row back, newest first */
+            logits[bias_ids[i]] = saved[n_penalty + i];
+        }
+        for (int32_t i = n_penalty - 1; i >= 0; --i) {
+            logits[penalty_ids[i]] = saved[i];
+        }
     }
     free(saved);
     return chosen;

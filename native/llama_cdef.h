@@ -270,7 +270,7 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
                        float repeat, float frequency, float presence,
                        const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
                        float temperature, int32_t top_k, float top_p, float min_p, double u,
-                       kolosal_candidate * scratch);
+                       kolosal_candidate * scratch, const uint32_t * allowed);
 
 size_t kolosal_llg_tokenize(const void * user_data, const uint8_t * bytes, size_t n_bytes,
                             uint32_t * out, size_t out_len);

@@ -160,9 +160,10 @@ class EventSink:
 
 class SamplerLike(Protocol):
     """A per-request sampler (kolosal.llama.Sampler): picks a token from a batch row of the
-    last decode (``scratch``: the calling thread's buffer, when threads share a step)."""
+    last decode (``scratch``: the calling thread's buffer, when threads share a step;
+    ``allowed``: the grammar's token bitmask for a constrained request)."""
 
-    def sample(self, context: Any, row: int, scratch: Any = None) -> int: ...
+    def sample(self, context: Any, row: int, scratch: Any = None, allowed: Any = None) -> int: ...
 
     def close(self) -> None: ...
 

@@ -30,6 +30,8 @@ from .scheduler import SchedulerPolicy
 SAMPLE_THREADS = min(4, os.cpu_count() or 1)
 MIN_ROWS_PER_THREAD = 4
 
+Job = tuple[int, SamplerLike, int, "np.ndarray | None"]  # index in the step, sampler, row, grammar mask
+
 
 @dataclass(slots=True)
 class StepResult:
@@ -193,14 +195,17 @@ class ModelRunner:
         return after
 
     def _sample(self, requests: list[Request], rows: np.ndarray, output: StepOutput) -> None:
-        """Logprobs first (the raw distribution), then grammar masks, then the tokens."""
+        """Logprobs first (the raw distribution), then the grammar masks, then the tokens:
+        a greedy constrained row is masked, then its argmax taken; a sampled one gives its
+        mask to its sampler (``Sampler.sample``: the filters judge the model's own
+        distribution before the grammar restricts it)."""
         facts = {index: self.context.row_logprobs(int(rows[index]), request.params.logprobs)
                  for index, request in enumerate(requests) if request.params.logprobs is not None}
-        self._mask_constrained(requests, rows)
+        masks = self._grammar_masks(requests, rows)
         tokens = output.tokens
         self._greedy(requests, rows, facts, tokens)
-        jobs = [(index, request.sampler, int(rows[index])) for index, request in enumerate(requests)
-                if request.sampler is not None]
+        jobs = [(index, request.sampler, int(rows[index]), masks.get(index))
+                for index, request in enumerate(requests) if request.sampler is not None]
         if jobs:
             self._sample_rows(jobs, tokens)
         if facts:
@@ -211,16 +216,23 @@ class ModelRunner:
                     token, self.context.logit(row, token) - lse,
                     tuple(zip(top_ids.tolist(), top_logprobs.tolist(), strict=True)))
 
-    def _mask_constrained(self, requests: list[Request], rows: np.ndarray) -> None:
-        """Each constrained row's logits masked by its grammar's allowed tokens."""
+    def _grammar_masks(self, requests: list[Request], rows: np.ndarray) -> dict[int, np.ndarray]:
+        """Each constrained row's allowed tokens, computed now: greedy rows are masked in
+        place (their argmax then sees only allowed tokens); the masks of sampled rows are
+        returned by index, for their samplers."""
         constrained = [(index, r.constraint, r.seq_id) for index, r in enumerate(requests)
                        if r.constraint is not None]
         if not constrained:
-            return
+            return {}
         grammar = self.grammar()
         grammar.fill_masks([(constraint, seq_id) for _, constraint, seq_id in constrained])
+        masks: dict[int, np.ndarray] = {}
         for index, _, seq_id in constrained:
-            self.context.mask_row(int(rows[index]), grammar.mask(seq_id))
+            if requests[index].sampler is None:
+                self.context.mask_row(int(rows[index]), grammar.mask(seq_id))
+            else:
+                masks[index] = grammar.mask(seq_id)
+        return masks
 
     def _greedy(self, requests: list[Request], rows: np.ndarray,
                 facts: dict[int, tuple[float, np.ndarray, np.ndarray]], tokens: np.ndarray) -> None:
@@ -238,23 +250,24 @@ class ModelRunner:
         if greedy:
             tokens[greedy] = self.context.argmax_rows(rows[greedy])
 
-    def _sample_rows(self, jobs: list[tuple[int, SamplerLike, int]], tokens: np.ndarray) -> None:
-        """Each (index, sampler, row): its token into tokens[index]. Many rows are spread
-        over SAMPLE_THREADS threads (the C call releases the GIL; the cores are idle between
-        decodes); each draw is the sampler's own, so the tokens do not depend on the split."""
+    def _sample_rows(self, jobs: list[Job], tokens: np.ndarray) -> None:
+        """Each (index, sampler, row, grammar mask or None): its token into tokens[index].
+        Many rows are spread over SAMPLE_THREADS threads (the C call releases the GIL; the
+        cores are idle between decodes); each draw is the sampler's own, so the tokens do
+        not depend on the split."""
         threads = min(SAMPLE_THREADS, len(jobs) // MIN_ROWS_PER_THREAD)
         if threads <= 1:
-            for index, sampler, row in jobs:
-                tokens[index] = sampler.sample(self.context, row)
+            for index, sampler, row, allowed in jobs:
+                tokens[index] = sampler.sample(self.context, row, None, allowed)
             return
         if self._sample_pool is None:
             self._sample_pool = ThreadPoolExecutor(SAMPLE_THREADS - 1, thread_name_prefix="sample")
             self._helper_scratches = [SampleScratch(self.context.n_vocab)
                                       for _ in range(SAMPLE_THREADS - 1)]
 
-        def run(part: list[tuple[int, SamplerLike, int]], scratch: SampleScratch | None) -> None:
-            for index, sampler, row in part:
-                tokens[index] = sampler.sample(self.context, row, scratch)
+        def run(part: list[Job], scratch: SampleScratch | None) -> None:
+            for index, sampler, row, allowed in part:
+                tokens[index] = sampler.sample(self.context, row, scratch, allowed)
 
         parts = [jobs[start::threads] for start in range(threads)]
         helpers = [self._sample_pool.submit(run, part, scratch)

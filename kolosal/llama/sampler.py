@@ -70,9 +70,14 @@ class Sampler:
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int32, count=len(bias))
         self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
 
-    def sample(self, context: Context, row: int, scratch: SampleScratch | None = None) -> int:
+    def sample(self, context: Context, row: int, scratch: SampleScratch | None = None,
+               allowed: np.ndarray | None = None) -> int:
         """Sample from batch row ``row`` of the last decode and count the token (``scratch``:
-        the calling thread's, when several threads sample one step's rows)."""
+        the calling thread's, when several threads sample one step's rows). ``allowed``: a
+        grammar's llguidance bitmask (uint32 words): the filters judge the model's own
+        distribution, the draw is among their survivors the grammar allows, and only when
+        it allows none of them are the filters applied to the allowed tokens alone (the row
+        is then left masked); see ``kolosal_sample``."""
         s, ffi = self.settings, self._ffi
         ids: np.ndarray = _EMPTY_INT
         counts: np.ndarray = _EMPTY_INT
@@ -86,7 +91,8 @@ class Sampler:
             s.repeat_penalty, s.frequency_penalty, s.presence_penalty,
             ffi.from_buffer("int32_t[]", self._bias_ids), ffi.from_buffer("float[]", self._bias_values),
             len(self._bias_ids), s.temperature, s.top_k, s.top_p, s.min_p, self._rng.random(),
-            (scratch or self._scratch).buffer))
+            (scratch or self._scratch).buffer,
+            ffi.NULL if allowed is None else ffi.from_buffer("uint32_t[]", allowed)))
         if token < 0:
             raise MemoryError("kolosal_sample could not allocate")
         if self._penalized:

@@ -28,8 +28,9 @@ import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from .families import ToolFamily
+from .fence import FENCE_CLOSE, FENCE_OPEN
 from .limits import check_grammar, check_schema, deep_call
-from .schema_bounds import bounded_schema, json_options
+from .schema_bounds import BOUNDED_WHITESPACE, bounded_schema, json_options
 
 
 def _compile_json(schema: Mapping[str, Any]) -> str:
@@ -108,8 +109,11 @@ def _lark_grammar(body: str, rules: list[str], reasoning: ReasoningMode,
 def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
                         reasoning: ReasoningMode = "none",
                         special_tokens: Mapping[str, int] | None = None,
-                        tokenizer: llguidance.LLTokenizer | None = None) -> str:
-    """Output that is one JSON value valid against ``schema`` (None: any JSON object)."""
+                        tokenizer: llguidance.LLTokenizer | None = None,
+                        fenced: bool = False) -> str:
+    """Output that is one JSON value valid against ``schema`` (None: any JSON object).
+    ``fenced``: whitespace around it, and a Markdown fence (```` ```json ... ``` ````) if
+    the model writes one, as llama-server allows (see ``fence``)."""
     if schema is None:
         schema = {"type": "object"}
     if not isinstance(schema, Mapping):
@@ -117,10 +121,14 @@ def json_schema_grammar(schema: Mapping[str, Any] | None = None, *,
     grammar, problem = _schema_grammar(schema)
     if problem:
         raise GrammarError(f"invalid JSON schema: {problem}")
-    if reasoning == "none":  # compiled and validated once; again only against a vocabulary
+    if reasoning == "none" and not fenced:  # compiled and validated once; again only against a vocabulary
         return grammar if tokenizer is None else validate(grammar, tokenizer)
-    return _lark_grammar("answer", [f"answer: {_json_rule(schema)}"], reasoning, special_tokens,
-                         tokenizer)
+    rules = [f"answer: {_json_rule(schema)}"]
+    if fenced:
+        body = (f"FENCE_SPACE? ({json.dumps(FENCE_OPEN)} FENCE_SPACE? answer FENCE_SPACE? "
+                f"{json.dumps(FENCE_CLOSE)} | answer FENCE_SPACE?)")
+        rules.append(f"FENCE_SPACE: /{BOUNDED_WHITESPACE}/")
+    return _lark_grammar(body if fenced else "answer", rules, reasoning, special_tokens, tokenizer)
 
 
 def _schema_grammar(schema: Mapping[str, Any]) -> tuple[str, str]:
@@ -163,7 +171,7 @@ def response_format_schema(response_format: Mapping[str, Any] | None) -> Mapping
 def response_format_grammar(response_format: Mapping[str, Any] | None, **options: Any) -> str | None:
     """The grammar for an OpenAI ``response_format`` (``response_format_schema``): None for
     ``text``. ``options`` are those of ``json_schema_grammar`` (reasoning, special_tokens,
-    tokenizer)."""
+    tokenizer, fenced)."""
     schema = response_format_schema(response_format)
     return None if schema is None else json_schema_grammar(schema, **options)
 

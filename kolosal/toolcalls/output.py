@@ -1,4 +1,5 @@
-"""One parser for a chat generation: reasoning block first, then content and tool calls.
+"""One parser for a chat generation: reasoning block first, then content and tool calls
+(or a JSON answer, its fence dropped).
 
 ``OutputFormat`` says what to look for (built once per request, e.g. with
 ``ChatTemplate.output_format``); ``OutputParser`` turns text deltas into stream events and
@@ -13,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from .families import ToolFamily, markers
+from .fence import FenceStripper
 from .reasoning import ReasoningSplitter
 from .stream import IdFactory, ToolCallStreamParser
 from .types import ContentDelta, ParsedOutput, ReasoningDelta, StreamEvent, aggregate
@@ -33,6 +35,8 @@ class OutputFormat:
     Free ("auto") output keeps such text as content, since it may be prose.
     ``max_calls``: the output ends after that many calls (1 for ``parallel_tool_calls``
     false); None: any number. A call identical to an earlier one always ends it.
+    ``fenced``: the content is a JSON answer that may sit in a Markdown fence (``fence``):
+    the fence and the whitespace around it are dropped.
     """
     tool_family: ToolFamily | None = None
     tool_names: frozenset[str] | None = None
@@ -40,11 +44,12 @@ class OutputFormat:
     starts_in_reasoning: bool = False
     calls_only: bool = False
     max_calls: int | None = None
+    fenced: bool = False
 
     @property
     def is_plain(self) -> bool:
         """Nothing to parse: the text is the content, as is."""
-        return self.tool_family is None and not self.reasoning
+        return self.tool_family is None and not self.reasoning and not self.fenced
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -73,6 +78,7 @@ class OutputParser:
         self._tools = (ToolCallStreamParser(fmt.tool_family, fmt.tool_names, id_factory, fmt.max_calls)
                        if fmt.tool_family is not None else None)
         self._calls_only = fmt.calls_only and self._tools is not None
+        self._fence = FenceStripper() if fmt.fenced else None
 
     @property
     def repeated(self) -> bool:
@@ -106,6 +112,8 @@ class OutputParser:
         return events + self._content(content, final)
 
     def _content(self, text: str, final: bool) -> list[StreamEvent]:
+        if self._fence is not None:
+            text = self._fence.feed(text) + (self._fence.finish() if final else "")
         if self._tools is None:
             return [ContentDelta(text)] if text else []
         events = self._tools.feed(text) if text else []

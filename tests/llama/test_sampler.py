@@ -51,14 +51,15 @@ def reference(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_
 
 
 def sample_c(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             min_p: float = 0.0, scratch: Any = None) -> int:
+             min_p: float = 0.0, scratch: Any = None, allowed: np.ndarray | None = None) -> int:
     native = load()
     ffi, lib = native.ffi, native.lib
     empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
     no_ids, no_values = ffi.from_buffer("int32_t[]", empty_i), ffi.from_buffer("float[]", empty_f)
     return int(lib.kolosal_sample(ffi.from_buffer("float[]", logits), len(logits), no_ids, no_ids, 0,
                                   1.0, 0.0, 0.0, no_ids, no_values, 0, temperature, top_k, top_p, min_p, u,
-                                  scratch or SampleScratch(len(logits)).buffer))
+                                  scratch or SampleScratch(len(logits)).buffer,
+                                  ffi.NULL if allowed is None else ffi.from_buffer("uint32_t[]", allowed)))
 
 
 def fixed_logits(seed: int = 7, scale: float = 3.0) -> np.ndarray:
@@ -132,7 +133,7 @@ def sample_adjusted(logits: np.ndarray, u: float, recent: list[int], repeat: flo
                                   ffi.from_buffer("int32_t[]", bias_ids),
                                   ffi.from_buffer("float[]", bias_values), len(bias_ids),
                                   settings.get("temperature", 1.0), 0, settings.get("top_p", 1.0), 0.0, u,
-                                  SampleScratch(len(logits)).buffer))
+                                  SampleScratch(len(logits)).buffer, ffi.NULL))
 
 
 def test_penalties_and_bias_match_the_reference_and_leave_the_row_as_it_was() -> None:
@@ -209,8 +210,75 @@ def test_a_steps_rows_sampled_on_several_threads_draw_what_one_thread_draws(mode
         alone = [Sampler(s, runner.context.n_vocab).sample(runner.context, int(row))
                  for s, row in zip(settings, rows, strict=True)]
         spread = np.zeros(12, dtype=np.int32)
-        runner._sample_rows([(index, Sampler(s, runner.context.n_vocab), int(rows[index]))
+        runner._sample_rows([(index, Sampler(s, runner.context.n_vocab), int(rows[index]), None)
                              for index, s in enumerate(settings)], spread)
         assert spread.tolist() == alone
     finally:
         runner.close()
+
+
+def bitmask(allowed_ids: np.ndarray, vocab: int = VOCAB) -> np.ndarray:
+    """A llguidance-style mask: bit t of word t // 32 set when token t is allowed."""
+    bits = np.zeros((vocab + 31) // 32 * 32, dtype=np.uint8)
+    bits[allowed_ids] = 1
+    return np.packbits(bits, bitorder="little").view(np.uint32)
+
+
+def grammar_reference(logits: np.ndarray, allowed_ids: np.ndarray, **settings: Any) -> dict[int, float]:
+    """A grammar's draw: the filters' survivors on the whole row that it allows, in
+    proportion; none of them allowed: the filters on the allowed tokens alone. Without a
+    filter, or greedy: the allowed tokens' distribution."""
+    masked = np.full_like(logits, -np.inf)
+    masked[allowed_ids] = logits[allowed_ids]
+    filtered = any(settings.get(k, d) != d for k, d in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0)))
+    if not filtered:
+        return reference(masked, **settings)
+    kept = {t: p for t, p in reference(logits, **settings).items() if t in set(allowed_ids.tolist())}
+    if not kept:
+        return reference(masked, **settings)
+    total = sum(kept.values())
+    return {t: p / total for t, p in kept.items()}
+
+
+def draws(logits: np.ndarray, allowed: np.ndarray, **settings: Any) -> Counter[int]:
+    scratch = SampleScratch(VOCAB).buffer
+    return Counter(sample_c(logits.copy(), (i + 0.5) / GRID, scratch=scratch, allowed=allowed, **settings)
+                   for i in range(GRID))
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=[str(s) for s in SETTINGS])
+def test_a_grammar_restricts_the_filters_survivors(settings: dict[str, Any]) -> None:
+    """The filters judge the model's distribution, the grammar restricts what survives:
+    here it forbids the best tokens and every other one."""
+    logits = fixed_logits()
+    order = np.argsort(-logits, kind="stable")
+    allowed_ids = np.concatenate([order[3:400:2], order[1500:]])
+    counts = draws(logits, bitmask(allowed_ids), **settings)
+    expected = grammar_reference(logits, allowed_ids, **settings)
+    assert set(counts) <= set(expected), set(counts) - set(expected)
+    for token, probability in expected.items():
+        assert abs(counts[token] - GRID * probability) <= 2.0, (token, counts[token], GRID * probability)
+
+
+@pytest.mark.parametrize("settings", SETTINGS[1:], ids=[str(s) for s in SETTINGS[1:]])
+def test_a_grammar_that_allows_no_survivor_masks_the_row_first(settings: dict[str, Any]) -> None:
+    logits = fixed_logits()
+    order = np.argsort(-logits, kind="stable")
+    allowed_ids = order[1200:1300]  # far below every filter's cut
+    counts = draws(logits, bitmask(allowed_ids), **settings)
+    expected = grammar_reference(logits, allowed_ids, **settings)
+    assert set(counts) <= set(allowed_ids.tolist())
+    for token, probability in expected.items():
+        assert abs(counts[token] - GRID * probability) <= 2.0, (token, counts[token], GRID * probability)
+    row = logits.copy()
+    sample_c(row, 0.5, allowed=bitmask(allowed_ids), **settings)
+    assert np.isneginf(np.delete(row, allowed_ids)).all()  # left masked
+    np.testing.assert_array_equal(row[allowed_ids], logits[allowed_ids])
+
+
+def test_a_grammar_with_greedy_takes_the_best_allowed_token() -> None:
+    logits = fixed_logits()
+    order = np.argsort(-logits, kind="stable")
+    allowed = bitmask(order[7:])
+    assert sample_c(logits.copy(), 0.3, temperature=0.0, allowed=allowed) == int(order[7])
+    assert sample_c(logits.copy(), 0.3, temperature=0.0, top_k=5, allowed=allowed) == int(order[7])

@@ -113,3 +113,34 @@ def test_a_number_only_schema_finishes(bundled_server: ServerProcess, question: 
     assert isinstance(value, (int, float)) and not isinstance(value, bool), text
     whole, _, fraction = text.lstrip("-").partition(".")
     assert len(whole) <= 16 and len(fraction) <= 10, text
+
+
+REVIEW = {"type": "object", "properties": {"reviewer": {"type": "string", "maxLength": 20},
+                                           "stars": {"type": "integer", "minimum": 1, "maximum": 5}},
+          "required": ["reviewer", "stars"]}
+
+
+def test_a_json_answer_written_in_a_fence_is_the_json_alone(bundled_server: ServerProcess) -> None:
+    """SmolLM2 writes its JSON inside a ```json fence, as chat models are trained to (its
+    tokens show it); the grammar allows that, as llama-server's does, and the content is the
+    JSON alone, streamed and whole alike (toolcalls/fence.py)."""
+    fields: dict[str, Any] = {
+        "max_tokens": 60, "messages": [{"role": "user", "content": "Review a pair of running shoes."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "review", "schema": REVIEW}}}
+    answer = chat(bundled_server, "fenced", logprobs=True, **fields)
+    choice = answer["choices"][0]
+    written = "".join(entry["token"] for entry in choice["logprobs"]["content"])
+    assert written.lstrip().startswith("```json"), written
+    assert choice["finish_reason"] == "stop", choice
+    content = choice["message"]["content"]
+    assert content == content.strip() and not content.startswith("`")
+    jsonschema.validate(json.loads(content), REVIEW)
+    streamed = ""
+    body = {"model": INSTRUCT_ENGINE, "temperature": 0, "stream": True, **fields}
+    with httpx.stream("POST", f"{bundled_server.base_url}/v1/chat/completions", timeout=TIMEOUT,
+                      json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                for entry in json.loads(line[6:])["choices"]:
+                    streamed += entry["delta"].get("content") or ""
+    assert streamed == content

@@ -307,3 +307,20 @@ def test_tools_beside_a_response_format_allow_a_call_or_an_answer(family: ToolFa
 def test_a_bad_answer_schema_beside_tools_is_named() -> None:
     with pytest.raises(GrammarError, match="invalid JSON schema"):
         tool_call_grammar(ToolFamily.HERMES, TOOLS, answer_schema={"type": "nonsense"})
+
+
+def test_a_fenced_json_answer() -> None:
+    """``fenced``: llama-server's response-format grammar: whitespace around the JSON, or a
+    ```json fence with whitespace inside it; nothing else before or after."""
+    grammar = json_schema_grammar(PERSON, fenced=True)
+    person = json.dumps({"name": "Ann", "role": "admin", "age": 30})
+    for text in (person, f"\n{person}\n", f"```json\n{person}\n```", f"\n```json{person}```",
+                 f"```json\n\n  {person}\n\n```"):
+        assert accepts(grammar, text), text
+    for text in (f"```json\n{person}", f"```\n{person}\n```", f"```json\n{person}\n```\n",
+                 f"Sure: {person}", f"{person}\n```", f"```json\n{person}\n```{person}",
+                 "```json\n{}\n```", " " * 30 + person):
+        assert not accepts(grammar, text), text
+    assert not accepts(json_schema_grammar(PERSON), f"```json\n{person}\n```")  # not fenced: JSON only
+    reasoning = json_schema_grammar(PERSON, fenced=True, reasoning="optional")
+    assert accepts(reasoning, f"<think>Fill it in.</think>\n```json\n{person}\n```")

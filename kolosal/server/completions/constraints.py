@@ -10,6 +10,10 @@
 - tools with "auto" alone: no grammar, the model answers or calls freely;
 - ``tool_choice`` "none": the tools are off, so response_format's grammar alone.
 
+A chat answer that is JSON alone (``json_answer``) may sit in a Markdown fence with
+whitespace around it, as llama-server's grammar allows (``toolcalls.fence``); the writer
+gives the client the JSON alone. Text completions get the JSON as it is.
+
 Tools beside ``grammar`` / ``json_schema`` are refused in the protocol. The grammar is
 llguidance's, checked here (a bad one is a 400 naming its field before anything is queued);
 its compilation against the model's vocabulary happens in the engine.
@@ -58,11 +62,20 @@ async def request_grammar(body: SamplingFields, shape: OutputShape | None = None
     return await asyncio.to_thread(build_grammar, body, tools, shape)
 
 
+def json_answer(body: ChatCompletionRequest) -> bool:
+    """Is the chat answer constrained to be one JSON value (a response_format or a bare
+    ``json_schema``, no tools in play)? Then its grammar allows a fence around it, and the
+    writer strips it (``OutputFormat.fenced``)."""
+    return not body.active_tools() and (body.structured_format() is not None or body.json_schema is not None)
+
+
 def build_grammar(body: SamplingFields, tools: list[dict[str, Any]], shape: OutputShape | None) -> str | None:
     """The grammar, built and checked now; GrammarError becomes a 400 naming the field at
     fault (the response format's as the request spells it, ``tools``, ``json_schema``,
     ``grammar``)."""
-    options = shape.options() if shape is not None else {}
+    options: dict[str, Any] = {}
+    if shape is not None and isinstance(body, ChatCompletionRequest):
+        options = {**shape.options(), "fenced": json_answer(body)}
     field = body.grammar_field()
     try:
         fmt = body.structured_format()

@@ -33,7 +33,7 @@ from ...toolcalls.output import OutputFormat, repeat_watch
 from ..caller import default_lora
 from ..errors import bad_request
 from ..records import log_prompt
-from .constraints import OutputShape, request_grammar
+from .constraints import OutputShape, json_answer, request_grammar
 from .parts import NamedToolChoice
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
@@ -86,6 +86,8 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> Prep
     response format and/or the tool calls) and what the output may hold."""
     view = engine_view(engine)
     prompt, output = render_chat(view, body)
+    if json_answer(body):
+        output = replace(output, fenced=True)  # the grammar allows a fence: the writer strips it
     # Templates usually write the BOS text themselves: never add a second BOS.
     add_special = not (view.bos_token and prompt.startswith(view.bos_token))
     prompt_ids = await engine.tokenize(prompt, add_special=add_special, parse_special=True)
