@@ -11,13 +11,12 @@ it is ``server.completions.constraints.json_answer``.
 """
 from __future__ import annotations
 
-import re
-
 FENCE_OPEN = "```json"
 FENCE_CLOSE = "```"
 _WHITESPACE = " \t\r\n"
-# What may still turn out to be the end of the output: whitespace, then part of the fence.
-_TAIL = re.compile(r"[ \t\r\n]*`{0,3}\Z")
+# The closing run the grammar allows is one whitespace run of at most 23 characters (the
+# bounded ``space`` of schema_bounds) and the fence: anything further back is JSON.
+MAX_HELD = 64
 
 
 class FenceStripper:
@@ -38,8 +37,7 @@ class FenceStripper:
             if not self._in_body:
                 return ""
         text = self._held + text
-        tail = _TAIL.search(text)
-        cut = tail.start() if tail is not None else len(text)
+        cut = max(_tail_start(text), len(text) - MAX_HELD)
         self._held = text[cut:]
         return text[:cut]
 
@@ -64,3 +62,11 @@ class FenceStripper:
         self._lead = ""
         self._in_body = True
         return lead
+
+
+def _tail_start(text: str) -> int:
+    """Where the run at the end of ``text`` that may still be the closing whitespace and
+    fence begins: up to three backticks, and the whitespace before them (found from the
+    end: the cost is the run's length, never the text's)."""
+    ticks = min(len(FENCE_CLOSE), len(text) - len(text.rstrip("`")))
+    return len(text[:len(text) - ticks].rstrip(_WHITESPACE))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from kolosal.toolcalls.fence import FenceStripper
+from kolosal.toolcalls.fence import MAX_HELD, FenceStripper
 from kolosal.toolcalls.output import OutputFormat, OutputParser, parse_output
 from kolosal.toolcalls.types import ContentDelta
 
@@ -57,3 +57,15 @@ def test_the_parser_strips_the_fence_streamed_and_whole() -> None:
     assert "".join(event.text for event in events if isinstance(event, ContentDelta)) == ANSWER
     assert parse_output(text, fmt).content == ANSWER
     assert parse_output(text, OutputFormat()).content == text  # not fenced: as it is
+
+
+def test_a_long_whitespace_run_inside_the_json_is_not_held_back() -> None:
+    """Hostile: a string of 50,000 spaces, a token each. Only the last MAX_HELD characters
+    can be the closing run, so only they wait: the rest is released as it comes (each
+    feed's work is bounded, never the whole run again)."""
+    fence = FenceStripper()
+    released = [fence.feed('{"a": "')]
+    for _ in range(50_000):
+        released.append(fence.feed(" "))
+    assert len("".join(released)) >= len('{"a": "') + 50_000 - MAX_HELD
+    assert "".join(released) + fence.feed('"}') + fence.finish() == '{"a": "' + " " * 50_000 + '"}'
