@@ -511,6 +511,35 @@ static int32_t choose(const float * logits, int32_t n_vocab, float temperature, 
     return chosen;
 }
 
+/* Penalties, then bias, on their own entries of the row; their values before go to `saved`
+ * (n_penalty + n_bias floats) for restore_row. */
+static void adjust_row(float * logits, const int32_t * penalty_ids, const int32_t * penalty_counts,
+                       int32_t n_penalty, float repeat, float frequency, float presence,
+                       const int32_t * bias_ids, const float * bias_values, int32_t n_bias, float * saved) {
+    for (int32_t i = 0; i < n_penalty; ++i) {
+        const int32_t token = penalty_ids[i];
+        saved[i] = logits[token];
+        float logit = logits[token];
+        logit = logit <= 0.0f ? logit * repeat : logit / repeat;
+        logits[token] = logit - (float) penalty_counts[i] * frequency - (penalty_counts[i] > 0 ? presence : 0.0f);
+    }
+    for (int32_t i = 0; i < n_bias; ++i) {
+        saved[n_penalty + i] = logits[bias_ids[i]];
+        logits[bias_ids[i]] += bias_values[i];
+    }
+}
+
+/* Put back what adjust_row changed, newest first (a token both penalized and biased). */
+static void restore_row(float * logits, const int32_t * penalty_ids, int32_t n_penalty,
+                        const int32_t * bias_ids, int32_t n_bias, const float * saved) {
+    for (int32_t i = n_bias - 1; i >= 0; --i) {
+        logits[bias_ids[i]] = saved[n_penalty + i];
+    }
+    for (int32_t i = n_penalty - 1; i >= 0; --i) {
+        logits[penalty_ids[i]] = saved[i];
+    }
+}
+
 /* Sample one token from a logits row (n_vocab floats, modified only for the duration of
  * the call, except for `allowed`'s fallback below). Penalties apply to the tokens of
  * penalty_ids (each seen penalty_counts times in the recent window): a positive logit is
@@ -540,30 +569,16 @@ int32_t kolosal_sample(float * logits, int32_t n_vocab,
     if (n_touched > 0 && saved == NULL) {
         return -1;
     }
-    int32_t chosen = NONE_ALLOWED;
-    for (int attempt = 0; chosen == NONE_ALLOWED; ++attempt) {
-        if (attempt == 1) {                    /* the grammar allowed no survivor: mask first */
-            kolosal_apply_token_mask(logits, n_vocab, allowed);
-            allowed = NULL;
-        }
-        for (int32_t i = 0; i < n_penalty; ++i) {
-            const int32_t token = penalty_ids[i];
-            saved[i] = logits[token];
-            float logit = logits[token];
-            logit = logit <= 0.0f ? logit * repeat : logit / repeat;
-            logits[token] = logit - (float) penalty_counts[i] * frequency - (penalty_counts[i] > 0 ? presence : 0.0f);
-        }
-        for (int32_t i = 0; i < n_bias; ++i) {
-            saved[n_penalty + i] = logits[bias_ids[i]];
-            logits[bias_ids[i]] += bias_values[i];
-        }
-        chosen = choose(logits, n_vocab, temperature, top_k, top_p, min_p, u, scratch, allowed);
-        for (int32_t i = n_bias - 1; i >= 0; --i) {        /* put the row back, newest first */
-            logits[bias_ids[i]] = saved[n_penalty + i];
-        }
-        for (int32_t i = n_penalty - 1; i >= 0; --i) {
-            logits[penalty_ids[i]] = saved[i];
-        }
+    adjust_row(logits, penalty_ids, penalty_counts, n_penalty, repeat, frequency, presence,
+               bias_ids, bias_values, n_bias, saved);
+    int32_t chosen = choose(logits, n_vocab, temperature, top_k, top_p, min_p, u, scratch, allowed);
+    restore_row(logits, penalty_ids, n_penalty, bias_ids, n_bias, saved);
+    if (chosen == NONE_ALLOWED) {              /* the grammar allowed no survivor: mask first */
+        kolosal_apply_token_mask(logits, n_vocab, allowed);
+        adjust_row(logits, penalty_ids, penalty_counts, n_penalty, repeat, frequency, presence,
+                   bias_ids, bias_values, n_bias, saved);
+        chosen = choose(logits, n_vocab, temperature, top_k, top_p, min_p, u, scratch, NULL);
+        restore_row(logits, penalty_ids, n_penalty, bias_ids, n_bias, saved);
     }
     free(saved);
     return chosen;

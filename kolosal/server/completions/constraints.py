@@ -40,11 +40,13 @@ MAX_ENFORCED_CALLS = 8
 @dataclass(frozen=True, slots=True)
 class OutputShape:
     """What an enforced grammar must leave room for: the model family's tool-call format,
-    a reasoning block before the answer, markers that are single special tokens."""
+    a reasoning block before the answer, markers that are single special tokens, a fence
+    around a JSON answer."""
 
     family: ToolFamily
     reasoning: tool_grammar.ReasoningMode = "none"
     special_tokens: dict[str, int] | None = None
+    fenced: bool = False  # a JSON answer that may sit in a fence (``json_answer``)
 
     def options(self) -> dict[str, Any]:
         return {"reasoning": self.reasoning, "special_tokens": self.special_tokens or None}
@@ -64,8 +66,9 @@ async def request_grammar(body: SamplingFields, shape: OutputShape | None = None
 
 def json_answer(body: ChatCompletionRequest) -> bool:
     """Is the chat answer constrained to be one JSON value (a response_format or a bare
-    ``json_schema``, no tools in play)? Then its grammar allows a fence around it, and the
-    writer strips it (``OutputFormat.fenced``)."""
+    ``json_schema``, no tools in play)? Then its grammar allows a fence around it
+    (``OutputShape.fenced``), and the writer strips it (``OutputFormat.fenced``): one
+    decision, made in ``prepare_chat``."""
     return not body.active_tools() and (body.structured_format() is not None or body.json_schema is not None)
 
 
@@ -73,9 +76,7 @@ def build_grammar(body: SamplingFields, tools: list[dict[str, Any]], shape: Outp
     """The grammar, built and checked now; GrammarError becomes a 400 naming the field at
     fault (the response format's as the request spells it, ``tools``, ``json_schema``,
     ``grammar``)."""
-    options: dict[str, Any] = {}
-    if shape is not None and isinstance(body, ChatCompletionRequest):
-        options = {**shape.options(), "fenced": json_answer(body)}
+    options = {**shape.options(), "fenced": shape.fenced} if shape is not None else {}
     field = body.grammar_field()
     try:
         fmt = body.structured_format()

@@ -86,13 +86,13 @@ async def prepare_chat(engine: AsyncEngine, body: ChatCompletionRequest) -> Prep
     response format and/or the tool calls) and what the output may hold."""
     view = engine_view(engine)
     prompt, output = render_chat(view, body)
-    if json_answer(body):
-        output = replace(output, fenced=True)  # the grammar allows a fence: the writer strips it
+    fenced = json_answer(body)  # the grammar allows a fence around the JSON: the writer strips it
+    output = replace(output, fenced=fenced)
     # Templates usually write the BOS text themselves: never add a second BOS.
     add_special = not (view.bos_token and prompt.startswith(view.bos_token))
     prompt_ids = await engine.tokenize(prompt, add_special=add_special, parse_special=True)
     special = view.special_for(output)
-    shape = OutputShape(view.family, view.template.reasoning_mode(prompt), special)
+    shape = OutputShape(view.family, view.template.reasoning_mode(prompt), special, fenced)
     grammar = await request_grammar(body, shape)
     params = body.sampling_params(max_tokens(engine, body), await logit_bias(engine, body), grammar,
                                   special_as_text=bool(special), default_lora=default_lora(),
