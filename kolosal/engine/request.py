@@ -48,7 +48,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
-    ignore_eos: bool = False             # benchmarks: generate exactly max_tokens
+    ignore_eos: bool = False             # end-of-generation tokens never sampled: exactly max_tokens
     cache_prompt: bool = True            # start from the longest cached prefix of the prompt
     logprobs: int | None = None          # None: off; k: the sampled token's logprob + k best
     prompt_logprobs: bool = False        # also each prompt token's logprob (completions echo)

@@ -100,6 +100,7 @@ class ModelRunner:
         self._sample_pool: ThreadPoolExecutor | None = None  # helpers for a step's sampled rows
         self._helper_scratches: list[SampleScratch] = []    # one per helper thread
         self._grammar_lock = threading.Lock()
+        self._eog_ids = np.array(self.vocab.eog_tokens(), dtype=np.intp)  # for ignore_eos
 
     def close(self) -> None:
         if self._sample_pool is not None:
@@ -121,7 +122,7 @@ class ModelRunner:
         with self._grammar_lock:
             if self._grammar is None:
                 eog = [t for t in (self.vocab.eos, self.vocab.eot) if t >= 0]
-                eog += [t for t in range(self.vocab.n_tokens) if t not in eog and self.vocab.is_eog(t)]
+                eog += [t for t in self.vocab.eog_tokens() if t not in eog]
                 self._grammar = GrammarEngine(build_grammar_tokenizer(self.vocab, eog), self.num_slots)
             return self._grammar
 
@@ -187,6 +188,7 @@ class ModelRunner:
         for row in range(first, first + count):
             if token != int(plan.tokens[row]):
                 break
+            self._never_eog(request, row)
             if sampler is None:
                 token = int(self.context.logits_row(row).argmax())
             else:
@@ -194,13 +196,22 @@ class ModelRunner:
             after.append(token)
         return after
 
+    def _never_eog(self, request: Request, row: int) -> None:
+        """``ignore_eos`` as llama-server has it: the end-of-generation tokens are never
+        sampled (their logits -inf, before any filter), so the model never sees one and the
+        output runs to max_tokens. Under a grammar they stay: they are how it ends."""
+        if request.params.ignore_eos and request.constraint is None:
+            self.context.ban_tokens(row, self._eog_ids)
+
     def _sample(self, requests: list[Request], rows: np.ndarray, output: StepOutput) -> None:
-        """Logprobs first (the raw distribution), then the grammar masks, then the tokens:
-        a greedy constrained row is masked, then its argmax taken; a sampled one gives its
-        mask to its sampler (``Sampler.sample``: the filters judge the model's own
-        distribution before the grammar restricts it)."""
+        """Logprobs first (the raw distribution), then ``ignore_eos``'s ban and the grammar
+        masks, then the tokens: a greedy constrained row is masked, then its argmax taken; a
+        sampled one gives its mask to its sampler (``Sampler.sample``: the filters judge the
+        model's own distribution before the grammar restricts it)."""
         facts = {index: self.context.row_logprobs(int(rows[index]), request.params.logprobs)
                  for index, request in enumerate(requests) if request.params.logprobs is not None}
+        for index, request in enumerate(requests):
+            self._never_eog(request, int(rows[index]))
         masks = self._grammar_masks(requests, rows)
         tokens = output.tokens
         self._greedy(requests, rows, facts, tokens)
@@ -237,13 +248,15 @@ class ModelRunner:
     def _greedy(self, requests: list[Request], rows: np.ndarray,
                 facts: dict[int, tuple[float, np.ndarray, np.ndarray]], tokens: np.ndarray) -> None:
         """The argmax of each greedy row: the best token a logprobs row already found
-        (argmax's tie rule), else one C pass over the rows."""
+        (argmax's tie rule) when nothing changed the row since, else one C pass over the
+        rows."""
         greedy = []
         for index, request in enumerate(requests):
             if request.sampler is not None:
                 continue
             fact = facts.get(index)
-            if fact is not None and len(fact[1]) and request.constraint is None:
+            unchanged = request.constraint is None and not request.params.ignore_eos
+            if fact is not None and len(fact[1]) and unchanged:
                 tokens[index] = fact[1][0]
             else:
                 greedy.append(index)

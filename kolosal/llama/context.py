@@ -208,6 +208,12 @@ class Context:
         self._lib.kolosal_apply_token_mask(self.logits_pointer(row), self.n_vocab,
                                            self._ffi.from_buffer("uint32_t[]", mask))
 
+    def ban_tokens(self, row: int, tokens: np.ndarray) -> None:
+        """Set these tokens' logits to -inf in this output row, in place: samplers and
+        argmax then never pick them (``ignore_eos``: the end-of-generation tokens)."""
+        pointer = self.logits_pointer(row)
+        np.frombuffer(self._ffi.buffer(pointer, self.n_vocab * 4), dtype=np.float32)[tokens] = -np.inf
+
     def logits_pointer(self, row: int) -> Any:
         """The C pointer to one output row's logits (valid until the next decode)."""
         pointer = self._lib.llama_get_logits_ith(self.ptr, row)

@@ -22,6 +22,7 @@ class Vocab:
         self.add_bos = bool(lib.llama_vocab_get_add_bos(ptr))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._all_eog: tuple[int, ...] | None = None
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Tokenize text; ``add_special`` adds BOS when the model wants it, ``parse_special``
@@ -86,6 +87,14 @@ class Vocab:
             cached = bool(self._lib.llama_vocab_is_eog(self._ptr, token))
             self._eog[token] = cached
         return cached
+
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token id, ascending: libllama is asked about each id once
+        (a large vocabulary takes some tens of ms), on first use."""
+        if self._all_eog is None:
+            is_eog, ptr = self._lib.llama_vocab_is_eog, self._ptr
+            self._all_eog = tuple(token for token in range(self.n_tokens) if is_eog(ptr, token))
+        return self._all_eog
 
     def token_text(self, token: int) -> str:
         self._check(token)

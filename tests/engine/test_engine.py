@@ -17,6 +17,8 @@ from kolosal.engine import (
     TokenEvent,
 )
 
+from kolosal.llama import Model, ModelParams
+
 from ..near_tie import TOP_LOGPROBS, Step, assert_same_or_near_tie, engine_steps
 from ..waiting import until_async
 from .helpers import greedy, loaded, run, wait_until_idle
@@ -217,6 +219,35 @@ async def test_max_tokens_is_exact(engine: AsyncEngine) -> None:
         assert result.finish is not None
         assert result.finish.usage.completion_tokens == n
         assert result.finish.finish_reason.value == "length"
+
+
+async def test_ignore_eos_never_samples_an_end_of_generation_token(
+        registry: EngineRegistry, instruct_model_path: Path) -> None:
+    """``ignore_eos`` as llama-server: the end-of-generation tokens are banned (-inf), not
+    sampled and read past. This prompt makes the end the model's first choice (alone it
+    stops at once); with the ban every token is the best of the others (greedy), or any
+    token but an end-of-generation one (sampled), and the output runs to max_tokens."""
+    config = EngineConfig("ignore-eos", str(instruct_model_path), n_ctx=1024, n_parallel=2)
+    prompt = "Write a story about robot number 0 and its friend."
+    async with loaded(registry, config) as smollm:
+        ids = await smollm.tokenize(prompt)
+        with Model(instruct_model_path, ModelParams(n_gpu_layers=0)) as model:
+            eog = set(model.vocab.eog_tokens())
+        for params in (greedy(24, ignore_eos=True, logprobs=5),
+                       SamplingParams(max_tokens=24, temperature=0.8, top_p=0.95, seed=7,
+                                      ignore_eos=True, logprobs=5)):
+            result = await run(smollm, ids, params)
+            assert result.finish is not None and result.finish.finish_reason.value == "length"
+            assert result.finish.usage.completion_tokens == 24 == len(result.logprobs)
+            assert not {step.token for step in result.logprobs} & eog
+            # the raw distribution (logprobs) still ranks the end first where the model wants it
+            assert any(step.top[0][0] in eog for step in result.logprobs)
+            if params.temperature == 0:
+                for step in result.logprobs:
+                    assert step.token == next(t for t, _ in step.top if t not in eog)
+        plain = await run(smollm, ids, greedy(24))
+        assert plain.finish is not None and plain.finish.finish_reason.value == "stop"
+        assert plain.finish.usage.completion_tokens < 24
 
 
 async def test_every_slot_is_free_after_a_mix(engine: AsyncEngine) -> None:
