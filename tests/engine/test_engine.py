@@ -16,7 +16,6 @@ from kolosal.engine import (
     SamplingParams,
     TokenEvent,
 )
-
 from kolosal.llama import Model, ModelParams
 
 from ..near_tie import TOP_LOGPROBS, Step, assert_same_or_near_tie, engine_steps
