@@ -407,7 +407,7 @@ class Scheduler:
         assert detokenizer is not None
         params = request.params
         constraint = request.constraint
-        if self.is_eog(token) and (not params.ignore_eos or constraint is not None):
+        if self.is_eog(token):  # never sampled under ignore_eos (the runner bans it) but by a grammar
             return self._finish(request, detokenizer.flush(), FinishReason.STOP)
         if logprob is not None:
             request.pending_logprobs.append(logprob)

@@ -183,10 +183,12 @@ class Context:
 
     def logits_row(self, row: int) -> np.ndarray:
         """A read-only numpy view of one output row's logits (valid until the next decode)."""
-        pointer = self.logits_pointer(row)
-        view = np.frombuffer(self._ffi.buffer(pointer, self.n_vocab * 4), dtype=np.float32)
+        view = self._row_view(row)
         view.flags.writeable = False
         return view
+
+    def _row_view(self, row: int) -> np.ndarray:
+        return np.frombuffer(self._ffi.buffer(self.logits_pointer(row), self.n_vocab * 4), dtype=np.float32)
 
     def row_logprobs(self, row: int, top_k: int) -> tuple[float, np.ndarray, np.ndarray]:
         """log-softmax facts of one output row, computed in C before anything reshapes the
@@ -211,8 +213,7 @@ class Context:
     def ban_tokens(self, row: int, tokens: np.ndarray) -> None:
         """Set these tokens' logits to -inf in this output row, in place: samplers and
         argmax then never pick them (``ignore_eos``: the end-of-generation tokens)."""
-        pointer = self.logits_pointer(row)
-        np.frombuffer(self._ffi.buffer(pointer, self.n_vocab * 4), dtype=np.float32)[tokens] = -np.inf
+        self._row_view(row)[tokens] = -np.inf
 
     def logits_pointer(self, row: int) -> Any:
         """The C pointer to one output row's logits (valid until the next decode)."""

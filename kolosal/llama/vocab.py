@@ -21,8 +21,8 @@ class Vocab:
         self.eot = int(lib.llama_vocab_eot(ptr))
         self.add_bos = bool(lib.llama_vocab_get_add_bos(ptr))
         self._pieces: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
-        self._all_eog: tuple[int, ...] | None = None
+        self._eog: tuple[int, ...] | None = None  # every end-of-generation id, found once
+        self._eog_set: frozenset[int] = frozenset()
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Tokenize text; ``add_special`` adds BOS when the model wants it, ``parse_special``
@@ -80,21 +80,19 @@ class Vocab:
         return bytes(self._ffi.buffer(buf, size))
 
     def is_eog(self, token: int) -> bool:
-        """End-of-generation (EOS, EOT, ...): cached per token id."""
-        cached = self._eog.get(token)
-        if cached is None:
-            self._check(token)
-            cached = bool(self._lib.llama_vocab_is_eog(self._ptr, token))
-            self._eog[token] = cached
-        return cached
+        """End-of-generation (EOS, EOT, ...): one of ``eog_tokens``."""
+        self._check(token)
+        self.eog_tokens()
+        return token in self._eog_set
 
     def eog_tokens(self) -> tuple[int, ...]:
         """Every end-of-generation token id, ascending: libllama is asked about each id once
         (a large vocabulary takes some tens of ms), on first use."""
-        if self._all_eog is None:
+        if self._eog is None:
             is_eog, ptr = self._lib.llama_vocab_is_eog, self._ptr
-            self._all_eog = tuple(token for token in range(self.n_tokens) if is_eog(ptr, token))
-        return self._all_eog
+            self._eog = tuple(token for token in range(self.n_tokens) if is_eog(ptr, token))
+            self._eog_set = frozenset(self._eog)
+        return self._eog
 
     def token_text(self, token: int) -> str:
         self._check(token)
